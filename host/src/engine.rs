@@ -1,0 +1,90 @@
+//! The process-wide wasmtime [`Engine`] and the epoch ticker that gives every
+//! run a wall-clock deadline.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the engine's epoch advances; the granularity of run deadlines.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Upper bound of any plugin's memory budget: the pooling allocator reserves
+/// address space for this much per memory slot.
+pub const MAX_PLUGIN_MEMORY_BYTES: usize = 1 << 30;
+
+/// Sizing of the instance pool, shared by all plugins.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Component instances alive at once across all plugins; the sum of the
+    /// plugins' `max-concurrent` beyond this fails instantiation cleanly.
+    pub max_instances: u32,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self { max_instances: 512 }
+    }
+}
+
+/// Builds the one engine of the process: component model, epoch
+/// interruption for deadlines, and the pooling allocator (about half the
+/// per-run cost of on-demand allocation, see `shared/notes/wasmtime-48.md`).
+pub fn build_engine(pool: &PoolSettings) -> wasmtime::Result<Engine> {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+
+    let n = pool.max_instances;
+    let mut pooling = PoolingAllocationConfig::default();
+    pooling
+        .total_component_instances(n)
+        .total_core_instances(n.saturating_mul(8))
+        .total_memories(n.saturating_mul(2))
+        .total_tables(n.saturating_mul(8))
+        .total_stacks(n)
+        .max_memory_size(MAX_PLUGIN_MEMORY_BYTES);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+    Engine::new(&config)
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] on a small thread, until
+/// dropped. Runs check their deadline at each tick.
+pub struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    pub fn start(engine: &Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let weak = engine.weak();
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("bsm-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .expect("spawning the epoch ticker thread");
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

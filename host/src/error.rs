@@ -1,0 +1,87 @@
+//! Every way a plugin run can fail, each with a stable code, so callers (the
+//! CLI now, the HTTP API later) can react without parsing messages.
+
+use serde::Serialize;
+
+use crate::api::PluginFailure;
+use crate::manifest::PluginKind;
+
+/// Why a run did not produce a result. A misbehaving plugin fails alone with
+/// one of these; the host itself keeps running.
+#[derive(Debug, Clone, thiserror::Error, Serialize)]
+#[serde(tag = "code", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RunError {
+    #[error("no plugin with id {id:?} is loaded")]
+    PluginNotFound { id: String },
+
+    #[error("plugin {id:?} is a {actual} plugin, not an {expected}")]
+    WrongPluginKind { id: String, expected: PluginKind, actual: PluginKind },
+
+    #[error("invalid request: {message}")]
+    InvalidRequest { message: String },
+
+    #[error("plugin {plugin:?} is busy ({reason}); retry in {retry_after_ms} ms")]
+    PluginBusy { plugin: String, reason: String, retry_after_ms: u64 },
+
+    #[error("plugin {plugin:?} did not finish within its {timeout_ms} ms budget")]
+    PluginTimeout { plugin: String, timeout_ms: u64 },
+
+    #[error("plugin {plugin:?} exceeded its memory limit of {limit_bytes} bytes (asked for {requested_bytes})")]
+    PluginMemoryLimit { plugin: String, limit_bytes: u64, requested_bytes: u64 },
+
+    #[error("plugin {plugin:?} trapped: {message}")]
+    PluginTrap { plugin: String, message: String },
+
+    #[error("plugin {plugin:?} returned {bytes} bytes of output, over its limit of {limit_bytes}")]
+    PluginOutputTooLarge { plugin: String, bytes: u64, limit_bytes: u64 },
+
+    #[error("plugin {plugin:?} returned invalid output: {message}")]
+    PluginInvalidOutput { plugin: String, message: String },
+
+    #[error("plugin {plugin:?} emitted action {action:?}, which its manifest does not allow")]
+    ActionNotAllowed { plugin: String, action: String },
+
+    #[error("plugin {plugin:?} failed: {failure}")]
+    PluginFailed { plugin: String, failure: PluginFailure },
+
+    #[error("plugin {plugin:?} could not be started: {message}")]
+    PluginStartFailed { plugin: String, message: String },
+}
+
+impl RunError {
+    /// The stable machine-readable code of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RunError::PluginNotFound { .. } => "PLUGIN_NOT_FOUND",
+            RunError::WrongPluginKind { .. } => "WRONG_PLUGIN_KIND",
+            RunError::InvalidRequest { .. } => "INVALID_REQUEST",
+            RunError::PluginBusy { .. } => "PLUGIN_BUSY",
+            RunError::PluginTimeout { .. } => "PLUGIN_TIMEOUT",
+            RunError::PluginMemoryLimit { .. } => "PLUGIN_MEMORY_LIMIT",
+            RunError::PluginTrap { .. } => "PLUGIN_TRAP",
+            RunError::PluginOutputTooLarge { .. } => "PLUGIN_OUTPUT_TOO_LARGE",
+            RunError::PluginInvalidOutput { .. } => "PLUGIN_INVALID_OUTPUT",
+            RunError::ActionNotAllowed { .. } => "ACTION_NOT_ALLOWED",
+            RunError::PluginFailed { .. } => "PLUGIN_FAILED",
+            RunError::PluginStartFailed { .. } => "PLUGIN_START_FAILED",
+        }
+    }
+}
+
+/// Why a plugin could not be loaded (bad manifest, bad component, wrong world).
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}: {message}")]
+pub struct LoadError {
+    /// The file that was being loaded.
+    pub origin: String,
+    pub message: String,
+}
+
+impl LoadError {
+    pub fn new(origin: impl std::fmt::Display, message: impl Into<String>) -> Self {
+        Self {
+            origin: origin.to_string(),
+            message: message.into(),
+        }
+    }
+}

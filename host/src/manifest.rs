@@ -1,0 +1,204 @@
+//! Plugin manifests: the TOML file beside each `.wasm` that says what the
+//! plugin is, what it may do and how much of the machine it may use.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The two kinds of plugin, one per WIT world.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginKind {
+    /// Exports the `agent` world.
+    Agent,
+    /// Exports the `step` world.
+    Step,
+}
+
+impl PluginKind {
+    /// The WIT world name a plugin of this kind must export.
+    pub fn world(self) -> &'static str {
+        match self {
+            PluginKind::Agent => "agent",
+            PluginKind::Step => "step",
+        }
+    }
+}
+
+impl std::fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.world())
+    }
+}
+
+/// A plugin's manifest, as written in `<id>.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Manifest {
+    /// Registry key of the plugin; also names its cache namespace and logs.
+    pub id: String,
+    pub version: String,
+    pub kind: PluginKind,
+    #[serde(default)]
+    pub description: String,
+    /// The component file, relative to the manifest; `<id>.wasm` by default.
+    #[serde(default)]
+    pub wasm: Option<String>,
+    /// Actions the plugin may emit; any other action fails the run.
+    #[serde(default)]
+    pub allowed_actions: Vec<String>,
+    #[serde(default)]
+    pub budget: Budget,
+    /// The plugin's own settings, served by the `config` capability.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+/// A plugin's resource budget: the bulkhead that keeps one plugin from
+/// starving the others.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct Budget {
+    /// Wall-clock limit of one run, instantiation included.
+    pub timeout_ms: u64,
+    /// Cap of each linear memory of one run, in MiB.
+    pub memory_mb: u64,
+    /// Runs of this plugin executing at once.
+    pub max_concurrent: u32,
+    /// Runs allowed to wait for a slot; further runs are rejected as busy.
+    pub max_queued: u32,
+    /// How long a queued run waits for a slot before it is rejected as busy.
+    pub max_queue_wait_ms: u64,
+    /// Largest output (text, actions and metadata together) a run may return.
+    pub max_output_bytes: u64,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self {
+            timeout_ms: 5_000,
+            memory_mb: 64,
+            max_concurrent: 16,
+            max_queued: 64,
+            max_queue_wait_ms: 1_000,
+            max_output_bytes: 1 << 20,
+        }
+    }
+}
+
+impl Budget {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    pub fn memory_bytes(&self) -> usize {
+        usize::try_from(self.memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
+    }
+
+    pub fn max_queue_wait(&self) -> Duration {
+        Duration::from_millis(self.max_queue_wait_ms)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.timeout_ms == 0 {
+            return Err("budget.timeout-ms must be at least 1".into());
+        }
+        if self.memory_mb == 0 || self.memory_mb > 4096 {
+            return Err(format!("budget.memory-mb must be 1..=4096, not {}", self.memory_mb));
+        }
+        if self.max_concurrent == 0 {
+            return Err("budget.max-concurrent must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+impl Manifest {
+    /// Parses and validates a manifest; the error names the file and the field.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Self, String> {
+        let manifest: Manifest =
+            toml::from_str(text).map_err(|e| format!("{}: {}", origin.display(), e.message()))?;
+        manifest.validate().map_err(|e| format!("{}: {e}", origin.display()))?;
+        Ok(manifest)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let valid_id = !self.id.is_empty()
+            && self.id.len() <= 64
+            && self
+                .id
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if !valid_id {
+            return Err(format!(
+                "id {:?} must be 1-64 characters of a-z, 0-9, '-' or '_'",
+                self.id
+            ));
+        }
+        if self.version.trim().is_empty() {
+            return Err("version must not be empty".into());
+        }
+        self.budget.validate()
+    }
+
+    /// The `[config]` table flattened to the string pairs the `config`
+    /// capability serves: strings as they are, anything else as JSON.
+    pub fn config_pairs(&self) -> BTreeMap<String, String> {
+        self.config
+            .iter()
+            .map(|(k, v)| {
+                let value = match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => serde_json::to_string(other).unwrap_or_else(|_| other.to_string()),
+                };
+                (k.clone(), value)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Manifest, String> {
+        Manifest::from_toml(text, Path::new("x.toml"))
+    }
+
+    #[test]
+    fn minimal_manifest_gets_default_budget() {
+        let m = parse("id = \"a\"\nversion = \"1\"\nkind = \"agent\"").unwrap();
+        assert_eq!(m.budget, Budget::default());
+        assert!(m.allowed_actions.is_empty());
+    }
+
+    #[test]
+    fn unknown_fields_and_kinds_are_named() {
+        let e = parse("id = \"a\"\nversion = \"1\"\nkind = \"robot\"").unwrap_err();
+        assert!(e.contains("x.toml") && e.contains("robot"), "{e}");
+        let e = parse("id = \"a\"\nversion = \"1\"\nkind = \"agent\"\n[budget]\ntimeout = 3").unwrap_err();
+        assert!(e.contains("timeout"), "{e}");
+    }
+
+    #[test]
+    fn bad_ids_and_budgets_are_rejected() {
+        assert!(parse("id = \"../x\"\nversion = \"1\"\nkind = \"agent\"").is_err());
+        let e = parse("id = \"a\"\nversion = \"1\"\nkind = \"agent\"\n[budget]\nmax-concurrent = 0")
+            .unwrap_err();
+        assert!(e.contains("max-concurrent"), "{e}");
+    }
+
+    #[test]
+    fn config_values_flatten_to_strings() {
+        let m = parse(
+            "id = \"a\"\nversion = \"1\"\nkind = \"agent\"\n[config]\nname = \"x\"\nn = 3\nlist = [\"a\"]",
+        )
+        .unwrap();
+        let pairs = m.config_pairs();
+        assert_eq!(pairs["name"], "x");
+        assert_eq!(pairs["n"], "3");
+        assert_eq!(pairs["list"], "[\"a\"]");
+    }
+}

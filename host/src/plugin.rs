@@ -1,0 +1,88 @@
+//! A loaded plugin: its manifest, its compiled and pre-linked component and
+//! its bulkhead. Immutable once built and shared as `Arc<Plugin>`: a run
+//! holds the `Arc` it started with, so replacing a plugin in the registry
+//! never disturbs runs already in flight.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::bindings::{agent::AgentPre, step::StepPre};
+use crate::bulkhead::Bulkhead;
+use crate::capabilities::config::ConfigValues;
+use crate::manifest::{Manifest, PluginKind};
+use crate::run_state::RunState;
+
+/// The component pre-instantiated against the host's linker for its world,
+/// so each run only pays for instantiation.
+pub(crate) enum Exports {
+    Agent(AgentPre<RunState>),
+    Step(StepPre<RunState>),
+}
+
+/// What the plugin says about itself (`describe()`), read once at load.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Described {
+    pub id: String,
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    /// Actions the agent says it may emit (empty for steps).
+    pub actions: Vec<String>,
+}
+
+/// One immutable, versioned plugin.
+pub struct Plugin {
+    pub manifest: Manifest,
+    /// SHA-256 of the component bytes.
+    pub digest: String,
+    pub described: Described,
+    /// The component file it was loaded from.
+    pub source: PathBuf,
+    pub(crate) id: Arc<str>,
+    pub(crate) exports: Exports,
+    pub(crate) bulkhead: Bulkhead,
+    pub(crate) config: Arc<ConfigValues>,
+    pub(crate) allowed_actions: HashSet<String>,
+}
+
+impl Plugin {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn kind(&self) -> PluginKind {
+        match self.exports {
+            Exports::Agent(_) => PluginKind::Agent,
+            Exports::Step(_) => PluginKind::Step,
+        }
+    }
+
+    /// Runs of this plugin executing now.
+    pub fn in_flight(&self) -> usize {
+        self.bulkhead.in_flight()
+    }
+
+    /// Runs of this plugin waiting for a slot now.
+    pub fn queued(&self) -> usize {
+        self.bulkhead.queued()
+    }
+
+    /// Short form of the digest for listings.
+    pub fn short_digest(&self) -> &str {
+        &self.digest[..12.min(self.digest.len())]
+    }
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("id", &self.id)
+            .field("version", &self.manifest.version)
+            .field("kind", &self.kind())
+            .field("digest", &self.digest)
+            .finish()
+    }
+}
