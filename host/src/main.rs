@@ -1,1 +1,259 @@
-fn main() {}
+//! `bsm`: run plugins, list them and check components from the command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use bsm_host::api::{AgentRequest, AgentResult, RunContext, StepRequest};
+use bsm_host::check::check_component;
+use bsm_host::{Plugin, Runtime, RuntimeOptions};
+use clap::{Args, Parser, Subcommand};
+
+/// BSM: sandboxed WebAssembly plugins for AI-agent orchestration.
+#[derive(Parser)]
+#[command(name = "bsm", version, about)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Global {
+    /// Directory of plugins (`<id>.toml` manifests beside their `.wasm`).
+    /// Defaults to the plugins shipped with this build.
+    #[arg(long, env = "BSM_PLUGINS_DIR", global = true)]
+    plugins_dir: Option<PathBuf>,
+
+    /// Directory for the host's data; compiled plugins are cached in `cache/`.
+    #[arg(long, env = "BSM_DATA_DIR", default_value = "./data", global = true)]
+    data_dir: PathBuf,
+
+    /// Log filter (tracing's EnvFilter syntax); logs go to stderr.
+    #[arg(long, env = "BSM_LOG", default_value = "warn", global = true)]
+    log: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an agent on one input and print its answer.
+    Run {
+        /// Id of the agent plugin.
+        agent_id: String,
+        /// The input text.
+        #[arg(long)]
+        input: String,
+        /// A JSON file with the event payload.
+        #[arg(long)]
+        payload: Option<PathBuf>,
+        /// Calling context the agent sees (`api`, `chat`, `ci`...).
+        #[arg(long, default_value = "api")]
+        context: String,
+        /// Print the whole result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run an orchestration step over a pipeline state and print its contribution.
+    Step {
+        /// Id of the step plugin.
+        step_id: String,
+        /// The event being handled, e.g. `pull_request.opened`.
+        #[arg(long)]
+        event: String,
+        /// A JSON file with the event payload.
+        #[arg(long)]
+        payload: Option<PathBuf>,
+        /// A JSON file with the agent results so far: `[{"agentId", "output"|"error"}]`.
+        #[arg(long)]
+        results: Option<PathBuf>,
+        /// Print the whole result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect plugins.
+    Plugins {
+        #[command(subcommand)]
+        command: PluginsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginsCommand {
+    /// List the plugins of the plugins directory with their budgets.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that a .wasm file is a valid BSM plugin component.
+    Check {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.global.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(anyhow::anyhow!("cannot start the async runtime: {e}")),
+    };
+    match runtime.block_on(execute(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+/// Errors are one line on stderr and a non-zero exit.
+fn fail(e: anyhow::Error) -> ExitCode {
+    let message = format!("{e:#}").replace('\n', " ");
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn execute(cli: Cli) -> anyhow::Result<()> {
+    let plugins_dir = cli
+        .global
+        .plugins_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(bsm_host::SHIPPED_PLUGINS_DIR));
+    let runtime = Runtime::new(RuntimeOptions {
+        artifact_dir: Some(cli.global.data_dir.join("cache").join("components")),
+        ..RuntimeOptions::default()
+    })?;
+    match cli.command {
+        Command::Run { agent_id, input, payload, context, json } => {
+            load_one(&runtime, &plugins_dir, &agent_id).await?;
+            let request = AgentRequest {
+                input,
+                payload: read_json(payload.as_deref())?.unwrap_or_else(|| serde_json::json!({})),
+                context: RunContext::new(context),
+            };
+            let run = runtime.run_agent(&agent_id, request).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&run)?);
+            } else {
+                println!("{}", run.output.text);
+            }
+        }
+        Command::Step { step_id, event, payload, results, json } => {
+            load_one(&runtime, &plugins_dir, &step_id).await?;
+            let results: Vec<AgentResult> = match read_json(results.as_deref())? {
+                Some(v) => serde_json::from_value(v).context("the results file is not a list of agent results")?,
+                None => Vec::new(),
+            };
+            let mut context = RunContext::new("api");
+            context.event = Some(event.clone());
+            let request = StepRequest {
+                event,
+                payload: read_json(payload.as_deref())?.unwrap_or_else(|| serde_json::json!({})),
+                context,
+                results,
+            };
+            let run = runtime.run_step(&step_id, request).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&run)?);
+            } else {
+                println!("{}", serde_json::to_string(&run.contribution)?);
+            }
+        }
+        Command::Plugins { command: PluginsCommand::List { json } } => {
+            let report = runtime.load_dir(&plugins_dir).await?;
+            for failure in &report.failed {
+                eprintln!("warning: skipped {failure}");
+            }
+            print_plugins(&report.loaded, json)?;
+        }
+        Command::Plugins { command: PluginsCommand::Check { file, json } } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let report = check_component(&runtime, &bytes).map_err(|m| anyhow::anyhow!("{}: {m}", file.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{}: valid {} plugin ({} bytes, sha256 {})",
+                    file.display(),
+                    report.world,
+                    report.bytes,
+                    &report.digest[..12]
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Loads just the plugin a command needs (`<id>.toml`), so one broken plugin
+/// elsewhere in the directory does not get in the way.
+async fn load_one(runtime: &Runtime, dir: &Path, id: &str) -> anyhow::Result<Arc<Plugin>> {
+    let manifest = dir.join(format!("{id}.toml"));
+    if !manifest.is_file() {
+        bail!(
+            "no plugin {id:?} in {} (expected {}); `bsm plugins list` shows what is there",
+            dir.display(),
+            manifest.display()
+        );
+    }
+    let plugin = runtime.load_plugin(&manifest).await?;
+    runtime.registry().install(plugin.clone());
+    Ok(plugin)
+}
+
+fn read_json(path: Option<&Path>) -> anyhow::Result<Option<serde_json::Value>> {
+    let Some(path) = path else { return Ok(None) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    Ok(Some(value))
+}
+
+fn print_plugins(plugins: &[Arc<Plugin>], json: bool) -> anyhow::Result<()> {
+    if json {
+        let list: Vec<_> = plugins
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "id": p.id(),
+                    "version": p.manifest.version,
+                    "kind": p.kind(),
+                    "digest": p.digest,
+                    "description": p.described.description,
+                    "allowedActions": p.manifest.allowed_actions,
+                    "budget": p.manifest.budget,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<9} {:<6} {:<13} {:>8} {:>7} {:>6} {:>6}",
+        "ID", "VERSION", "KIND", "DIGEST", "TIMEOUT", "MEMORY", "CONC", "QUEUE"
+    );
+    for p in plugins {
+        let b = &p.manifest.budget;
+        println!(
+            "{:<24} {:<9} {:<6} {:<13} {:>6}ms {:>5}MB {:>6} {:>6}",
+            p.id(),
+            p.manifest.version,
+            p.kind().to_string(),
+            p.short_digest(),
+            b.timeout_ms,
+            b.memory_mb,
+            b.max_concurrent,
+            b.max_queued
+        );
+    }
+    Ok(())
+}

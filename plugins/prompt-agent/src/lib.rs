@@ -1,0 +1,219 @@
+//! The generic declarative agent of the original BSM.
+//!
+//! Its whole personality comes from its config (`[config]` of the manifest):
+//! `id`, `name`, `role`, `description`, `instructions`, optional
+//! `system-template` / `user-template` with `{{input}}`, `{{knowledge}}`,
+//! `{{payload.x}}` placeholders, `model`, `max-tokens`, `temperature`,
+//! `actions` (the names it may emit) and `knowledge-collection`. It renders
+//! the messages, asks the host LLM, and extracts the actions from the reply.
+
+pub mod actions;
+pub mod template;
+
+use bsm_sdk::llm::{self, ChatRequest, Message};
+use bsm_sdk::{Action, Agent, AgentError, AgentInfo, Input, Output, config, knowledge, log};
+use serde_json::{Value, json};
+
+/// Used when the config has no `system-template`.
+pub const DEFAULT_SYSTEM_TEMPLATE: &str =
+    "You are {{name}}.\nRole: {{role}}\n\n{{instructions}}";
+/// Used when the config has no `user-template`.
+pub const DEFAULT_USER_TEMPLATE: &str = "{{input}}";
+
+/// The agent's settings, read from the `config` capability.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub description: String,
+    pub instructions: String,
+    pub system_template: Option<String>,
+    pub user_template: Option<String>,
+    pub model: Option<String>,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub actions: Vec<String>,
+    pub knowledge_collection: Option<String>,
+    pub version: Option<String>,
+}
+
+impl Settings {
+    /// Reads settings through a lookup function (the config capability in a
+    /// plugin, a map in tests).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Self {
+        Self {
+            id: get("id").unwrap_or_else(|| "prompt-agent".into()),
+            name: get("name").unwrap_or_else(|| "Prompt Agent".into()),
+            role: get("role").unwrap_or_default(),
+            description: get("description").unwrap_or_default(),
+            instructions: get("instructions").unwrap_or_default(),
+            system_template: get("system-template"),
+            user_template: get("user-template"),
+            model: get("model"),
+            max_tokens: get("max-tokens").and_then(|v| v.trim().parse().ok()),
+            temperature: get("temperature").and_then(|v| v.trim().parse().ok()),
+            actions: get("actions").map(|v| parse_list(&v)).unwrap_or_default(),
+            knowledge_collection: get("knowledge-collection"),
+            version: get("version"),
+        }
+    }
+}
+
+/// Accepts a JSON list (`["a","b"]`) or a comma-separated string.
+fn parse_list(value: &str) -> Vec<String> {
+    match serde_json::from_str::<Vec<String>>(value) {
+        Ok(list) => list,
+        Err(_) => value.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+    }
+}
+
+/// The chat messages for one input: rendered system and user prompts.
+pub fn build_messages(settings: &Settings, input: &str, payload: Option<&Value>, knowledge: &str) -> (Vec<Message>, Vec<String>) {
+    let actions_text = settings.actions.join(", ");
+    let vars = template::Vars {
+        input,
+        payload,
+        knowledge,
+        name: &settings.name,
+        role: &settings.role,
+        instructions: &settings.instructions,
+        actions: &actions_text,
+    };
+    let system = template::render(settings.system_template.as_deref().unwrap_or(DEFAULT_SYSTEM_TEMPLATE), &vars);
+    let user = template::render(settings.user_template.as_deref().unwrap_or(DEFAULT_USER_TEMPLATE), &vars);
+    let mut system_text = system.text.trim().to_string();
+    let uses_knowledge = settings.system_template.as_deref().is_some_and(|t| t.contains("knowledge"))
+        || settings.user_template.as_deref().is_some_and(|t| t.contains("knowledge"));
+    if !uses_knowledge && !knowledge.trim().is_empty() {
+        system_text.push_str("\n\nRelevant knowledge:\n");
+        system_text.push_str(knowledge.trim());
+    }
+    if !settings.actions.is_empty() {
+        system_text.push_str(&format!(
+            "\n\nYou may request these actions: {actions_text}. To request one, write a line \
+             `ACTION: <name>` optionally followed by a JSON object of arguments."
+        ));
+    }
+    let mut user_text = user.text;
+    let has_payload = payload.is_some_and(|p| p.as_object().is_none_or(|o| !o.is_empty()));
+    if settings.user_template.is_none() && has_payload {
+        user_text.push_str(&format!("\n\nPayload:\n```json\n{}\n```", payload.unwrap()));
+    }
+    let mut missing = system.missing;
+    missing.extend(user.missing);
+    (vec![Message::system(system_text), Message::user(user_text)], missing)
+}
+
+/// Knowledge for the prompt: the payload's `knowledge` field when the caller
+/// already loaded it (once per job), else a search of the configured collection.
+fn knowledge_for(settings: &Settings, input: &str, payload: Option<&Value>) -> String {
+    if let Some(Value::String(k)) = payload.and_then(|p| p.get("knowledge")) {
+        return k.clone();
+    }
+    let Some(collection) = &settings.knowledge_collection else { return String::new() };
+    match knowledge::search(collection, input, 5) {
+        Ok(hits) => hits.into_iter().map(|h| h.text).collect::<Vec<_>>().join("\n---\n"),
+        Err(e) => {
+            log::warn(&format!("knowledge search in {collection:?} failed, answering without: {e:?}"));
+            String::new()
+        }
+    }
+}
+
+struct PromptAgent;
+
+impl Agent for PromptAgent {
+    fn describe() -> AgentInfo {
+        let s = Settings::from_lookup(config::get);
+        AgentInfo::new(s.id, s.name, s.version.unwrap_or_else(|| env!("CARGO_PKG_VERSION").into()))
+            .with_description(if s.description.is_empty() { s.role } else { s.description })
+            .with_actions(s.actions)
+    }
+
+    fn run(input: Input) -> Result<Output, AgentError> {
+        let settings = Settings::from_lookup(config::get);
+        let payload: Option<Value> = match input.payload.trim() {
+            "" => None,
+            text => Some(serde_json::from_str(text).map_err(|e| AgentError::InvalidInput(format!("payload is not JSON: {e}")))?),
+        };
+        let knowledge = knowledge_for(&settings, &input.input, payload.as_ref());
+        let (messages, missing) = build_messages(&settings, &input.input, payload.as_ref(), &knowledge);
+        if !missing.is_empty() {
+            log::warn(&format!("template placeholders without a value: {}", missing.join(", ")));
+        }
+        let mut request = ChatRequest::new(messages);
+        request.model = settings.model.clone();
+        request.max_tokens = settings.max_tokens;
+        request.temperature = settings.temperature;
+        let reply = llm::chat(&request).map_err(|e| AgentError::Capability(format!("llm: {e:?}")))?;
+        let mut output = Output::text(reply.content.clone()).with_metadata(
+            json!({
+                "agent": settings.id,
+                "model": reply.model,
+                "finishReason": reply.finish_reason,
+                "usage": {
+                    "promptTokens": reply.usage.prompt_tokens,
+                    "completionTokens": reply.usage.completion_tokens,
+                },
+            })
+            .to_string(),
+        );
+        for found in actions::extract(&reply.content, &settings.actions) {
+            output = output.with_action(Action::with_args(found.name, found.args.to_string()));
+        }
+        Ok(output)
+    }
+}
+
+bsm_sdk::export_agent!(PromptAgent);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(pairs: &[(&str, &str)]) -> Settings {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn default_templates_use_name_role_and_instructions() {
+        let s = settings(&[("name", "Security Agent"), ("role", "Auditor"), ("instructions", "افحص الثغرات")]);
+        let (messages, missing) = build_messages(&s, "check this", None, "");
+        assert!(missing.is_empty());
+        assert_eq!(messages[0].content, "You are Security Agent.\nRole: Auditor\n\nافحص الثغرات");
+        assert_eq!(messages[1].content, "check this");
+    }
+
+    #[test]
+    fn custom_templates_and_payload_fields() {
+        let s = settings(&[
+            ("system-template", "Reviewer. Context: {{knowledge}}"),
+            ("user-template", "PR {{payload.pr.title}}: {{input}}"),
+        ]);
+        let payload = serde_json::json!({"pr": {"title": "Fix"}});
+        let (messages, _) = build_messages(&s, "go", Some(&payload), "K1");
+        assert_eq!(messages[0].content, "Reviewer. Context: K1");
+        assert_eq!(messages[1].content, "PR Fix: go");
+    }
+
+    #[test]
+    fn actions_and_payload_are_offered_with_default_templates() {
+        let s = settings(&[("actions", "[\"review_pr\",\"approve_pr\"]")]);
+        let payload = serde_json::json!({"n": 1});
+        let (messages, _) = build_messages(&s, "x", Some(&payload), "");
+        assert!(messages[0].content.contains("review_pr, approve_pr"));
+        assert!(messages[0].content.contains("ACTION: <name>"));
+        assert!(messages[1].content.contains("{\"n\":1}"));
+    }
+
+    #[test]
+    fn list_settings_accept_json_or_commas() {
+        assert_eq!(parse_list("a, b"), ["a", "b"]);
+        assert_eq!(parse_list("[\"a\"]"), ["a"]);
+        let s = settings(&[("max-tokens", "300"), ("temperature", "0.5")]);
+        assert_eq!((s.max_tokens, s.temperature), (Some(300), Some(0.5)));
+    }
+}
