@@ -1,1 +1,136 @@
-fn main() {}
+//! The `bsm` command line, run as a real process.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::*;
+
+fn bsm(args: &[&str], plugins_dir: Option<&Path>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bsm"));
+    cmd.args(args)
+        .env("BSM_DATA_DIR", std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bsm-cli-data"))
+        .env_remove("BSM_PLUGINS_DIR")
+        .env_remove("BSM_LOG");
+    if let Some(dir) = plugins_dir {
+        cmd.env("BSM_PLUGINS_DIR", dir);
+    }
+    cmd.output().expect("bsm runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A failing command prints exactly one `error:` line and exits non-zero.
+fn assert_one_line_error(o: &Output, needle: &str) {
+    assert!(!o.status.success(), "expected failure, stdout: {}", stdout(o));
+    let err = stderr(o);
+    let lines: Vec<_> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr, got: {err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    assert!(lines[0].contains(needle), "expected {needle:?} in: {err}");
+}
+
+#[test]
+fn run_hello_agent_prints_its_answer() {
+    let o = bsm(&["run", "hello-agent", "--input", "World"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "Hello, World!\n");
+}
+
+#[test]
+fn run_with_json_prints_the_whole_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let payload = dir.path().join("payload.json");
+    std::fs::write(&payload, r#"{"ms": 5}"#).unwrap();
+    let test_dir = test_plugins_dir();
+    let o = bsm(&["run", "sleepy", "--input", "x", "--payload", payload.to_str().unwrap(), "--json"], Some(&test_dir));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["pluginId"], "sleepy");
+    assert_eq!(v["output"]["text"], "slept 5 ms");
+    assert!(v["correlationId"].as_str().is_some_and(|c| !c.is_empty()));
+}
+
+#[test]
+fn step_pr_decision_blocks_on_a_critical_finding() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results.json");
+    std::fs::write(
+        &results,
+        r#"[{"agentId": "governance-review-agent", "output": {"text": "ok", "actions": [], "metadata": {}}},
+            {"agentId": "security-agent", "output": {"text": "CRITICAL: leaked token", "actions": [], "metadata": {}}}]"#,
+    )
+    .unwrap();
+    let o = bsm(&["step", "pr-decision", "--event", "pull_request.opened", "--results", results.to_str().unwrap()], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["type"], "decision");
+    assert_eq!(v["verdict"], "block");
+    assert_eq!(v["actions"][0]["name"], "block_pr");
+}
+
+#[test]
+fn plugins_list_shows_kind_digest_and_budget() {
+    let o = bsm(&["plugins", "list", "--json"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let list: Vec<serde_json::Value> = serde_json::from_str(&stdout(&o)).unwrap();
+    let ids: Vec<_> = list.iter().map(|p| p["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["hello-agent", "pr-decision", "prompt-agent"]);
+    let decision = &list[1];
+    assert_eq!(decision["kind"], "step");
+    assert_eq!(decision["digest"].as_str().unwrap().len(), 64);
+    assert_eq!(decision["budget"]["timeout-ms"], 500);
+
+    let table = stdout(&bsm(&["plugins", "list"], None));
+    assert!(table.lines().next().unwrap().contains("DIGEST"), "{table}");
+    assert!(table.contains("hello-agent") && table.contains("1000ms"), "{table}");
+}
+
+#[test]
+fn plugins_check_accepts_a_valid_plugin() {
+    let wasm = shipped_dir().join("pr-decision.wasm");
+    let o = bsm(&["plugins", "check", wasm.to_str().unwrap()], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("valid step plugin"), "{}", stdout(&o));
+}
+
+#[test]
+fn plugins_check_says_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let corrupt = dir.path().join("corrupt.wasm");
+    let mut bytes = std::fs::read(shipped_dir().join("hello-agent.wasm")).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&corrupt, &bytes).unwrap();
+    assert_one_line_error(&bsm(&["plugins", "check", corrupt.to_str().unwrap()], None), "not a valid component");
+
+    let text = dir.path().join("text.wasm");
+    std::fs::write(&text, "hello").unwrap();
+    assert_one_line_error(&bsm(&["plugins", "check", text.to_str().unwrap()], None), "not a WebAssembly file");
+
+    // The smallest core module: magic and version 1, no sections.
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    assert_one_line_error(&bsm(&["plugins", "check", core.to_str().unwrap()], None), "core WebAssembly module, not a component");
+
+    let command = test_plugins_dir().join("cli-command.wasm");
+    let o = bsm(&["plugins", "check", command.to_str().unwrap()], None);
+    assert_one_line_error(&o, "exports neither BSM world");
+    assert!(stderr(&o).contains("wasi:cli/run"), "names what it does export: {}", stderr(&o));
+
+    assert_one_line_error(&bsm(&["plugins", "check", "/no/such/file.wasm"], None), "cannot read");
+}
+
+#[test]
+fn failures_are_one_clear_line() {
+    assert_one_line_error(&bsm(&["run", "no-such-agent", "--input", "x"], None), "no plugin \"no-such-agent\"");
+    let test_dir = test_plugins_dir();
+    assert_one_line_error(&bsm(&["run", "spin-loop", "--input", "x"], Some(&test_dir)), "did not finish within its 300 ms budget");
+    assert_one_line_error(&bsm(&["run", "panicker", "--input", "x"], Some(&test_dir)), "panicker gave up");
+}

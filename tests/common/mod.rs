@@ -1,0 +1,122 @@
+//! Helpers shared by the end-to-end tests: where the built plugins are, a
+//! runtime loaded with them, and an LLM engine that records what reaches it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bsm_host::api::{AgentRequest, RunContext};
+use bsm_host::bindings::llm::{ChatRequest, ChatResponse, Error as LlmError, Usage};
+use bsm_host::capabilities::llm::LlmEngine;
+use bsm_host::capabilities::{Caller, Capabilities};
+use bsm_host::{Runtime, RuntimeOptions};
+
+/// The plugins shipped in `plugins/`, built by host/build.rs.
+pub fn shipped_dir() -> PathBuf {
+    PathBuf::from(env!("BSM_SHIPPED_PLUGINS_DIR"))
+}
+
+/// The misbehaving and helper plugins of `tests/plugins/`.
+pub fn test_plugins_dir() -> PathBuf {
+    PathBuf::from(env!("BSM_TEST_PLUGINS_DIR"))
+}
+
+/// A compiled-artifact cache shared by the tests of one build, so each
+/// component is compiled once rather than once per test.
+pub fn artifact_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bsm-artifacts")
+}
+
+pub fn runtime_with(capabilities: Capabilities) -> Runtime {
+    Runtime::new(RuntimeOptions {
+        artifact_dir: Some(artifact_dir()),
+        capabilities,
+        ..RuntimeOptions::default()
+    })
+    .expect("runtime starts")
+}
+
+/// A runtime with every shipped and test plugin loaded.
+pub async fn loaded_runtime(capabilities: Capabilities) -> Arc<Runtime> {
+    let runtime = runtime_with(capabilities);
+    for dir in [shipped_dir(), test_plugins_dir()] {
+        let report = runtime.load_dir(&dir).await.expect("plugins dir readable");
+        assert!(report.failed.is_empty(), "plugins failed to load: {:?}", report.failed);
+    }
+    Arc::new(runtime)
+}
+
+pub fn request(input: &str) -> AgentRequest {
+    AgentRequest {
+        input: input.to_string(),
+        payload: serde_json::json!({}),
+        context: RunContext::new("api"),
+    }
+}
+
+/// Copies a built component next to a manifest written by the test, so a
+/// test can run a real plugin under a budget or config of its own.
+pub fn plugin_with_manifest(dir: &Path, wasm: &Path, manifest: &str) -> PathBuf {
+    let id = manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("id = "))
+        .expect("manifest has an id")
+        .trim_matches('"')
+        .to_string();
+    std::fs::copy(wasm, dir.join(format!("{id}.wasm"))).unwrap();
+    let path = dir.join(format!("{id}.toml"));
+    std::fs::write(&path, manifest).unwrap();
+    path
+}
+
+/// What the recording engine saw of one chat call.
+#[derive(Debug, Clone)]
+pub struct SeenChat {
+    pub caller_plugin: String,
+    pub correlation_id: String,
+    pub request: ChatRequest,
+}
+
+/// An [`LlmEngine`] that records each request and answers with a fixed reply.
+///
+/// A stand-in for the transport only, used until the real OpenAI-compatible
+/// client and its local HTTP test server exist: everything between the
+/// plugin and the engine (WIT bindings, the capability, the sandbox) is real.
+pub struct RecordingLlm {
+    pub reply: String,
+    pub seen: Mutex<Vec<SeenChat>>,
+}
+
+impl RecordingLlm {
+    pub fn new(reply: &str) -> Arc<Self> {
+        Arc::new(Self {
+            reply: reply.to_string(),
+            seen: Mutex::new(Vec::new()),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl LlmEngine for RecordingLlm {
+    async fn chat(&self, caller: &Caller, request: ChatRequest) -> Result<ChatResponse, LlmError> {
+        let model = request.model.clone().unwrap_or_else(|| "default-model".into());
+        self.seen.lock().unwrap().push(SeenChat {
+            caller_plugin: caller.plugin_id.to_string(),
+            correlation_id: caller.correlation_id.to_string(),
+            request,
+        });
+        Ok(ChatResponse {
+            content: self.reply.clone(),
+            model,
+            usage: Usage {
+                prompt_tokens: 12,
+                completion_tokens: 7,
+            },
+            finish_reason: Some("stop".into()),
+        })
+    }
+
+    async fn embed(&self, _: &Caller, _: Option<String>, inputs: Vec<String>) -> Result<Vec<Vec<f32>>, LlmError> {
+        Ok(inputs.iter().map(|_| vec![0.0; 3]).collect())
+    }
+}
