@@ -24,7 +24,10 @@ struct Guest {
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
-    let root = manifest_dir.parent().expect("host/ lives in the workspace root").to_path_buf();
+    let root = manifest_dir
+        .parent()
+        .expect("host/ lives in the workspace root")
+        .to_path_buf();
     for watched in ["wit", "sdk", "plugins", "tests/plugins", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
@@ -45,18 +48,30 @@ fn main() {
     for guest in &guests {
         install(guest, &built, &out.join(guest.group));
     }
-    println!("cargo:rustc-env=BSM_SHIPPED_PLUGINS_DIR={}", out.join("shipped").display());
-    println!("cargo:rustc-env=BSM_TEST_PLUGINS_DIR={}", out.join("test").display());
+    println!(
+        "cargo:rustc-env=BSM_SHIPPED_PLUGINS_DIR={}",
+        out.join("shipped").display()
+    );
+    println!(
+        "cargo:rustc-env=BSM_TEST_PLUGINS_DIR={}",
+        out.join("test").display()
+    );
 }
 
 fn find_guests(dir: &Path, group: &'static str) -> Vec<Guest> {
-    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
     let mut guests: Vec<Guest> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.join("Cargo.toml").is_file())
         .map(|dir| {
             let package = package_name(&dir.join("Cargo.toml"));
-            Guest { dir, package, group }
+            Guest {
+                dir,
+                package,
+                group,
+            }
         })
         .collect();
     guests.sort_by(|a, b| a.package.cmp(&b.package));
@@ -96,7 +111,14 @@ fn build(root: &Path, target_dir: &Path, guests: &[Guest]) {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
-        .args(["build", "--target", TARGET, "--profile", PROFILE, "--target-dir"])
+        .args([
+            "build",
+            "--target",
+            TARGET,
+            "--profile",
+            PROFILE,
+            "--target-dir",
+        ])
         .arg(target_dir);
     for guest in guests {
         cmd.args(["-p", &guest.package]);
@@ -106,14 +128,22 @@ fn build(root: &Path, target_dir: &Path, guests: &[Guest]) {
     // (CARGO_MAKEFLAGS) is kept so both builds share the machine's cores.
     cmd.env_clear();
     for keep in [
-        "PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN", "CARGO_MAKEFLAGS", "TMPDIR",
+        "PATH",
+        "HOME",
+        "CARGO_HOME",
+        "RUSTUP_HOME",
+        "RUSTUP_TOOLCHAIN",
+        "CARGO_MAKEFLAGS",
+        "TMPDIR",
         "RUSTC",
     ] {
         if let Some(v) = env::var_os(keep) {
             cmd.env(keep, v);
         }
     }
-    let output = cmd.output().expect("running cargo to build the WASM plugins");
+    let output = cmd
+        .output()
+        .expect("running cargo to build the WASM plugins");
     if !output.status.success() {
         panic!(
             "\n\nBuilding the WASM plugins failed:\n{}\n",
@@ -127,9 +157,17 @@ fn build(root: &Path, target_dir: &Path, guests: &[Guest]) {
 fn install(guest: &Guest, built: &Path, out: &Path) {
     fs::create_dir_all(out).unwrap();
     let artifact = built.join(format!("{}.wasm", guest.package.replace('-', "_")));
-    let artifact = if artifact.is_file() { artifact } else { built.join(format!("{}.wasm", guest.package)) };
+    let artifact = if artifact.is_file() {
+        artifact
+    } else {
+        built.join(format!("{}.wasm", guest.package))
+    };
     let manifest = guest.dir.join("plugin.toml");
-    let id = if manifest.is_file() { manifest_id(&manifest) } else { guest.package.clone() };
+    let id = if manifest.is_file() {
+        manifest_id(&manifest)
+    } else {
+        guest.package.clone()
+    };
     copy_if_changed(&artifact, &out.join(format!("{id}.wasm")));
     if manifest.is_file() {
         copy_if_changed(&manifest, &out.join(format!("{id}.toml")));
@@ -140,7 +178,11 @@ fn manifest_id(manifest: &Path) -> String {
     let text = fs::read_to_string(manifest).unwrap();
     text.lines()
         .find_map(|l| {
-            let rest = l.trim().strip_prefix("id")?.trim_start().strip_prefix('=')?;
+            let rest = l
+                .trim()
+                .strip_prefix("id")?
+                .trim_start()
+                .strip_prefix('=')?;
             Some(rest.trim().trim_matches('"').to_string())
         })
         .unwrap_or_else(|| panic!("{}: no `id`", manifest.display()))

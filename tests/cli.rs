@@ -10,7 +10,10 @@ use common::*;
 fn bsm(args: &[&str], plugins_dir: Option<&Path>) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_bsm"));
     cmd.args(args)
-        .env("BSM_DATA_DIR", std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bsm-cli-data"))
+        .env(
+            "BSM_DATA_DIR",
+            std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bsm-cli-data"),
+        )
         .env_remove("BSM_PLUGINS_DIR")
         .env_remove("BSM_LOG");
     if let Some(dir) = plugins_dir {
@@ -29,7 +32,11 @@ fn stderr(o: &Output) -> String {
 
 /// A failing command prints exactly one `error:` line and exits non-zero.
 fn assert_one_line_error(o: &Output, needle: &str) {
-    assert!(!o.status.success(), "expected failure, stdout: {}", stdout(o));
+    assert!(
+        !o.status.success(),
+        "expected failure, stdout: {}",
+        stdout(o)
+    );
     let err = stderr(o);
     let lines: Vec<_> = err.lines().collect();
     assert_eq!(lines.len(), 1, "one line on stderr, got: {err}");
@@ -50,7 +57,18 @@ fn run_with_json_prints_the_whole_result() {
     let payload = dir.path().join("payload.json");
     std::fs::write(&payload, r#"{"ms": 5}"#).unwrap();
     let test_dir = test_plugins_dir();
-    let o = bsm(&["run", "sleepy", "--input", "x", "--payload", payload.to_str().unwrap(), "--json"], Some(&test_dir));
+    let o = bsm(
+        &[
+            "run",
+            "sleepy",
+            "--input",
+            "x",
+            "--payload",
+            payload.to_str().unwrap(),
+            "--json",
+        ],
+        Some(&test_dir),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["pluginId"], "sleepy");
@@ -68,7 +86,17 @@ fn step_pr_decision_blocks_on_a_critical_finding() {
             {"agentId": "security-agent", "output": {"text": "CRITICAL: leaked token", "actions": [], "metadata": {}}}]"#,
     )
     .unwrap();
-    let o = bsm(&["step", "pr-decision", "--event", "pull_request.opened", "--results", results.to_str().unwrap()], None);
+    let o = bsm(
+        &[
+            "step",
+            "pr-decision",
+            "--event",
+            "pull_request.opened",
+            "--results",
+            results.to_str().unwrap(),
+        ],
+        None,
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["type"], "decision");
@@ -90,7 +118,10 @@ fn plugins_list_shows_kind_digest_and_budget() {
 
     let table = stdout(&bsm(&["plugins", "list"], None));
     assert!(table.lines().next().unwrap().contains("DIGEST"), "{table}");
-    assert!(table.contains("hello-agent") && table.contains("1000ms"), "{table}");
+    assert!(
+        table.contains("hello-agent") && table.contains("1000ms"),
+        "{table}"
+    );
 }
 
 #[test]
@@ -108,29 +139,54 @@ fn plugins_check_says_what_is_wrong() {
     let mut bytes = std::fs::read(shipped_dir().join("hello-agent.wasm")).unwrap();
     bytes.truncate(bytes.len() / 2);
     std::fs::write(&corrupt, &bytes).unwrap();
-    assert_one_line_error(&bsm(&["plugins", "check", corrupt.to_str().unwrap()], None), "not a valid component");
+    assert_one_line_error(
+        &bsm(&["plugins", "check", corrupt.to_str().unwrap()], None),
+        "not a valid component",
+    );
 
     let text = dir.path().join("text.wasm");
     std::fs::write(&text, "hello").unwrap();
-    assert_one_line_error(&bsm(&["plugins", "check", text.to_str().unwrap()], None), "not a WebAssembly file");
+    assert_one_line_error(
+        &bsm(&["plugins", "check", text.to_str().unwrap()], None),
+        "not a WebAssembly file",
+    );
 
     // The smallest core module: magic and version 1, no sections.
     let core = dir.path().join("core.wasm");
     std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
-    assert_one_line_error(&bsm(&["plugins", "check", core.to_str().unwrap()], None), "core WebAssembly module, not a component");
+    assert_one_line_error(
+        &bsm(&["plugins", "check", core.to_str().unwrap()], None),
+        "core WebAssembly module, not a component",
+    );
 
     let command = test_plugins_dir().join("cli-command.wasm");
     let o = bsm(&["plugins", "check", command.to_str().unwrap()], None);
     assert_one_line_error(&o, "exports neither BSM world");
-    assert!(stderr(&o).contains("wasi:cli/run"), "names what it does export: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("wasi:cli/run"),
+        "names what it does export: {}",
+        stderr(&o)
+    );
 
-    assert_one_line_error(&bsm(&["plugins", "check", "/no/such/file.wasm"], None), "cannot read");
+    assert_one_line_error(
+        &bsm(&["plugins", "check", "/no/such/file.wasm"], None),
+        "cannot read",
+    );
 }
 
 #[test]
 fn failures_are_one_clear_line() {
-    assert_one_line_error(&bsm(&["run", "no-such-agent", "--input", "x"], None), "no plugin \"no-such-agent\"");
+    assert_one_line_error(
+        &bsm(&["run", "no-such-agent", "--input", "x"], None),
+        "no plugin \"no-such-agent\"",
+    );
     let test_dir = test_plugins_dir();
-    assert_one_line_error(&bsm(&["run", "spin-loop", "--input", "x"], Some(&test_dir)), "did not finish within its 300 ms budget");
-    assert_one_line_error(&bsm(&["run", "panicker", "--input", "x"], Some(&test_dir)), "panicker gave up");
+    assert_one_line_error(
+        &bsm(&["run", "spin-loop", "--input", "x"], Some(&test_dir)),
+        "did not finish within its 300 ms budget",
+    );
+    assert_one_line_error(
+        &bsm(&["run", "panicker", "--input", "x"], Some(&test_dir)),
+        "panicker gave up",
+    );
 }

@@ -17,12 +17,22 @@ async fn fails_alone(runtime: &Arc<Runtime>, bad: &str) -> RunError {
     let healthy: Vec<_> = (0..4)
         .map(|i| {
             let runtime = runtime.clone();
-            tokio::spawn(async move { runtime.run_agent("hello-agent", request(&format!("run {i}"))).await })
+            tokio::spawn(async move {
+                runtime
+                    .run_agent("hello-agent", request(&format!("run {i}")))
+                    .await
+            })
         })
         .collect();
-    let err = runtime.run_agent(bad, request("x")).await.expect_err("the misbehaving plugin must fail");
+    let err = runtime
+        .run_agent(bad, request("x"))
+        .await
+        .expect_err("the misbehaving plugin must fail");
     for (i, h) in healthy.into_iter().enumerate() {
-        let run = h.await.unwrap().unwrap_or_else(|e| panic!("healthy run {i} failed beside {bad}: {e}"));
+        let run = h
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("healthy run {i} failed beside {bad}: {e}"));
         assert_eq!(run.output.text, format!("Hello, run {i}!"));
     }
     err
@@ -32,7 +42,16 @@ async fn fails_alone(runtime: &Arc<Runtime>, bad: &str) -> RunError {
 async fn an_infinite_loop_is_stopped_at_its_deadline() {
     let runtime = loaded_runtime(Capabilities::default()).await;
     let err = fails_alone(&runtime, "spin-loop").await;
-    assert!(matches!(err, RunError::PluginTimeout { timeout_ms: 300, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            RunError::PluginTimeout {
+                timeout_ms: 300,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert_eq!(err.code(), "PLUGIN_TIMEOUT");
 }
 
@@ -41,7 +60,11 @@ async fn a_memory_bomb_hits_its_memory_cap() {
     let runtime = loaded_runtime(Capabilities::default()).await;
     let err = fails_alone(&runtime, "memory-bomb").await;
     match &err {
-        RunError::PluginMemoryLimit { limit_bytes, requested_bytes, .. } => {
+        RunError::PluginMemoryLimit {
+            limit_bytes,
+            requested_bytes,
+            ..
+        } => {
             assert_eq!(*limit_bytes, 16 << 20);
             assert!(requested_bytes > limit_bytes, "{err}");
         }
@@ -56,7 +79,10 @@ async fn a_panic_is_a_trap_carrying_the_panic_message() {
     match &err {
         RunError::PluginTrap { message, .. } => {
             assert!(message.contains("panicker gave up on \"x\""), "{message}");
-            assert!(message.contains("src/lib.rs"), "the location is kept: {message}");
+            assert!(
+                message.contains("src/lib.rs"),
+                "the location is kept: {message}"
+            );
         }
         other => panic!("expected a trap, got {other:?}"),
     }
@@ -67,7 +93,9 @@ async fn an_oversized_output_is_refused() {
     let runtime = loaded_runtime(Capabilities::default()).await;
     let err = fails_alone(&runtime, "oversized-output").await;
     match &err {
-        RunError::PluginOutputTooLarge { bytes, limit_bytes, .. } => {
+        RunError::PluginOutputTooLarge {
+            bytes, limit_bytes, ..
+        } => {
             assert_eq!(*limit_bytes, 1 << 20);
             assert!(*bytes >= 4 << 20, "{err}");
         }
@@ -80,16 +108,43 @@ async fn all_misbehaviours_at_once_leave_the_host_healthy() {
     let runtime = loaded_runtime(Capabilities::default()).await;
     let bad = ["spin-loop", "memory-bomb", "panicker", "oversized-output"].map(|id| {
         let runtime = runtime.clone();
-        tokio::spawn(async move { runtime.run_agent(id, request("x")).await.map(|_| ()).unwrap_err().code() })
+        tokio::spawn(async move {
+            runtime
+                .run_agent(id, request("x"))
+                .await
+                .map(|_| ())
+                .unwrap_err()
+                .code()
+        })
     });
     let mut codes = Vec::new();
     for b in bad {
         codes.push(b.await.unwrap());
     }
-    assert_eq!(codes, ["PLUGIN_TIMEOUT", "PLUGIN_MEMORY_LIMIT", "PLUGIN_TRAP", "PLUGIN_OUTPUT_TOO_LARGE"]);
+    assert_eq!(
+        codes,
+        [
+            "PLUGIN_TIMEOUT",
+            "PLUGIN_MEMORY_LIMIT",
+            "PLUGIN_TRAP",
+            "PLUGIN_OUTPUT_TOO_LARGE"
+        ]
+    );
     // The same plugins can run (and fail the same way) again: nothing is poisoned.
-    assert_eq!(runtime.run_agent("panicker", request("x")).await.unwrap_err().code(), "PLUGIN_TRAP");
-    assert!(runtime.run_agent("hello-agent", request("after")).await.is_ok());
+    assert_eq!(
+        runtime
+            .run_agent("panicker", request("x"))
+            .await
+            .unwrap_err()
+            .code(),
+        "PLUGIN_TRAP"
+    );
+    assert!(
+        runtime
+            .run_agent("hello-agent", request("after"))
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,7 +178,12 @@ async fn a_saturated_plugin_rejects_the_third_run_as_busy() {
         other => panic!("expected busy, got {other:?}"),
     }
     // Another plugin is not affected by sleepy's saturation.
-    assert!(runtime.run_agent("hello-agent", request("neighbour")).await.is_ok());
+    assert!(
+        runtime
+            .run_agent("hello-agent", request("neighbour"))
+            .await
+            .is_ok()
+    );
 
     assert_eq!(first.await.unwrap().unwrap().output.text, "slept 1500 ms");
     assert_eq!(second.await.unwrap().unwrap().output.text, "slept 1500 ms");

@@ -5,7 +5,9 @@ mod common;
 
 use std::sync::Arc;
 
-use bsm_host::api::{AgentRequest, AgentResult, AgentOutput, Contribution, RunContext, StepRequest, Verdict};
+use bsm_host::api::{
+    AgentOutput, AgentRequest, AgentResult, Contribution, RunContext, StepRequest, Verdict,
+};
 use bsm_host::bindings::llm::Role;
 use bsm_host::capabilities::Capabilities;
 use bsm_host::{Manifest, PluginKind, RunError};
@@ -15,7 +17,10 @@ use serde_json::json;
 #[tokio::test]
 async fn hello_agent_greets_through_the_library_api() {
     let runtime = loaded_runtime(Capabilities::default()).await;
-    let run = runtime.run_agent("hello-agent", request("World")).await.unwrap();
+    let run = runtime
+        .run_agent("hello-agent", request("World"))
+        .await
+        .unwrap();
     assert_eq!(run.output.text, "Hello, World!");
     assert!(run.output.actions.is_empty());
     assert_eq!(run.plugin_version, "0.1.0");
@@ -27,7 +32,10 @@ async fn hello_agent_greets_through_the_library_api() {
 #[tokio::test]
 async fn an_agents_own_error_is_reported_as_such() {
     let runtime = loaded_runtime(Capabilities::default()).await;
-    let err = runtime.run_agent("hello-agent", request("   ")).await.unwrap_err();
+    let err = runtime
+        .run_agent("hello-agent", request("   "))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), "PLUGIN_FAILED");
     assert!(err.to_string().contains("nobody to greet"), "{err}");
 }
@@ -43,7 +51,10 @@ async fn config_from_the_manifest_reaches_the_plugin() {
     let runtime = runtime_with(Capabilities::default());
     let plugin = runtime.load_plugin(&manifest).await.unwrap();
     runtime.registry().install(plugin);
-    let run = runtime.run_agent("hola-agent", request("Mundo")).await.unwrap();
+    let run = runtime
+        .run_agent("hola-agent", request("Mundo"))
+        .await
+        .unwrap();
     assert_eq!(run.output.text, "Hola, Mundo!");
 }
 
@@ -52,14 +63,21 @@ async fn every_run_gets_a_fresh_instance() {
     let runtime = loaded_runtime(Capabilities::default()).await;
     for _ in 0..5 {
         let run = runtime.run_agent("counter", request("")).await.unwrap();
-        assert_eq!(run.output.text, "1", "a static survived from an earlier run");
+        assert_eq!(
+            run.output.text, "1",
+            "a static survived from an earlier run"
+        );
     }
 }
 
 fn ok(id: &str, text: &str) -> AgentResult {
     AgentResult {
         agent_id: id.into(),
-        output: Some(AgentOutput { text: text.into(), actions: vec![], metadata: json!({}) }),
+        output: Some(AgentOutput {
+            text: text.into(),
+            actions: vec![],
+            metadata: json!({}),
+        }),
         error: None,
     }
 }
@@ -84,12 +102,28 @@ async fn pr_decision_reaches_each_verdict() {
             ok("integrity-agent", "healthy"),
         ]
     };
-    let verdict = async |results| match runtime.run_step("pr-decision", step_request(results)).await.unwrap().contribution {
-        Contribution::Decision { verdict, actions, .. } => (verdict, actions.into_iter().map(|a| a.name).collect::<Vec<_>>()),
+    let verdict = async |results| match runtime
+        .run_step("pr-decision", step_request(results))
+        .await
+        .unwrap()
+        .contribution
+    {
+        Contribution::Decision {
+            verdict, actions, ..
+        } => (
+            verdict,
+            actions.into_iter().map(|a| a.name).collect::<Vec<_>>(),
+        ),
         other => panic!("expected a decision, got {other:?}"),
     };
 
-    assert_eq!(verdict(good()).await, (Verdict::Approve, vec!["approve_pr".into(), "auto_merge".into()]));
+    assert_eq!(
+        verdict(good()).await,
+        (
+            Verdict::Approve,
+            vec!["approve_pr".into(), "auto_merge".into()]
+        )
+    );
 
     let mut blocked = good();
     blocked[0] = ok("governance-review-agent", "BLOCKED: no linked issue");
@@ -100,13 +134,19 @@ async fn pr_decision_reaches_each_verdict() {
     assert_eq!(verdict(changes).await.0, Verdict::RequestChanges);
 
     let mut failed = good();
-    failed[3] = AgentResult { agent_id: "integrity-agent".into(), output: None, error: Some("timeout".into()) };
+    failed[3] = AgentResult {
+        agent_id: "integrity-agent".into(),
+        output: None,
+        error: Some("timeout".into()),
+    };
     assert_eq!(verdict(failed).await.0, Verdict::ManualReview);
 }
 
 #[tokio::test]
 async fn prompt_agent_renders_its_config_into_the_host_llm_call() {
-    let llm = RecordingLlm::new("Needs work.\nACTION: request_changes {\"reason\": \"no tests\"}\nDo not approve_pr yet.");
+    let llm = RecordingLlm::new(
+        "Needs work.\nACTION: request_changes {\"reason\": \"no tests\"}\nDo not approve_pr yet.",
+    );
     let runtime = runtime_with(Capabilities { llm: llm.clone() });
     let dir = tempfile::tempdir().unwrap();
     let manifest = plugin_with_manifest(
@@ -129,7 +169,10 @@ actions = ["review_pr", "request_changes", "approve_pr"]
 "#,
     );
     let plugin = runtime.load_plugin(&manifest).await.unwrap();
-    assert_eq!(plugin.described.actions, ["review_pr", "request_changes", "approve_pr"]);
+    assert_eq!(
+        plugin.described.actions,
+        ["review_pr", "request_changes", "approve_pr"]
+    );
     runtime.registry().install(plugin);
 
     let mut context = RunContext::new("ci");
@@ -137,7 +180,11 @@ actions = ["review_pr", "request_changes", "approve_pr"]
     let run = runtime
         .run_agent(
             "code-review-agent",
-            AgentRequest { input: "be strict".into(), payload: json!({"pr": {"title": "Fix login", "number": 42}}), context },
+            AgentRequest {
+                input: "be strict".into(),
+                payload: json!({"pr": {"title": "Fix login", "number": 42}}),
+                context,
+            },
         )
         .await
         .unwrap();
@@ -153,13 +200,33 @@ actions = ["review_pr", "request_changes", "approve_pr"]
     let roles: Vec<Role> = call.request.messages.iter().map(|m| m.role).collect();
     assert_eq!(roles, [Role::System, Role::User]);
     let system = &call.request.messages[0].content;
-    assert!(system.starts_with("You are Code Review Agent.\nRole: Senior Software Engineer\n\nافحص جودة الكود"), "{system}");
-    assert!(system.contains("review_pr, request_changes, approve_pr"), "{system}");
-    assert_eq!(call.request.messages[1].content, "Review PR Fix login (#42): be strict");
+    assert!(
+        system.starts_with(
+            "You are Code Review Agent.\nRole: Senior Software Engineer\n\nافحص جودة الكود"
+        ),
+        "{system}"
+    );
+    assert!(
+        system.contains("review_pr, request_changes, approve_pr"),
+        "{system}"
+    );
+    assert_eq!(
+        call.request.messages[1].content,
+        "Review PR Fix login (#42): be strict"
+    );
 
     assert!(run.output.text.starts_with("Needs work."));
-    let actions: Vec<_> = run.output.actions.iter().map(|a| (a.name.as_str(), a.args.clone())).collect();
-    assert_eq!(actions, [("request_changes", json!({"reason": "no tests"}))], "mentions are not actions");
+    let actions: Vec<_> = run
+        .output
+        .actions
+        .iter()
+        .map(|a| (a.name.as_str(), a.args.clone()))
+        .collect();
+    assert_eq!(
+        actions,
+        [("request_changes", json!({"reason": "no tests"}))],
+        "mentions are not actions"
+    );
     assert_eq!(run.output.metadata["model"], "gpt-4o");
     assert_eq!(run.output.metadata["usage"]["completionTokens"], 7);
 }
@@ -167,9 +234,15 @@ actions = ["review_pr", "request_changes", "approve_pr"]
 #[tokio::test]
 async fn prompt_agent_without_a_provider_says_so() {
     let runtime = loaded_runtime(Capabilities::default()).await;
-    let err = runtime.run_agent("prompt-agent", request("hi")).await.unwrap_err();
+    let err = runtime
+        .run_agent("prompt-agent", request("hi"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), "PLUGIN_FAILED");
-    assert!(err.to_string().contains("no LLM provider is configured"), "{err}");
+    assert!(
+        err.to_string().contains("no LLM provider is configured"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -182,9 +255,14 @@ async fn actions_outside_the_manifest_allow_list_are_rejected() {
         &shipped_dir().join("prompt-agent.wasm"),
         "id = \"eager\"\nversion = \"1\"\nkind = \"agent\"\nallowed-actions = [\"review_pr\"]\n[config]\nactions = [\"deploy_prod\", \"review_pr\"]\n",
     );
-    runtime.registry().install(runtime.load_plugin(&manifest).await.unwrap());
+    runtime
+        .registry()
+        .install(runtime.load_plugin(&manifest).await.unwrap());
     let err = runtime.run_agent("eager", request("go")).await.unwrap_err();
-    assert!(matches!(&err, RunError::ActionNotAllowed { action, .. } if action == "deploy_prod"), "{err:?}");
+    assert!(
+        matches!(&err, RunError::ActionNotAllowed { action, .. } if action == "deploy_prod"),
+        "{err:?}"
+    );
     assert_eq!(err.code(), "ACTION_NOT_ALLOWED");
 }
 
@@ -193,7 +271,10 @@ async fn unknown_plugins_and_wrong_kinds_are_named() {
     let runtime = loaded_runtime(Capabilities::default()).await;
     let err = runtime.run_agent("nope", request("x")).await.unwrap_err();
     assert_eq!(err.code(), "PLUGIN_NOT_FOUND");
-    let err = runtime.run_agent("pr-decision", request("x")).await.unwrap_err();
+    let err = runtime
+        .run_agent("pr-decision", request("x"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), "WRONG_PLUGIN_KIND");
     assert!(err.to_string().contains("step"), "{err}");
 }
@@ -208,36 +289,71 @@ async fn a_manifest_naming_the_wrong_world_is_refused_at_load() {
     );
     let runtime = runtime_with(Capabilities::default());
     let err = runtime.load_plugin(&manifest).await.unwrap_err();
-    assert!(err.to_string().contains("does not export the step world"), "{err}");
+    assert!(
+        err.to_string().contains("does not export the step world"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn a_broken_plugin_in_the_directory_does_not_stop_the_others() {
     let dir = tempfile::tempdir().unwrap();
-    plugin_with_manifest(dir.path(), &shipped_dir().join("hello-agent.wasm"), "id = \"hello-agent\"\nversion = \"1\"\nkind = \"agent\"\n");
-    std::fs::write(dir.path().join("broken.toml"), "id = \"broken\"\nversion = \"1\"\nkind = \"agent\"\n").unwrap();
+    plugin_with_manifest(
+        dir.path(),
+        &shipped_dir().join("hello-agent.wasm"),
+        "id = \"hello-agent\"\nversion = \"1\"\nkind = \"agent\"\n",
+    );
+    std::fs::write(
+        dir.path().join("broken.toml"),
+        "id = \"broken\"\nversion = \"1\"\nkind = \"agent\"\n",
+    )
+    .unwrap();
     std::fs::write(dir.path().join("broken.wasm"), b"\0asm\x0d\0\x01\0garbage").unwrap();
     let runtime = runtime_with(Capabilities::default());
     let report = runtime.load_dir(dir.path()).await.unwrap();
     assert_eq!(report.loaded.len(), 1);
     assert_eq!(report.failed.len(), 1);
-    assert!(report.failed[0].to_string().contains("broken.wasm"), "{}", report.failed[0]);
-    assert!(runtime.run_agent("hello-agent", request("still here")).await.is_ok());
+    assert!(
+        report.failed[0].to_string().contains("broken.wasm"),
+        "{}",
+        report.failed[0]
+    );
+    assert!(
+        runtime
+            .run_agent("hello-agent", request("still here"))
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]
 async fn compiled_components_are_cached_on_disk_and_bad_artifacts_recompiled() {
     let cache = tempfile::tempdir().unwrap();
-    let options = || bsm_host::RuntimeOptions { artifact_dir: Some(cache.path().to_path_buf()), ..Default::default() };
+    let options = || bsm_host::RuntimeOptions {
+        artifact_dir: Some(cache.path().to_path_buf()),
+        ..Default::default()
+    };
     let manifest = shipped_dir().join("hello-agent.toml");
 
     let first = bsm_host::Runtime::new(options()).unwrap();
     first.load_plugin(&manifest).await.unwrap();
-    let artifacts: Vec<_> = std::fs::read_dir(cache.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    let artifacts: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(artifacts.len(), 1, "one compiled artifact: {artifacts:?}");
-    let digest = first.registry().get("hello-agent").map(|p| p.digest.clone());
+    let digest = first
+        .registry()
+        .get("hello-agent")
+        .map(|p| p.digest.clone());
     assert!(digest.is_none(), "load_plugin does not install");
-    assert!(artifacts[0].file_name().unwrap().to_string_lossy().ends_with(".cwasm"));
+    assert!(
+        artifacts[0]
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .ends_with(".cwasm")
+    );
 
     // A restart loads the artifact instead of compiling; a damaged artifact
     // is replaced, never trusted.
@@ -245,8 +361,19 @@ async fn compiled_components_are_cached_on_disk_and_bad_artifacts_recompiled() {
     let second = bsm_host::Runtime::new(options()).unwrap();
     let plugin = second.load_plugin(&manifest).await.unwrap();
     second.registry().install(plugin);
-    assert_eq!(second.run_agent("hello-agent", request("cache")).await.unwrap().output.text, "Hello, cache!");
-    assert!(std::fs::metadata(&artifacts[0]).unwrap().len() > 1000, "the artifact was rewritten");
+    assert_eq!(
+        second
+            .run_agent("hello-agent", request("cache"))
+            .await
+            .unwrap()
+            .output
+            .text,
+        "Hello, cache!"
+    );
+    assert!(
+        std::fs::metadata(&artifacts[0]).unwrap().len() > 1000,
+        "the artifact was rewritten"
+    );
 }
 
 #[tokio::test]
@@ -268,13 +395,26 @@ async fn replacing_a_plugin_keeps_runs_in_flight_on_their_version() {
     let mut manifest: Manifest = old.manifest.clone();
     manifest.version = "0.2.0".into();
     let bytes = std::fs::read(&old.source).unwrap();
-    let new = runtime.build_plugin(manifest, bytes, old.source.clone()).await.unwrap();
+    let new = runtime
+        .build_plugin(manifest, bytes, old.source.clone())
+        .await
+        .unwrap();
     let replaced = runtime.registry().install(new).unwrap();
     assert!(Arc::ptr_eq(&replaced, &old));
 
     let finished = in_flight.await.unwrap().unwrap();
-    assert_eq!(finished.plugin_version, "0.1.0", "the run kept the version it started on");
+    assert_eq!(
+        finished.plugin_version, "0.1.0",
+        "the run kept the version it started on"
+    );
     let mut req = request("x");
     req.payload = json!({"ms": 1});
-    assert_eq!(runtime.run_agent("sleepy", req).await.unwrap().plugin_version, "0.2.0");
+    assert_eq!(
+        runtime
+            .run_agent("sleepy", req)
+            .await
+            .unwrap()
+            .plugin_version,
+        "0.2.0"
+    );
 }

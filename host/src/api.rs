@@ -143,8 +143,15 @@ pub enum Verdict {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Contribution {
-    Route { agents: Vec<String>, mode: RunMode },
-    Decision { verdict: Verdict, reason: String, actions: Vec<Action> },
+    Route {
+        agents: Vec<String>,
+        mode: RunMode,
+    },
+    Decision {
+        verdict: Verdict,
+        reason: String,
+        actions: Vec<Action>,
+    },
 }
 
 /// A finished step run.
@@ -243,7 +250,11 @@ impl Action {
 impl AgentOutput {
     pub(crate) fn from_wit(o: wit::AgentOutput) -> Result<Self, String> {
         let metadata = parse_json("metadata", &o.metadata)?;
-        let actions = o.actions.into_iter().map(Action::from_wit).collect::<Result<_, _>>()?;
+        let actions = o
+            .actions
+            .into_iter()
+            .map(Action::from_wit)
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             text: o.text,
             actions,
@@ -270,7 +281,11 @@ impl Contribution {
                     wit::Verdict::ManualReview => Verdict::ManualReview,
                 },
                 reason: d.reason,
-                actions: d.actions.into_iter().map(Action::from_wit).collect::<Result<_, _>>()?,
+                actions: d
+                    .actions
+                    .into_iter()
+                    .map(Action::from_wit)
+                    .collect::<Result<_, _>>()?,
             },
         })
     }
@@ -280,5 +295,8 @@ impl Contribution {
 pub(crate) fn wit_output_bytes(o: &wit::AgentOutput) -> usize {
     o.text.len()
         + o.metadata.len()
-        + o.actions.iter().map(|a| a.name.len() + a.args.len()).sum::<usize>()
+        + o.actions
+            .iter()
+            .map(|a| a.name.len() + a.args.len())
+            .sum::<usize>()
 }

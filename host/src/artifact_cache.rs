@@ -41,7 +41,9 @@ impl ArtifactCache {
             // configuration (the key includes its compatibility hash).
             match unsafe { Component::deserialize_file(engine, &path) } {
                 Ok(component) => return Ok(component),
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "discarding unreadable compiled artifact"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "discarding unreadable compiled artifact")
+                }
             }
         }
         let component = compile(engine, bytes)?;

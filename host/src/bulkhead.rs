@@ -158,6 +158,8 @@ mod tests {
     }
 
     async fn futures_poll_once<F: std::future::Future + Unpin>(f: F) -> Option<F::Output> {
-        tokio::time::timeout(Duration::from_millis(20), f).await.ok()
+        tokio::time::timeout(Duration::from_millis(20), f)
+            .await
+            .ok()
     }
 }

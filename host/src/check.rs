@@ -25,13 +25,17 @@ pub struct CheckReport {
 /// Rejects files that are not WebAssembly components, with the fix.
 pub fn check_header(bytes: &[u8]) -> Result<(), String> {
     if bytes.len() < 8 || &bytes[..4] != MAGIC {
-        return Err("not a WebAssembly file (it does not start with the `\\0asm` magic bytes)".into());
+        return Err(
+            "not a WebAssembly file (it does not start with the `\\0asm` magic bytes)".into(),
+        );
     }
     let version: [u8; 4] = bytes[4..8].try_into().unwrap();
     if version == CORE_MODULE {
-        return Err("a core WebAssembly module, not a component: build the plugin with \
+        return Err(
+            "a core WebAssembly module, not a component: build the plugin with \
                     `cargo build --target wasm32-wasip2`, which produces a component"
-            .into());
+                .into(),
+        );
     }
     if version != COMPONENT_LAYER {
         return Err(format!(
@@ -46,12 +50,22 @@ pub fn check_header(bytes: &[u8]) -> Result<(), String> {
 pub fn check_component(runtime: &Runtime, bytes: &[u8]) -> Result<CheckReport, String> {
     check_header(bytes)?;
     let engine = runtime.engine();
-    let component = Component::new(engine, bytes).map_err(|e| format!("not a valid component: {e:#}"))?;
+    let component =
+        Component::new(engine, bytes).map_err(|e| format!("not a valid component: {e:#}"))?;
     let ty = component.component_type();
-    let imports: Vec<String> = ty.imports(engine).map(|(name, _)| name.to_string()).collect();
-    let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
+    let imports: Vec<String> = ty
+        .imports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    let exports: Vec<String> = ty
+        .exports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
     let pre = runtime.linker().instantiate_pre(&component).map_err(|e| {
-        format!("the component imports something this host does not provide: {e:#} (imports: {})", imports.join(", "))
+        format!(
+            "the component imports something this host does not provide: {e:#} (imports: {})",
+            imports.join(", ")
+        )
     })?;
     let world = match (AgentPre::new(pre.clone()), StepPre::new(pre)) {
         (Ok(_), _) => PluginKind::Agent,
@@ -62,7 +76,11 @@ pub fn check_component(runtime: &Runtime, bytes: &[u8]) -> Result<CheckReport, S
                  (it exports: {}). A plugin exports `describe` and `run` of \
                  bsm:plugin/agent@0.1.0 or bsm:plugin/step@0.1.0; with bsm-sdk use \
                  `export_agent!` or `export_step!`",
-                if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") }
+                if exports.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    exports.join(", ")
+                }
             ));
         }
     };

@@ -15,25 +15,43 @@ pub enum RunError {
     PluginNotFound { id: String },
 
     #[error("plugin {id:?} is a {actual} plugin, not an {expected}")]
-    WrongPluginKind { id: String, expected: PluginKind, actual: PluginKind },
+    WrongPluginKind {
+        id: String,
+        expected: PluginKind,
+        actual: PluginKind,
+    },
 
     #[error("invalid request: {message}")]
     InvalidRequest { message: String },
 
     #[error("plugin {plugin:?} is busy ({reason}); retry in {retry_after_ms} ms")]
-    PluginBusy { plugin: String, reason: String, retry_after_ms: u64 },
+    PluginBusy {
+        plugin: String,
+        reason: String,
+        retry_after_ms: u64,
+    },
 
     #[error("plugin {plugin:?} did not finish within its {timeout_ms} ms budget")]
     PluginTimeout { plugin: String, timeout_ms: u64 },
 
-    #[error("plugin {plugin:?} exceeded its memory limit of {limit_bytes} bytes (asked for {requested_bytes})")]
-    PluginMemoryLimit { plugin: String, limit_bytes: u64, requested_bytes: u64 },
+    #[error(
+        "plugin {plugin:?} exceeded its memory limit of {limit_bytes} bytes (asked for {requested_bytes})"
+    )]
+    PluginMemoryLimit {
+        plugin: String,
+        limit_bytes: u64,
+        requested_bytes: u64,
+    },
 
     #[error("plugin {plugin:?} trapped: {message}")]
     PluginTrap { plugin: String, message: String },
 
     #[error("plugin {plugin:?} returned {bytes} bytes of output, over its limit of {limit_bytes}")]
-    PluginOutputTooLarge { plugin: String, bytes: u64, limit_bytes: u64 },
+    PluginOutputTooLarge {
+        plugin: String,
+        bytes: u64,
+        limit_bytes: u64,
+    },
 
     #[error("plugin {plugin:?} returned invalid output: {message}")]
     PluginInvalidOutput { plugin: String, message: String },
@@ -42,7 +60,10 @@ pub enum RunError {
     ActionNotAllowed { plugin: String, action: String },
 
     #[error("plugin {plugin:?} failed: {failure}")]
-    PluginFailed { plugin: String, failure: PluginFailure },
+    PluginFailed {
+        plugin: String,
+        failure: PluginFailure,
+    },
 
     #[error("plugin {plugin:?} could not be started: {message}")]
     PluginStartFailed { plugin: String, message: String },

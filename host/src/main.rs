@@ -97,7 +97,10 @@ enum PluginsCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.global.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(anyhow::anyhow!("cannot start the async runtime: {e}")),
     };
@@ -134,7 +137,13 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         ..RuntimeOptions::default()
     })?;
     match cli.command {
-        Command::Run { agent_id, input, payload, context, json } => {
+        Command::Run {
+            agent_id,
+            input,
+            payload,
+            context,
+            json,
+        } => {
             load_one(&runtime, &plugins_dir, &agent_id).await?;
             let request = AgentRequest {
                 input,
@@ -148,10 +157,17 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", run.output.text);
             }
         }
-        Command::Step { step_id, event, payload, results, json } => {
+        Command::Step {
+            step_id,
+            event,
+            payload,
+            results,
+            json,
+        } => {
             load_one(&runtime, &plugins_dir, &step_id).await?;
             let results: Vec<AgentResult> = match read_json(results.as_deref())? {
-                Some(v) => serde_json::from_value(v).context("the results file is not a list of agent results")?,
+                Some(v) => serde_json::from_value(v)
+                    .context("the results file is not a list of agent results")?,
                 None => Vec::new(),
             };
             let mut context = RunContext::new("api");
@@ -169,16 +185,22 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&run.contribution)?);
             }
         }
-        Command::Plugins { command: PluginsCommand::List { json } } => {
+        Command::Plugins {
+            command: PluginsCommand::List { json },
+        } => {
             let report = runtime.load_dir(&plugins_dir).await?;
             for failure in &report.failed {
                 eprintln!("warning: skipped {failure}");
             }
             print_plugins(&report.loaded, json)?;
         }
-        Command::Plugins { command: PluginsCommand::Check { file, json } } => {
-            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let report = check_component(&runtime, &bytes).map_err(|m| anyhow::anyhow!("{}: {m}", file.display()))?;
+        Command::Plugins {
+            command: PluginsCommand::Check { file, json },
+        } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let report = check_component(&runtime, &bytes)
+                .map_err(|m| anyhow::anyhow!("{}: {m}", file.display()))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -213,8 +235,10 @@ async fn load_one(runtime: &Runtime, dir: &Path, id: &str) -> anyhow::Result<Arc
 
 fn read_json(path: Option<&Path>) -> anyhow::Result<Option<serde_json::Value>> {
     let Some(path) = path else { return Ok(None) };
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
     Ok(Some(value))
 }
 

@@ -106,7 +106,10 @@ impl Budget {
             return Err("budget.timeout-ms must be at least 1".into());
         }
         if self.memory_mb == 0 || self.memory_mb > 4096 {
-            return Err(format!("budget.memory-mb must be 1..=4096, not {}", self.memory_mb));
+            return Err(format!(
+                "budget.memory-mb must be 1..=4096, not {}",
+                self.memory_mb
+            ));
         }
         if self.max_concurrent == 0 {
             return Err("budget.max-concurrent must be at least 1".into());
@@ -120,7 +123,9 @@ impl Manifest {
     pub fn from_toml(text: &str, origin: &Path) -> Result<Self, String> {
         let manifest: Manifest =
             toml::from_str(text).map_err(|e| format!("{}: {}", origin.display(), e.message()))?;
-        manifest.validate().map_err(|e| format!("{}: {e}", origin.display()))?;
+        manifest
+            .validate()
+            .map_err(|e| format!("{}: {e}", origin.display()))?;
         Ok(manifest)
     }
 
@@ -178,15 +183,17 @@ mod tests {
     fn unknown_fields_and_kinds_are_named() {
         let e = parse("id = \"a\"\nversion = \"1\"\nkind = \"robot\"").unwrap_err();
         assert!(e.contains("x.toml") && e.contains("robot"), "{e}");
-        let e = parse("id = \"a\"\nversion = \"1\"\nkind = \"agent\"\n[budget]\ntimeout = 3").unwrap_err();
+        let e = parse("id = \"a\"\nversion = \"1\"\nkind = \"agent\"\n[budget]\ntimeout = 3")
+            .unwrap_err();
         assert!(e.contains("timeout"), "{e}");
     }
 
     #[test]
     fn bad_ids_and_budgets_are_rejected() {
         assert!(parse("id = \"../x\"\nversion = \"1\"\nkind = \"agent\"").is_err());
-        let e = parse("id = \"a\"\nversion = \"1\"\nkind = \"agent\"\n[budget]\nmax-concurrent = 0")
-            .unwrap_err();
+        let e =
+            parse("id = \"a\"\nversion = \"1\"\nkind = \"agent\"\n[budget]\nmax-concurrent = 0")
+                .unwrap_err();
         assert!(e.contains("max-concurrent"), "{e}");
     }
 

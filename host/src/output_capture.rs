@@ -89,7 +89,11 @@ impl OutputStream for CapturedOutput {
 }
 
 impl AsyncWrite for CapturedOutput {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         self.push(buf);
         Poll::Ready(Ok(buf.len()))
     }
@@ -111,7 +115,10 @@ pub fn panic_message(stderr: &str) -> Option<String> {
     let start = stderr.find("panicked at ")?;
     let after = &stderr[start..];
     let mut lines = after.lines();
-    let location = lines.next()?.trim_start_matches("panicked at ").trim_end_matches(':');
+    let location = lines
+        .next()?
+        .trim_start_matches("panicked at ")
+        .trim_end_matches(':');
     let message: Vec<&str> = lines
         .take_while(|l| !l.starts_with("note: ") && !l.starts_with("stack backtrace"))
         .collect();

@@ -16,7 +16,7 @@ use crate::bindings::agent::{Agent, AgentPre};
 use crate::bindings::step::StepPre;
 use crate::bindings::types as wit;
 use crate::bulkhead::{Bulkhead, Busy, Rejection};
-use crate::capabilities::{self, Capabilities, Caller};
+use crate::capabilities::{self, Caller, Capabilities};
 use crate::engine::{self, EpochTicker, PoolSettings};
 use crate::error::{LoadError, RunError};
 use crate::limits::{MemoryLimitExceeded, RunLimits};
@@ -88,8 +88,12 @@ impl Runtime {
     /// the registry. A broken plugin is reported and skipped; it never stops
     /// the others from loading.
     pub async fn load_dir(&self, dir: &Path) -> Result<LoadReport, LoadError> {
-        let entries = std::fs::read_dir(dir)
-            .map_err(|e| LoadError::new(dir.display(), format!("cannot read the plugins directory: {e}")))?;
+        let entries = std::fs::read_dir(dir).map_err(|e| {
+            LoadError::new(
+                dir.display(),
+                format!("cannot read the plugins directory: {e}"),
+            )
+        })?;
         let mut manifests: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "toml"))
@@ -116,11 +120,21 @@ impl Runtime {
         let text = tokio::fs::read_to_string(manifest_path)
             .await
             .map_err(|e| LoadError::new(&origin, format!("cannot read the manifest: {e}")))?;
-        let manifest = Manifest::from_toml(&text, manifest_path).map_err(|m| LoadError::new(&origin, m))?;
-        let wasm_name = manifest.wasm.clone().unwrap_or_else(|| format!("{}.wasm", manifest.id));
-        let wasm_path = manifest_path.parent().unwrap_or(Path::new(".")).join(wasm_name);
+        let manifest =
+            Manifest::from_toml(&text, manifest_path).map_err(|m| LoadError::new(&origin, m))?;
+        let wasm_name = manifest
+            .wasm
+            .clone()
+            .unwrap_or_else(|| format!("{}.wasm", manifest.id));
+        let wasm_path = manifest_path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(wasm_name);
         let bytes = tokio::fs::read(&wasm_path).await.map_err(|e| {
-            LoadError::new(wasm_path.display(), format!("cannot read the component: {e}"))
+            LoadError::new(
+                wasm_path.display(),
+                format!("cannot read the component: {e}"),
+            )
         })?;
         self.build_plugin(manifest, bytes, wasm_path).await
     }
@@ -145,7 +159,9 @@ impl Runtime {
                 .map_err(|e| LoadError::new(&origin, format!("compilation task failed: {e}")))?
                 .map_err(|e| LoadError::new(&origin, format!("not a valid component: {e:#}")))?
         };
-        let exports = self.pre_instantiate(&component, manifest.kind).map_err(|m| LoadError::new(&origin, m))?;
+        let exports = self
+            .pre_instantiate(&component, manifest.kind)
+            .map_err(|m| LoadError::new(&origin, m))?;
         let budget = &manifest.budget;
         let id: Arc<str> = Arc::from(manifest.id.as_str());
         let mut plugin = Plugin {
@@ -166,7 +182,11 @@ impl Runtime {
                 budget.max_queue_wait(),
             ),
             config: Arc::new(manifest.config_pairs()),
-            allowed_actions: manifest.allowed_actions.iter().cloned().collect::<HashSet<_>>(),
+            allowed_actions: manifest
+                .allowed_actions
+                .iter()
+                .cloned()
+                .collect::<HashSet<_>>(),
             manifest,
         };
         plugin.described = self
@@ -186,10 +206,9 @@ impl Runtime {
     /// Links the component against the host and checks its exports match the
     /// world of `kind`.
     fn pre_instantiate(&self, component: &Component, kind: PluginKind) -> Result<Exports, String> {
-        let pre = self
-            .linker
-            .instantiate_pre(component)
-            .map_err(|e| format!("the component imports something this host does not provide: {e:#}"))?;
+        let pre = self.linker.instantiate_pre(component).map_err(|e| {
+            format!("the component imports something this host does not provide: {e:#}")
+        })?;
         match kind {
             PluginKind::Agent => AgentPre::new(pre)
                 .map(Exports::Agent)
@@ -258,7 +277,11 @@ impl Runtime {
     }
 
     /// Runs a specific plugin version (e.g. one held since before a swap).
-    pub async fn run_agent_plugin(&self, plugin: &Arc<Plugin>, request: AgentRequest) -> Result<AgentRun, RunError> {
+    pub async fn run_agent_plugin(
+        &self,
+        plugin: &Arc<Plugin>,
+        request: AgentRequest,
+    ) -> Result<AgentRun, RunError> {
         let Exports::Agent(pre) = &plugin.exports else {
             return Err(RunError::WrongPluginKind {
                 id: plugin.id().to_string(),
@@ -272,7 +295,11 @@ impl Runtime {
             payload: request.payload.to_string(),
             context: (&request.context).into(),
         };
-        let _slot = plugin.bulkhead.acquire().await.map_err(|b| busy(plugin, b))?;
+        let _slot = plugin
+            .bulkhead
+            .acquire()
+            .await
+            .map_err(|b| busy(plugin, b))?;
         let result = self
             .sandboxed(plugin, &request.context.correlation_id, async |store| {
                 let agent: Agent = pre.instantiate_async(&mut *store).await?;
@@ -293,7 +320,11 @@ impl Runtime {
         })
     }
 
-    fn validate_agent_output(&self, plugin: &Plugin, output: wit::AgentOutput) -> Result<AgentOutput, RunError> {
+    fn validate_agent_output(
+        &self,
+        plugin: &Plugin,
+        output: wit::AgentOutput,
+    ) -> Result<AgentOutput, RunError> {
         let bytes = api::wit_output_bytes(&output) as u64;
         let limit = plugin.manifest.budget.max_output_bytes;
         if bytes > limit {
@@ -303,7 +334,11 @@ impl Runtime {
                 limit_bytes: limit,
             });
         }
-        if let Some(action) = output.actions.iter().find(|a| !plugin.allowed_actions.contains(&a.name)) {
+        if let Some(action) = output
+            .actions
+            .iter()
+            .find(|a| !plugin.allowed_actions.contains(&a.name))
+        {
             return Err(RunError::ActionNotAllowed {
                 plugin: plugin.id().to_string(),
                 action: action.name.clone(),
@@ -328,7 +363,11 @@ impl Runtime {
             context: (&request.context).into(),
             results: request.results.iter().map(wit::AgentResult::from).collect(),
         };
-        let _slot = plugin.bulkhead.acquire().await.map_err(|b| busy(&plugin, b))?;
+        let _slot = plugin
+            .bulkhead
+            .acquire()
+            .await
+            .map_err(|b| busy(&plugin, b))?;
         let result = self
             .sandboxed(&plugin, &request.context.correlation_id, async |store| {
                 let step = pre.instantiate_async(&mut *store).await?;
@@ -340,16 +379,21 @@ impl Runtime {
             failure: e.into(),
         })?;
         if let wit::Contribution::Decision(d) = &contribution
-            && let Some(action) = d.actions.iter().find(|a| !plugin.allowed_actions.contains(&a.name))
+            && let Some(action) = d
+                .actions
+                .iter()
+                .find(|a| !plugin.allowed_actions.contains(&a.name))
         {
             return Err(RunError::ActionNotAllowed {
                 plugin: plugin.id().to_string(),
                 action: action.name.clone(),
             });
         }
-        let contribution = Contribution::from_wit(contribution).map_err(|message| RunError::PluginInvalidOutput {
-            plugin: plugin.id().to_string(),
-            message,
+        let contribution = Contribution::from_wit(contribution).map_err(|message| {
+            RunError::PluginInvalidOutput {
+                plugin: plugin.id().to_string(),
+                message,
+            }
         })?;
         Ok(StepRun {
             plugin_id: plugin.id().to_string(),
@@ -428,7 +472,10 @@ fn classify_failure(plugin: &Plugin, store: &Store<RunState>, error: wasmtime::E
         Some(trap) => {
             let stderr = store.data().stderr.text();
             let message = panic_message(&stderr).unwrap_or_else(|| format!("{trap} ({error})"));
-            RunError::PluginTrap { plugin: id, message }
+            RunError::PluginTrap {
+                plugin: id,
+                message,
+            }
         }
         None => RunError::PluginStartFailed {
             plugin: id,

@@ -3,6 +3,7 @@
 
 /// Bindings of the `agent` world; also the one place where the shared
 /// interfaces (types and host capabilities) are generated.
+#[allow(clippy::too_many_arguments)]
 pub mod agent {
     wit_bindgen::generate!({
         path: "../wit",
@@ -15,6 +16,7 @@ pub mod agent {
 
 /// Bindings of the `step` world, reusing the agent world's interface types so
 /// that `llm::Message` and friends are one Rust type across both kinds.
+#[allow(clippy::too_many_arguments)]
 pub mod step {
     wit_bindgen::generate!({
         path: "../wit",

@@ -70,7 +70,9 @@ macro_rules! export_agent {
                     <$agent as $crate::Agent>::describe()
                 }
 
-                fn run(input: $crate::Input) -> ::core::result::Result<$crate::Output, $crate::AgentError> {
+                fn run(
+                    input: $crate::Input,
+                ) -> ::core::result::Result<$crate::Output, $crate::AgentError> {
                     <$agent as $crate::Agent>::run(input)
                 }
             }

@@ -17,9 +17,7 @@
 
 use crate::bindings::agent::bsm::plugin::llm as wit;
 
-pub use wit::{
-    ChatRequest, ChatResponse, Error as LlmError, Message, ProviderError, Role, Usage,
-};
+pub use wit::{ChatRequest, ChatResponse, Error as LlmError, Message, ProviderError, Role, Usage};
 
 /// Sends a chat completion request.
 pub fn chat(request: &ChatRequest) -> Result<ChatResponse, LlmError> {
@@ -34,24 +32,38 @@ pub fn embed(model: Option<&str>, inputs: &[String]) -> Result<Vec<Vec<f32>>, Ll
 impl Message {
     /// A system message.
     pub fn system(content: impl Into<String>) -> Self {
-        Self { role: Role::System, content: content.into() }
+        Self {
+            role: Role::System,
+            content: content.into(),
+        }
     }
 
     /// A user message.
     pub fn user(content: impl Into<String>) -> Self {
-        Self { role: Role::User, content: content.into() }
+        Self {
+            role: Role::User,
+            content: content.into(),
+        }
     }
 
     /// An assistant message (for few-shot examples or history).
     pub fn assistant(content: impl Into<String>) -> Self {
-        Self { role: Role::Assistant, content: content.into() }
+        Self {
+            role: Role::Assistant,
+            content: content.into(),
+        }
     }
 }
 
 impl ChatRequest {
     /// A request with the host's default model, token limit and temperature.
     pub fn new(messages: Vec<Message>) -> Self {
-        Self { messages, model: None, max_tokens: None, temperature: None }
+        Self {
+            messages,
+            model: None,
+            max_tokens: None,
+            temperature: None,
+        }
     }
 
     /// Asks for a specific model (the host falls back to its default when the

@@ -41,7 +41,11 @@ pub async fn loaded_runtime(capabilities: Capabilities) -> Arc<Runtime> {
     let runtime = runtime_with(capabilities);
     for dir in [shipped_dir(), test_plugins_dir()] {
         let report = runtime.load_dir(&dir).await.expect("plugins dir readable");
-        assert!(report.failed.is_empty(), "plugins failed to load: {:?}", report.failed);
+        assert!(
+            report.failed.is_empty(),
+            "plugins failed to load: {:?}",
+            report.failed
+        );
     }
     Arc::new(runtime)
 }
@@ -99,7 +103,10 @@ impl RecordingLlm {
 #[async_trait::async_trait]
 impl LlmEngine for RecordingLlm {
     async fn chat(&self, caller: &Caller, request: ChatRequest) -> Result<ChatResponse, LlmError> {
-        let model = request.model.clone().unwrap_or_else(|| "default-model".into());
+        let model = request
+            .model
+            .clone()
+            .unwrap_or_else(|| "default-model".into());
         self.seen.lock().unwrap().push(SeenChat {
             caller_plugin: caller.plugin_id.to_string(),
             correlation_id: caller.correlation_id.to_string(),
@@ -116,7 +123,12 @@ impl LlmEngine for RecordingLlm {
         })
     }
 
-    async fn embed(&self, _: &Caller, _: Option<String>, inputs: Vec<String>) -> Result<Vec<Vec<f32>>, LlmError> {
+    async fn embed(
+        &self,
+        _: &Caller,
+        _: Option<String>,
+        inputs: Vec<String>,
+    ) -> Result<Vec<Vec<f32>>, LlmError> {
         Ok(inputs.iter().map(|_| vec![0.0; 3]).collect())
     }
 }

@@ -24,7 +24,12 @@ impl Host for CacheState {
         Err(Error::Unavailable(NOT_YET.into()))
     }
 
-    async fn set(&mut self, _key: String, _value: Vec<u8>, _ttl_ms: Option<u64>) -> Result<(), Error> {
+    async fn set(
+        &mut self,
+        _key: String,
+        _value: Vec<u8>,
+        _ttl_ms: Option<u64>,
+    ) -> Result<(), Error> {
         Err(Error::Unavailable(NOT_YET.into()))
     }
 

@@ -26,6 +26,10 @@ impl Host for ConfigState {
     }
 
     async fn get_all(&mut self) -> Result<Vec<(String, String)>, Error> {
-        Ok(self.values.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        Ok(self
+            .values
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
 }

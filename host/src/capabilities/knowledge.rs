@@ -19,11 +19,20 @@ impl KnowledgeState {
 }
 
 impl Host for KnowledgeState {
-    async fn search(&mut self, _collection: String, _query: String, _top_k: u32) -> Result<Vec<Hit>, Error> {
+    async fn search(
+        &mut self,
+        _collection: String,
+        _query: String,
+        _top_k: u32,
+    ) -> Result<Vec<Hit>, Error> {
         Err(Error::Unavailable(NOT_YET.into()))
     }
 
-    async fn upsert(&mut self, _collection: String, _documents: Vec<Document>) -> Result<(), Error> {
+    async fn upsert(
+        &mut self,
+        _collection: String,
+        _documents: Vec<Document>,
+    ) -> Result<(), Error> {
         Err(Error::Unavailable(NOT_YET.into()))
     }
 }

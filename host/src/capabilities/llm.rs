@@ -34,7 +34,12 @@ impl LlmEngine for Unconfigured {
         Err(Error::Unavailable(NOT_CONFIGURED.into()))
     }
 
-    async fn embed(&self, _: &Caller, _: Option<String>, _: Vec<String>) -> Result<Vec<Vec<f32>>, Error> {
+    async fn embed(
+        &self,
+        _: &Caller,
+        _: Option<String>,
+        _: Vec<String>,
+    ) -> Result<Vec<Vec<f32>>, Error> {
         Err(Error::Unavailable(NOT_CONFIGURED.into()))
     }
 }
@@ -54,12 +59,18 @@ impl LlmState {
 impl Host for LlmState {
     async fn chat(&mut self, request: ChatRequest) -> Result<ChatResponse, Error> {
         if request.messages.is_empty() {
-            return Err(Error::InvalidRequest("a chat request needs at least one message".into()));
+            return Err(Error::InvalidRequest(
+                "a chat request needs at least one message".into(),
+            ));
         }
         self.engine.chat(&self.caller, request).await
     }
 
-    async fn embed(&mut self, model: Option<String>, inputs: Vec<String>) -> Result<Vec<Vec<f32>>, Error> {
+    async fn embed(
+        &mut self,
+        model: Option<String>,
+        inputs: Vec<String>,
+    ) -> Result<Vec<Vec<f32>>, Error> {
         if inputs.is_empty() {
             return Ok(Vec::new());
         }

@@ -22,10 +22,18 @@ impl Host for LogState {
         let plugin = &*self.caller.plugin_id;
         let correlation_id = &*self.caller.correlation_id;
         match level {
-            Level::Trace => tracing::trace!(target: "bsm::plugin", plugin, correlation_id, context, "{message}"),
-            Level::Debug => tracing::debug!(target: "bsm::plugin", plugin, correlation_id, context, "{message}"),
-            Level::Info => tracing::info!(target: "bsm::plugin", plugin, correlation_id, context, "{message}"),
-            Level::Warn => tracing::warn!(target: "bsm::plugin", plugin, correlation_id, context, "{message}"),
+            Level::Trace => {
+                tracing::trace!(target: "bsm::plugin", plugin, correlation_id, context, "{message}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "bsm::plugin", plugin, correlation_id, context, "{message}")
+            }
+            Level::Info => {
+                tracing::info!(target: "bsm::plugin", plugin, correlation_id, context, "{message}")
+            }
+            Level::Warn => {
+                tracing::warn!(target: "bsm::plugin", plugin, correlation_id, context, "{message}")
+            }
             Level::Error | Level::Critical => {
                 tracing::error!(target: "bsm::plugin", plugin, correlation_id, context, critical = matches!(level, Level::Critical), "{message}")
             }

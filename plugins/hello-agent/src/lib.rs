@@ -14,7 +14,9 @@ impl Agent for Hello {
         let greeting = config::get("greeting").unwrap_or_else(|| "Hello".to_string());
         let name = input.input.trim();
         if name.is_empty() {
-            return Err(AgentError::InvalidInput("nobody to greet: the input is empty".into()));
+            return Err(AgentError::InvalidInput(
+                "nobody to greet: the input is empty".into(),
+            ));
         }
         Ok(Output::text(format!("{greeting}, {name}!")))
     }

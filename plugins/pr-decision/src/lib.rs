@@ -76,9 +76,12 @@ pub fn decide(results: &[AgentResult], roles: &Roles) -> Decision {
             .with_action(Action::new("request_changes"));
     }
     if !results.is_empty() && results.iter().all(AgentResult::succeeded) {
-        return Decision::new(Verdict::Approve, format!("all {} agents succeeded", results.len()))
-            .with_action(Action::new("approve_pr"))
-            .with_action(Action::new("auto_merge"));
+        return Decision::new(
+            Verdict::Approve,
+            format!("all {} agents succeeded", results.len()),
+        )
+        .with_action(Action::new("approve_pr"))
+        .with_action(Action::new("auto_merge"));
     }
     let failed: Vec<&str> = results
         .iter()
@@ -99,12 +102,16 @@ fn block(reason: String) -> Decision {
 
 impl Step for PrDecision {
     fn describe() -> StepInfo {
-        StepInfo::new("pr-decision", "PR decision", env!("CARGO_PKG_VERSION"))
-            .with_description("The original BSM decision over governance, security and code review results.")
+        StepInfo::new("pr-decision", "PR decision", env!("CARGO_PKG_VERSION")).with_description(
+            "The original BSM decision over governance, security and code review results.",
+        )
     }
 
     fn run(state: PipelineState) -> Result<Contribution, StepError> {
-        Ok(Contribution::Decision(decide(&state.results, &Roles::from_config())))
+        Ok(Contribution::Decision(decide(
+            &state.results,
+            &Roles::from_config(),
+        )))
     }
 }
 
@@ -116,11 +123,17 @@ mod tests {
     use bsm_sdk::Output;
 
     fn ok(id: &str, text: &str) -> AgentResult {
-        AgentResult { agent_id: id.into(), outcome: Ok(Output::text(text)) }
+        AgentResult {
+            agent_id: id.into(),
+            outcome: Ok(Output::text(text)),
+        }
     }
 
     fn failed(id: &str) -> AgentResult {
-        AgentResult { agent_id: id.into(), outcome: Err("LLM timeout".into()) }
+        AgentResult {
+            agent_id: id.into(),
+            outcome: Err("LLM timeout".into()),
+        }
     }
 
     fn verdict(results: &[AgentResult]) -> Verdict {
@@ -147,7 +160,10 @@ mod tests {
     #[test]
     fn governance_block_or_failure_blocks() {
         let mut r = all_good();
-        r[0] = ok("governance-review-agent", "Decision: BLOCKED (missing issue link)");
+        r[0] = ok(
+            "governance-review-agent",
+            "Decision: BLOCKED (missing issue link)",
+        );
         assert_eq!(verdict(&r), Verdict::Block);
         r[0] = ok("governance-review-agent", "I must block this");
         assert_eq!(verdict(&r), Verdict::Block);

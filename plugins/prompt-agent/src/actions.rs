@@ -25,22 +25,34 @@ pub fn extract(reply: &str, declared: &[String]) -> Vec<Found> {
     let mut push = |name: &str, args: Value| {
         let name = name.trim().trim_matches('`').trim();
         if declared.iter().any(|d| d == name) && !found.iter().any(|f| f.name == name) {
-            found.push(Found { name: name.to_string(), args });
+            found.push(Found {
+                name: name.to_string(),
+                args,
+            });
         }
     };
     for line in reply.lines() {
         let line = line.trim().trim_start_matches(['-', '*']).trim();
-        let Some(rest) = strip_prefix_ci(line, "action:") else { continue };
+        let Some(rest) = strip_prefix_ci(line, "action:") else {
+            continue;
+        };
         let rest = rest.trim();
         let (name, args) = match rest.find('{') {
-            Some(i) => (&rest[..i], serde_json::from_str(&rest[i..]).unwrap_or_else(|_| empty())),
+            Some(i) => (
+                &rest[..i],
+                serde_json::from_str(&rest[i..]).unwrap_or_else(|_| empty()),
+            ),
             None => (rest, empty()),
         };
         push(name, args);
     }
     for block in json_candidates(reply) {
-        let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(block) else { continue };
-        let Some(Value::Array(items)) = obj.get("actions") else { continue };
+        let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(block) else {
+            continue;
+        };
+        let Some(Value::Array(items)) = obj.get("actions") else {
+            continue;
+        };
         for item in items {
             match item {
                 Value::String(name) => push(name, empty()),
@@ -62,7 +74,8 @@ fn empty() -> Value {
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
 }
 
 /// The reply itself and the contents of its fenced code blocks.
@@ -86,7 +99,9 @@ mod tests {
     use serde_json::json;
 
     fn declared() -> Vec<String> {
-        ["review_pr", "request_changes", "create_review_comment"].map(String::from).to_vec()
+        ["review_pr", "request_changes", "create_review_comment"]
+            .map(String::from)
+            .to_vec()
     }
 
     #[test]
@@ -96,8 +111,14 @@ mod tests {
         assert_eq!(
             found,
             vec![
-                Found { name: "request_changes".into(), args: json!({"reason": "no tests"}) },
-                Found { name: "review_pr".into(), args: json!({}) },
+                Found {
+                    name: "request_changes".into(),
+                    args: json!({"reason": "no tests"})
+                },
+                Found {
+                    name: "review_pr".into(),
+                    args: json!({})
+                },
             ]
         );
     }
@@ -105,14 +126,20 @@ mod tests {
     #[test]
     fn json_block_in_a_fence() {
         let reply = "Summary\n```json\n{\"actions\": [{\"name\": \"create_review_comment\", \"args\": {\"line\": 3}}, \"review_pr\"]}\n```";
-        let names: Vec<_> = extract(reply, &declared()).into_iter().map(|f| f.name).collect();
+        let names: Vec<_> = extract(reply, &declared())
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
         assert_eq!(names, ["create_review_comment", "review_pr"]);
     }
 
     #[test]
     fn mentions_and_undeclared_names_are_ignored() {
         let reply = "Do not request_changes yet.\nACTION: deploy_prod\nACTION: review_pr\nACTION: review_pr";
-        let names: Vec<_> = extract(reply, &declared()).into_iter().map(|f| f.name).collect();
+        let names: Vec<_> = extract(reply, &declared())
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
         assert_eq!(names, ["review_pr"]);
     }
 }

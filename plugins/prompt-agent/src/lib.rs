@@ -15,8 +15,7 @@ use bsm_sdk::{Action, Agent, AgentError, AgentInfo, Input, Output, config, knowl
 use serde_json::{Value, json};
 
 /// Used when the config has no `system-template`.
-pub const DEFAULT_SYSTEM_TEMPLATE: &str =
-    "You are {{name}}.\nRole: {{role}}\n\n{{instructions}}";
+pub const DEFAULT_SYSTEM_TEMPLATE: &str = "You are {{name}}.\nRole: {{role}}\n\n{{instructions}}";
 /// Used when the config has no `user-template`.
 pub const DEFAULT_USER_TEMPLATE: &str = "{{input}}";
 
@@ -64,12 +63,21 @@ impl Settings {
 fn parse_list(value: &str) -> Vec<String> {
     match serde_json::from_str::<Vec<String>>(value) {
         Ok(list) => list,
-        Err(_) => value.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+        Err(_) => value
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
     }
 }
 
 /// The chat messages for one input: rendered system and user prompts.
-pub fn build_messages(settings: &Settings, input: &str, payload: Option<&Value>, knowledge: &str) -> (Vec<Message>, Vec<String>) {
+pub fn build_messages(
+    settings: &Settings,
+    input: &str,
+    payload: Option<&Value>,
+    knowledge: &str,
+) -> (Vec<Message>, Vec<String>) {
     let actions_text = settings.actions.join(", ");
     let vars = template::Vars {
         input,
@@ -80,11 +88,29 @@ pub fn build_messages(settings: &Settings, input: &str, payload: Option<&Value>,
         instructions: &settings.instructions,
         actions: &actions_text,
     };
-    let system = template::render(settings.system_template.as_deref().unwrap_or(DEFAULT_SYSTEM_TEMPLATE), &vars);
-    let user = template::render(settings.user_template.as_deref().unwrap_or(DEFAULT_USER_TEMPLATE), &vars);
+    let system = template::render(
+        settings
+            .system_template
+            .as_deref()
+            .unwrap_or(DEFAULT_SYSTEM_TEMPLATE),
+        &vars,
+    );
+    let user = template::render(
+        settings
+            .user_template
+            .as_deref()
+            .unwrap_or(DEFAULT_USER_TEMPLATE),
+        &vars,
+    );
     let mut system_text = system.text.trim().to_string();
-    let uses_knowledge = settings.system_template.as_deref().is_some_and(|t| t.contains("knowledge"))
-        || settings.user_template.as_deref().is_some_and(|t| t.contains("knowledge"));
+    let uses_knowledge = settings
+        .system_template
+        .as_deref()
+        .is_some_and(|t| t.contains("knowledge"))
+        || settings
+            .user_template
+            .as_deref()
+            .is_some_and(|t| t.contains("knowledge"));
     if !uses_knowledge && !knowledge.trim().is_empty() {
         system_text.push_str("\n\nRelevant knowledge:\n");
         system_text.push_str(knowledge.trim());
@@ -102,7 +128,10 @@ pub fn build_messages(settings: &Settings, input: &str, payload: Option<&Value>,
     }
     let mut missing = system.missing;
     missing.extend(user.missing);
-    (vec![Message::system(system_text), Message::user(user_text)], missing)
+    (
+        vec![Message::system(system_text), Message::user(user_text)],
+        missing,
+    )
 }
 
 /// Knowledge for the prompt: the payload's `knowledge` field when the caller
@@ -111,11 +140,19 @@ fn knowledge_for(settings: &Settings, input: &str, payload: Option<&Value>) -> S
     if let Some(Value::String(k)) = payload.and_then(|p| p.get("knowledge")) {
         return k.clone();
     }
-    let Some(collection) = &settings.knowledge_collection else { return String::new() };
+    let Some(collection) = &settings.knowledge_collection else {
+        return String::new();
+    };
     match knowledge::search(collection, input, 5) {
-        Ok(hits) => hits.into_iter().map(|h| h.text).collect::<Vec<_>>().join("\n---\n"),
+        Ok(hits) => hits
+            .into_iter()
+            .map(|h| h.text)
+            .collect::<Vec<_>>()
+            .join("\n---\n"),
         Err(e) => {
-            log::warn(&format!("knowledge search in {collection:?} failed, answering without: {e:?}"));
+            log::warn(&format!(
+                "knowledge search in {collection:?} failed, answering without: {e:?}"
+            ));
             String::new()
         }
     }
@@ -126,27 +163,44 @@ struct PromptAgent;
 impl Agent for PromptAgent {
     fn describe() -> AgentInfo {
         let s = Settings::from_lookup(config::get);
-        AgentInfo::new(s.id, s.name, s.version.unwrap_or_else(|| env!("CARGO_PKG_VERSION").into()))
-            .with_description(if s.description.is_empty() { s.role } else { s.description })
-            .with_actions(s.actions)
+        AgentInfo::new(
+            s.id,
+            s.name,
+            s.version
+                .unwrap_or_else(|| env!("CARGO_PKG_VERSION").into()),
+        )
+        .with_description(if s.description.is_empty() {
+            s.role
+        } else {
+            s.description
+        })
+        .with_actions(s.actions)
     }
 
     fn run(input: Input) -> Result<Output, AgentError> {
         let settings = Settings::from_lookup(config::get);
         let payload: Option<Value> = match input.payload.trim() {
             "" => None,
-            text => Some(serde_json::from_str(text).map_err(|e| AgentError::InvalidInput(format!("payload is not JSON: {e}")))?),
+            text => Some(
+                serde_json::from_str(text)
+                    .map_err(|e| AgentError::InvalidInput(format!("payload is not JSON: {e}")))?,
+            ),
         };
         let knowledge = knowledge_for(&settings, &input.input, payload.as_ref());
-        let (messages, missing) = build_messages(&settings, &input.input, payload.as_ref(), &knowledge);
+        let (messages, missing) =
+            build_messages(&settings, &input.input, payload.as_ref(), &knowledge);
         if !missing.is_empty() {
-            log::warn(&format!("template placeholders without a value: {}", missing.join(", ")));
+            log::warn(&format!(
+                "template placeholders without a value: {}",
+                missing.join(", ")
+            ));
         }
         let mut request = ChatRequest::new(messages);
         request.model = settings.model.clone();
         request.max_tokens = settings.max_tokens;
         request.temperature = settings.temperature;
-        let reply = llm::chat(&request).map_err(|e| AgentError::Capability(format!("llm: {e:?}")))?;
+        let reply =
+            llm::chat(&request).map_err(|e| AgentError::Capability(format!("llm: {e:?}")))?;
         let mut output = Output::text(reply.content.clone()).with_metadata(
             json!({
                 "agent": settings.id,
@@ -174,16 +228,26 @@ mod tests {
     use std::collections::HashMap;
 
     fn settings(pairs: &[(&str, &str)]) -> Settings {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Settings::from_lookup(|k| map.get(k).cloned())
     }
 
     #[test]
     fn default_templates_use_name_role_and_instructions() {
-        let s = settings(&[("name", "Security Agent"), ("role", "Auditor"), ("instructions", "افحص الثغرات")]);
+        let s = settings(&[
+            ("name", "Security Agent"),
+            ("role", "Auditor"),
+            ("instructions", "افحص الثغرات"),
+        ]);
         let (messages, missing) = build_messages(&s, "check this", None, "");
         assert!(missing.is_empty());
-        assert_eq!(messages[0].content, "You are Security Agent.\nRole: Auditor\n\nافحص الثغرات");
+        assert_eq!(
+            messages[0].content,
+            "You are Security Agent.\nRole: Auditor\n\nافحص الثغرات"
+        );
         assert_eq!(messages[1].content, "check this");
     }
 

@@ -33,7 +33,9 @@ pub fn render(template: &str, vars: &Vars<'_>) -> Rendered {
     let mut missing = Vec::new();
     let mut rest = template;
     while let Some(start) = rest.find("{{") {
-        let Some(len) = rest[start + 2..].find("}}") else { break };
+        let Some(len) = rest[start + 2..].find("}}") else {
+            break;
+        };
         text.push_str(&rest[..start]);
         let key = rest[start + 2..start + 2 + len].trim();
         match lookup(key, vars) {
@@ -80,8 +82,14 @@ mod tests {
 
     #[test]
     fn replaces_known_placeholders() {
-        let payload = json!({"pr": {"title": "Fix login", "number": 42, "files": ["a.rs", "b.rs"]}});
-        let vars = Vars { input: "review", payload: Some(&payload), knowledge: "K", ..Vars::default() };
+        let payload =
+            json!({"pr": {"title": "Fix login", "number": 42, "files": ["a.rs", "b.rs"]}});
+        let vars = Vars {
+            input: "review",
+            payload: Some(&payload),
+            knowledge: "K",
+            ..Vars::default()
+        };
         let r = render(
             "{{input}}: {{ payload.pr.title }} #{{payload.pr.number}} {{payload.pr.files.1}} [{{knowledge}}]",
             &vars,
@@ -93,14 +101,20 @@ mod tests {
     #[test]
     fn whole_payload_renders_as_json() {
         let payload = json!({"a": 1});
-        let vars = Vars { payload: Some(&payload), ..Vars::default() };
+        let vars = Vars {
+            payload: Some(&payload),
+            ..Vars::default()
+        };
         assert_eq!(render("{{payload}}", &vars).text, "{\"a\":1}");
     }
 
     #[test]
     fn missing_values_render_empty_and_are_reported() {
         let payload = json!({"a": {}});
-        let vars = Vars { payload: Some(&payload), ..Vars::default() };
+        let vars = Vars {
+            payload: Some(&payload),
+            ..Vars::default()
+        };
         let r = render("x{{payload.a.b}}y{{nope}}z", &vars);
         assert_eq!(r.text, "xyz");
         assert_eq!(r.missing, ["payload.a.b", "nope"]);
@@ -108,7 +122,13 @@ mod tests {
 
     #[test]
     fn unterminated_and_non_ascii_text_is_kept() {
-        let vars = Vars { input: "سؤال", ..Vars::default() };
-        assert_eq!(render("أنت {{input}} {{ open", &vars).text, "أنت سؤال {{ open");
+        let vars = Vars {
+            input: "سؤال",
+            ..Vars::default()
+        };
+        assert_eq!(
+            render("أنت {{input}} {{ open", &vars).text,
+            "أنت سؤال {{ open"
+        );
     }
 }

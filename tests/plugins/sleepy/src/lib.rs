@@ -20,8 +20,16 @@ impl Agent for Sleepy {
 
 /// Reads `{"ms": N}` without pulling a JSON library into a test plugin.
 fn parse_ms(payload: &str) -> Option<u64> {
-    let after = payload.split("\"ms\"").nth(1)?.trim_start().strip_prefix(':')?;
-    let digits: String = after.trim_start().chars().take_while(|c| c.is_ascii_digit()).collect();
+    let after = payload
+        .split("\"ms\"")
+        .nth(1)?
+        .trim_start()
+        .strip_prefix(':')?;
+    let digits: String = after
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
     digits.parse().ok()
 }
 
