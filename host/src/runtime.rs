@@ -76,7 +76,9 @@ impl Runtime {
         &self.engine
     }
 
-    pub(crate) fn linker(&self) -> &Linker<RunState> {
+    /// The linker holding every host capability; for embedders that
+    /// instantiate components themselves, and for measuring the bare floor.
+    pub fn linker(&self) -> &Linker<RunState> {
         &self.linker
     }
 
