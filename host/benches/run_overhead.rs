@@ -27,9 +27,14 @@ fn shipped(file: &str) -> PathBuf {
 }
 
 fn run_overhead(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let runtime = Arc::new(Runtime::new(RuntimeOptions::default()).unwrap());
-    let plugin = rt.block_on(runtime.load_plugin(&shipped("hello-agent.toml"))).unwrap();
+    let plugin = rt
+        .block_on(runtime.load_plugin(&shipped("hello-agent.toml")))
+        .unwrap();
     runtime.registry().install(plugin.clone());
 
     let engine = runtime.engine().clone();
@@ -37,11 +42,18 @@ fn run_overhead(c: &mut Criterion) {
     let pre = AgentPre::new(runtime.linker().instantiate_pre(&component).unwrap()).unwrap();
     let capabilities = Capabilities::default();
     let config = Arc::new(plugin.manifest.config_pairs());
-    let caller = Caller { plugin_id: Arc::from("hello-agent"), correlation_id: Arc::from("bench") };
+    let caller = Caller {
+        plugin_id: Arc::from("hello-agent"),
+        correlation_id: Arc::from("bench"),
+    };
     let input = AgentInput {
         input: "bench".into(),
         payload: "{}".into(),
-        context: InvocationContext { correlation_id: "bench".into(), event: None, calling_context: "api".into() },
+        context: InvocationContext {
+            correlation_id: "bench".into(),
+            event: None,
+            calling_context: "api".into(),
+        },
     };
 
     let mut group = c.benchmark_group("hello-agent per run");
@@ -65,7 +77,11 @@ fn run_overhead(c: &mut Criterion) {
             let request = AgentRequest {
                 input: "bench".into(),
                 payload: serde_json::json!({}),
-                context: RunContext { correlation_id: "bench".into(), event: None, calling_context: "api".into() },
+                context: RunContext {
+                    correlation_id: "bench".into(),
+                    event: None,
+                    calling_context: "api".into(),
+                },
             };
             let run = runtime.run_agent("hello-agent", request).await.unwrap();
             assert_eq!(run.output.text, "Hello, bench!");
