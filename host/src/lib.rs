@@ -16,6 +16,7 @@ pub mod check;
 pub mod engine;
 pub mod error;
 pub mod limits;
+pub mod llm;
 pub mod manifest;
 pub mod output_capture;
 pub mod plugin;
