@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use bsm_host::api::{AgentRequest, RunContext};
 use bsm_host::bindings::agent::AgentPre;
 use bsm_host::bindings::types::{AgentInput, InvocationContext};
+use bsm_host::capabilities::llm::LlmBudget;
 use bsm_host::capabilities::{Caller, Capabilities};
 use bsm_host::limits::RunLimits;
 use bsm_host::run_state::RunState;
@@ -63,7 +64,11 @@ fn run_overhead(c: &mut Criterion) {
             let state = RunState::new(
                 RunLimits::new(usize::MAX),
                 Instant::now() + Duration::from_secs(3600),
-                capabilities.for_run(caller.clone(), config.clone()),
+                capabilities.for_run(
+                    caller.clone(),
+                    config.clone(),
+                    LlmBudget { max_calls: 16, max_tokens: 100_000 },
+                ),
             );
             let mut store = Store::new(&engine, state);
             store.set_epoch_deadline(u64::MAX / 2);

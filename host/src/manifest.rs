@@ -73,6 +73,10 @@ pub struct Budget {
     pub max_queue_wait_ms: u64,
     /// Largest output (text, actions and metadata together) a run may return.
     pub max_output_bytes: u64,
+    /// LLM calls one run may make.
+    pub llm_max_calls: u32,
+    /// LLM tokens (prompt and completion) one run may use.
+    pub llm_max_tokens: u32,
 }
 
 impl Default for Budget {
@@ -84,6 +88,8 @@ impl Default for Budget {
             max_queued: 64,
             max_queue_wait_ms: 1_000,
             max_output_bytes: 1 << 20,
+            llm_max_calls: 16,
+            llm_max_tokens: 100_000,
         }
     }
 }

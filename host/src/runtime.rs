@@ -16,6 +16,7 @@ use crate::bindings::agent::{Agent, AgentPre};
 use crate::bindings::step::StepPre;
 use crate::bindings::types as wit;
 use crate::bulkhead::{Bulkhead, Busy, Rejection};
+use crate::capabilities::llm::LlmBudget;
 use crate::capabilities::{self, Caller, Capabilities};
 use crate::engine::{self, EpochTicker, PoolSettings};
 use crate::error::{LoadError, RunError};
@@ -413,7 +414,11 @@ impl Runtime {
             plugin_id: plugin.id.clone(),
             correlation_id: Arc::from(correlation_id),
         };
-        let caps = self.capabilities.for_run(caller, plugin.config.clone());
+        let llm_budget = LlmBudget {
+            max_calls: budget.llm_max_calls,
+            max_tokens: budget.llm_max_tokens,
+        };
+        let caps = self.capabilities.for_run(caller, plugin.config.clone(), llm_budget);
         let deadline = Instant::now() + budget.timeout();
         let state = RunState::new(RunLimits::new(budget.memory_bytes()), deadline, caps);
         let mut store = Store::new(&self.engine, state);

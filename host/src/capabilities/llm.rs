@@ -1,9 +1,10 @@
 //! `bsm:plugin/llm`: chat completions and embeddings for plugins.
 //!
 //! The transport sits behind [`LlmEngine`] (as Spin's `LlmEngine`), so the
-//! binding code does not change when the backend does. Without a configured
-//! provider the engine is [`Unconfigured`], which answers every call with a
-//! clear `unavailable` error instead of failing the host.
+//! binding code does not change when the backend does: [`crate::llm::LlmClient`]
+//! in production, [`Unconfigured`] when no provider is set (every call then
+//! answers a clear `unavailable` error instead of failing the host). Each run
+//! is held to its plugin's LLM budget here.
 
 use crate::bindings::llm::{ChatRequest, ChatResponse, Error, Host};
 
@@ -26,7 +27,9 @@ pub trait LlmEngine: Send + Sync + 'static {
 pub struct Unconfigured;
 
 /// Told to a plugin (and through it, to the operator) when no provider is set.
-pub const NOT_CONFIGURED: &str = "no LLM provider is configured for this host";
+pub const NOT_CONFIGURED: &str = "no LLM provider is configured for this host: set BSM_LLM_BASE_URL \
+     (e.g. http://127.0.0.1:11434/v1) and BSM_LLM_MODEL (and BSM_LLM_API_KEY if the provider needs one), \
+     or add [[llm.providers]] to the configuration file";
 
 #[async_trait::async_trait]
 impl LlmEngine for Unconfigured {
@@ -34,46 +37,79 @@ impl LlmEngine for Unconfigured {
         Err(Error::Unavailable(NOT_CONFIGURED.into()))
     }
 
-    async fn embed(
-        &self,
-        _: &Caller,
-        _: Option<String>,
-        _: Vec<String>,
-    ) -> Result<Vec<Vec<f32>>, Error> {
+    async fn embed(&self, _: &Caller, _: Option<String>, _: Vec<String>) -> Result<Vec<Vec<f32>>, Error> {
         Err(Error::Unavailable(NOT_CONFIGURED.into()))
     }
 }
 
-/// Per-run state: the engine and who is calling it.
+/// A plugin's LLM allowance for one run, from its manifest's budget.
+#[derive(Debug, Clone, Copy)]
+pub struct LlmBudget {
+    pub max_calls: u32,
+    pub max_tokens: u32,
+}
+
+/// Per-run state: the engine, who is calling it, and what the run has used.
 pub struct LlmState {
     engine: std::sync::Arc<dyn LlmEngine>,
     caller: Caller,
+    budget: LlmBudget,
+    calls: u32,
+    tokens: u32,
 }
 
 impl LlmState {
-    pub fn new(engine: std::sync::Arc<dyn LlmEngine>, caller: Caller) -> Self {
-        Self { engine, caller }
+    pub fn new(engine: std::sync::Arc<dyn LlmEngine>, caller: Caller, budget: LlmBudget) -> Self {
+        Self {
+            engine,
+            caller,
+            budget,
+            calls: 0,
+            tokens: 0,
+        }
+    }
+
+    /// Counts a call against the budget, or refuses it.
+    fn admit(&mut self) -> Result<(), Error> {
+        if self.calls >= self.budget.max_calls {
+            return Err(Error::BudgetExceeded(format!(
+                "this run already made its {} LLM calls (budget.llm-max-calls)",
+                self.budget.max_calls
+            )));
+        }
+        if self.tokens >= self.budget.max_tokens {
+            return Err(Error::BudgetExceeded(format!(
+                "this run already used {} of its {} LLM tokens (budget.llm-max-tokens)",
+                self.tokens, self.budget.max_tokens
+            )));
+        }
+        self.calls += 1;
+        Ok(())
     }
 }
 
 impl Host for LlmState {
-    async fn chat(&mut self, request: ChatRequest) -> Result<ChatResponse, Error> {
+    async fn chat(&mut self, mut request: ChatRequest) -> Result<ChatResponse, Error> {
         if request.messages.is_empty() {
-            return Err(Error::InvalidRequest(
-                "a chat request needs at least one message".into(),
-            ));
+            return Err(Error::InvalidRequest("a chat request needs at least one message".into()));
         }
-        self.engine.chat(&self.caller, request).await
+        self.admit()?;
+        // The completion may not outgrow what is left of the token budget.
+        let left = self.budget.max_tokens - self.tokens;
+        request.max_tokens = Some(request.max_tokens.map_or(left, |asked| asked.min(left)));
+        let reply = self.engine.chat(&self.caller, request).await?;
+        self.tokens = self
+            .tokens
+            .saturating_add(reply.usage.prompt_tokens)
+            .saturating_add(reply.usage.completion_tokens);
+        Ok(reply)
     }
 
-    async fn embed(
-        &mut self,
-        model: Option<String>,
-        inputs: Vec<String>,
-    ) -> Result<Vec<Vec<f32>>, Error> {
+    async fn embed(&mut self, model: Option<String>, inputs: Vec<String>) -> Result<Vec<Vec<f32>>, Error> {
         if inputs.is_empty() {
             return Ok(Vec::new());
         }
+        self.admit()?;
         self.engine.embed(&self.caller, model, inputs).await
     }
 }

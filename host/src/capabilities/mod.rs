@@ -54,11 +54,16 @@ pub struct RunCapabilities {
 
 impl Capabilities {
     /// Prepares the capabilities of one run of one plugin.
-    pub fn for_run(&self, caller: Caller, config: Arc<config::ConfigValues>) -> RunCapabilities {
+    pub fn for_run(
+        &self,
+        caller: Caller,
+        config: Arc<config::ConfigValues>,
+        llm_budget: llm::LlmBudget,
+    ) -> RunCapabilities {
         RunCapabilities {
             log: log::LogState::new(caller.clone()),
             config: config::ConfigState::new(config),
-            llm: llm::LlmState::new(self.llm.clone(), caller.clone()),
+            llm: llm::LlmState::new(self.llm.clone(), caller.clone(), llm_budget),
             cache: cache::CacheState::new(caller.clone()),
             knowledge: knowledge::KnowledgeState::new(caller.clone()),
             reports: reports::ReportsState::new(caller),
