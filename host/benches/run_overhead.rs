@@ -67,7 +67,10 @@ fn run_overhead(c: &mut Criterion) {
                 capabilities.for_run(
                     caller.clone(),
                     config.clone(),
-                    LlmBudget { max_calls: 16, max_tokens: 100_000 },
+                    LlmBudget {
+                        max_calls: 16,
+                        max_tokens: 100_000,
+                    },
                 ),
             );
             let mut store = Store::new(&engine, state);

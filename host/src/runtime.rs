@@ -418,7 +418,9 @@ impl Runtime {
             max_calls: budget.llm_max_calls,
             max_tokens: budget.llm_max_tokens,
         };
-        let caps = self.capabilities.for_run(caller, plugin.config.clone(), llm_budget);
+        let caps = self
+            .capabilities
+            .for_run(caller, plugin.config.clone(), llm_budget);
         let deadline = Instant::now() + budget.timeout();
         let state = RunState::new(RunLimits::new(budget.memory_bytes()), deadline, caps);
         let mut store = Store::new(&self.engine, state);

@@ -37,7 +37,12 @@ impl LlmEngine for Unconfigured {
         Err(Error::Unavailable(NOT_CONFIGURED.into()))
     }
 
-    async fn embed(&self, _: &Caller, _: Option<String>, _: Vec<String>) -> Result<Vec<Vec<f32>>, Error> {
+    async fn embed(
+        &self,
+        _: &Caller,
+        _: Option<String>,
+        _: Vec<String>,
+    ) -> Result<Vec<Vec<f32>>, Error> {
         Err(Error::Unavailable(NOT_CONFIGURED.into()))
     }
 }
@@ -91,7 +96,9 @@ impl LlmState {
 impl Host for LlmState {
     async fn chat(&mut self, mut request: ChatRequest) -> Result<ChatResponse, Error> {
         if request.messages.is_empty() {
-            return Err(Error::InvalidRequest("a chat request needs at least one message".into()));
+            return Err(Error::InvalidRequest(
+                "a chat request needs at least one message".into(),
+            ));
         }
         self.admit()?;
         // The completion may not outgrow what is left of the token budget.
@@ -105,7 +112,11 @@ impl Host for LlmState {
         Ok(reply)
     }
 
-    async fn embed(&mut self, model: Option<String>, inputs: Vec<String>) -> Result<Vec<Vec<f32>>, Error> {
+    async fn embed(
+        &mut self,
+        model: Option<String>,
+        inputs: Vec<String>,
+    ) -> Result<Vec<Vec<f32>>, Error> {
         if inputs.is_empty() {
             return Ok(Vec::new());
         }

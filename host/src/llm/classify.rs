@@ -43,14 +43,12 @@ pub enum Class {
 impl AttemptError {
     pub fn class(&self) -> Class {
         match self {
-            AttemptError::Status { status, error, .. } => {
-                match *status {
-                    _ if is_quota(error) => Class::Permanent,
-                    429 => Class::RateLimited,
-                    408 | 500..=599 => Class::Failure,
-                    _ => Class::Permanent,
-                }
-            }
+            AttemptError::Status { status, error, .. } => match *status {
+                _ if is_quota(error) => Class::Permanent,
+                429 => Class::RateLimited,
+                408 | 500..=599 => Class::Failure,
+                _ => Class::Permanent,
+            },
             AttemptError::Timeout
             | AttemptError::Connect(_)
             | AttemptError::Malformed(_)
@@ -69,15 +67,23 @@ impl AttemptError {
             })
         };
         match self {
-            AttemptError::Status { status: 429, retry_after, error } if !is_quota(&error) => {
+            AttemptError::Status {
+                status: 429,
+                retry_after,
+                error,
+            } if !is_quota(&error) => {
                 LlmError::RateLimited(retry_after.map(|d| d.as_millis() as u64))
             }
-            AttemptError::Status { status: 400 | 404 | 413 | 422, error, .. } => {
-                LlmError::InvalidRequest(format!("{provider}: {}", error.message))
-            }
+            AttemptError::Status {
+                status: 400 | 404 | 413 | 422,
+                error,
+                ..
+            } => LlmError::InvalidRequest(format!("{provider}: {}", error.message)),
             AttemptError::Status { error, .. } => LlmError::Provider(error),
             AttemptError::Timeout => LlmError::Timeout,
-            AttemptError::Connect(m) | AttemptError::Malformed(m) | AttemptError::StreamCut(m) => plain(m),
+            AttemptError::Connect(m) | AttemptError::Malformed(m) | AttemptError::StreamCut(m) => {
+                plain(m)
+            }
         }
     }
 }
@@ -98,12 +104,19 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
             return Some(Duration::from_millis(ms as u64));
         }
     }
-    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
     if let Ok(secs) = value.parse::<f64>() {
         return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
     }
     let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 #[cfg(test)]
@@ -129,23 +142,41 @@ mod tests {
         assert_eq!(status(500, None).class(), Class::Failure);
         assert_eq!(status(503, None).class(), Class::Failure);
         assert_eq!(status(429, None).class(), Class::RateLimited);
-        assert_eq!(status(429, Some("insufficient_quota")).class(), Class::Permanent);
+        assert_eq!(
+            status(429, Some("insufficient_quota")).class(),
+            Class::Permanent
+        );
         assert_eq!(status(400, None).class(), Class::Permanent);
         assert_eq!(status(401, None).class(), Class::Permanent);
         assert_eq!(AttemptError::Timeout.class(), Class::Failure);
-        assert_eq!(AttemptError::Connect("refused".into()).class(), Class::Failure);
-        assert_eq!(AttemptError::StreamCut("eof".into()).class(), Class::Failure);
+        assert_eq!(
+            AttemptError::Connect("refused".into()).class(),
+            Class::Failure
+        );
+        assert_eq!(
+            AttemptError::StreamCut("eof".into()).class(),
+            Class::Failure
+        );
     }
 
     #[test]
     fn maps_to_the_plugin_facing_error() {
-        assert!(matches!(status(400, None).into_llm_error("p"), LlmError::InvalidRequest(_)));
-        assert!(matches!(status(429, None).into_llm_error("p"), LlmError::RateLimited(None)));
+        assert!(matches!(
+            status(400, None).into_llm_error("p"),
+            LlmError::InvalidRequest(_)
+        ));
+        assert!(matches!(
+            status(429, None).into_llm_error("p"),
+            LlmError::RateLimited(None)
+        ));
         match status(429, Some("insufficient_quota")).into_llm_error("p") {
             LlmError::Provider(e) => assert_eq!(e.code.as_deref(), Some("insufficient_quota")),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(AttemptError::Timeout.into_llm_error("p"), LlmError::Timeout));
+        assert!(matches!(
+            AttemptError::Timeout.into_llm_error("p"),
+            LlmError::Timeout
+        ));
     }
 
     #[test]
@@ -154,12 +185,22 @@ mod tests {
         h.insert("retry-after", HeaderValue::from_static("2"));
         assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
         h.insert("retry-after-ms", HeaderValue::from_static("150"));
-        assert_eq!(retry_after(&h), Some(Duration::from_millis(150)), "retry-after-ms wins");
+        assert_eq!(
+            retry_after(&h),
+            Some(Duration::from_millis(150)),
+            "retry-after-ms wins"
+        );
         let mut h = HeaderMap::new();
         let later = SystemTime::now() + Duration::from_secs(30);
-        h.insert("retry-after", HeaderValue::from_str(&httpdate::fmt_http_date(later)).unwrap());
+        h.insert(
+            "retry-after",
+            HeaderValue::from_str(&httpdate::fmt_http_date(later)).unwrap(),
+        );
         let d = retry_after(&h).unwrap();
-        assert!(d > Duration::from_secs(25) && d <= Duration::from_secs(30), "{d:?}");
+        assert!(
+            d > Duration::from_secs(25) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
         let mut h = HeaderMap::new();
         h.insert("retry-after", HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&h), None);

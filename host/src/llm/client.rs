@@ -39,7 +39,10 @@ impl LlmClient {
                 .time_to_live(Duration::from_millis(cache.ttl_ms))
                 .build()
         });
-        Ok(Some(Self { providers, responses }))
+        Ok(Some(Self {
+            providers,
+            responses,
+        }))
     }
 
     pub fn providers(&self) -> &[Provider] {
@@ -57,7 +60,11 @@ impl LlmClient {
             .find(|b| b.name() == name || b.name().strip_prefix("llm:") == Some(name))
     }
 
-    async fn chat_through_providers(&self, caller: &Caller, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
+    async fn chat_through_providers(
+        &self,
+        caller: &Caller,
+        request: &ChatRequest,
+    ) -> Result<ChatResponse, LlmError> {
         let mut last = None;
         for provider in &self.providers {
             match provider.chat(caller, request).await {
@@ -101,7 +108,12 @@ impl LlmEngine for LlmClient {
         }
     }
 
-    async fn embed(&self, caller: &Caller, model: Option<String>, inputs: Vec<String>) -> Result<Vec<Vec<f32>>, LlmError> {
+    async fn embed(
+        &self,
+        caller: &Caller,
+        model: Option<String>,
+        inputs: Vec<String>,
+    ) -> Result<Vec<Vec<f32>>, LlmError> {
         let mut last = None;
         for provider in &self.providers {
             match provider.embed(caller, model.as_deref(), &inputs).await {

@@ -32,13 +32,20 @@ pub struct Provider {
 }
 
 impl Provider {
-    pub fn new(settings: ProviderSettings, retry: RetrySettings, default_breaker: &BreakerConfig) -> anyhow::Result<Self> {
+    pub fn new(
+        settings: ProviderSettings,
+        retry: RetrySettings,
+        default_breaker: &BreakerConfig,
+    ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(settings.timeouts.connect())
             .pool_max_idle_per_host(settings.max_concurrent as usize)
             .build()?;
         let base = settings.base_url.trim_end_matches('/').to_string();
-        let breaker_config = settings.breaker.clone().unwrap_or_else(|| default_breaker.clone());
+        let breaker_config = settings
+            .breaker
+            .clone()
+            .unwrap_or_else(|| default_breaker.clone());
         Ok(Self {
             breaker: CircuitBreaker::new(format!("llm:{}", settings.name), breaker_config),
             bulkhead: Arc::new(Semaphore::new(settings.max_concurrent.max(1) as usize)),
@@ -63,23 +70,40 @@ impl Provider {
     }
 
     /// A chat completion through the whole stack.
-    pub async fn chat(&self, caller: &Caller, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
+    pub async fn chat(
+        &self,
+        caller: &Caller,
+        request: &ChatRequest,
+    ) -> Result<ChatResponse, LlmError> {
         let model = self.settings.resolve_model(request.model.as_deref());
-        let max_tokens = match (request.max_tokens, self.settings.max_tokens_for(request.model.as_deref())) {
+        let max_tokens = match (
+            request.max_tokens,
+            self.settings.max_tokens_for(request.model.as_deref()),
+        ) {
             (Some(asked), Some(cap)) => Some(asked.min(cap)),
             (asked, cap) => asked.or(cap),
         };
         let body = WireChatRequest::new(request, model.clone(), max_tokens, self.settings.stream);
-        let body = serde_json::to_vec(&body).map_err(|e| LlmError::InvalidRequest(e.to_string()))?;
+        let body =
+            serde_json::to_vec(&body).map_err(|e| LlmError::InvalidRequest(e.to_string()))?;
         self.call(|| self.chat_attempt(caller, &body, &model)).await
     }
 
     /// Embeddings through the whole stack.
-    pub async fn embed(&self, caller: &Caller, model: Option<&str>, inputs: &[String]) -> Result<Vec<Vec<f32>>, LlmError> {
+    pub async fn embed(
+        &self,
+        caller: &Caller,
+        model: Option<&str>,
+        inputs: &[String],
+    ) -> Result<Vec<Vec<f32>>, LlmError> {
         let model = self.settings.resolve_model(model);
-        let body = serde_json::to_vec(&WireEmbeddingsRequest { model, input: inputs })
-            .map_err(|e| LlmError::InvalidRequest(e.to_string()))?;
-        self.call(|| self.embed_attempt(caller, &body, inputs.len())).await
+        let body = serde_json::to_vec(&WireEmbeddingsRequest {
+            model,
+            input: inputs,
+        })
+        .map_err(|e| LlmError::InvalidRequest(e.to_string()))?;
+        self.call(|| self.embed_attempt(caller, &body, inputs.len()))
+            .await
     }
 
     /// Bulkhead, total timeout and retry around breaker-guarded attempts.
@@ -91,17 +115,20 @@ impl Provider {
         let total = self.settings.timeouts.total();
         let deadline = Instant::now() + total;
         let guarded = async {
-            let _slot = self.bulkhead.acquire().await.expect("the bulkhead is never closed");
+            let _slot = self
+                .bulkhead
+                .acquire()
+                .await
+                .expect("the bulkhead is never closed");
             let mut backoff = ExponentialBuilder::new()
                 .with_min_delay(Duration::from_millis(self.retry.initial_backoff_ms))
                 .with_max_delay(Duration::from_millis(self.retry.max_backoff_ms))
                 .with_max_times(self.retry.max_attempts.saturating_sub(1) as usize)
                 .build();
             loop {
-                let permit = self
-                    .breaker
-                    .try_acquire()
-                    .map_err(|refused| LlmError::CircuitOpen(refused.retry_after.as_millis() as u64))?;
+                let permit = self.breaker.try_acquire().map_err(|refused| {
+                    LlmError::CircuitOpen(refused.retry_after.as_millis() as u64)
+                })?;
                 let started = Instant::now();
                 let outcome = timeout(self.settings.timeouts.attempt(), attempt())
                     .await
@@ -127,8 +154,13 @@ impl Provider {
                 };
                 // Full jitter: anywhere between zero and the exponential step.
                 let mut delay = step.mul_f64(fastrand::f64());
-                if let AttemptError::Status { retry_after: Some(asked), .. } = &error {
-                    delay = delay.max((*asked).min(Duration::from_millis(self.retry.max_retry_after_ms)));
+                if let AttemptError::Status {
+                    retry_after: Some(asked),
+                    ..
+                } = &error
+                {
+                    delay = delay
+                        .max((*asked).min(Duration::from_millis(self.retry.max_retry_after_ms)));
                 }
                 if Instant::now() + delay >= deadline {
                     return Err(error.into_llm_error(&self.settings.name));
@@ -136,7 +168,9 @@ impl Provider {
                 tokio::time::sleep(delay).await;
             }
         };
-        timeout_at(deadline, guarded).await.unwrap_or(Err(LlmError::Timeout))
+        timeout_at(deadline, guarded)
+            .await
+            .unwrap_or(Err(LlmError::Timeout))
     }
 
     fn post(&self, url: &str, caller: &Caller, body: &[u8]) -> reqwest::RequestBuilder {
@@ -154,7 +188,11 @@ impl Provider {
     }
 
     /// Sends a request and returns the response if its status is a success.
-    async fn send(&self, request: reqwest::RequestBuilder, first_token_deadline: Instant) -> Result<reqwest::Response, AttemptError> {
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        first_token_deadline: Instant,
+    ) -> Result<reqwest::Response, AttemptError> {
         let response = timeout_at(first_token_deadline, request.send())
             .await
             .map_err(|_| AttemptError::Timeout)?
@@ -164,7 +202,11 @@ impl Provider {
             return Ok(response);
         }
         let retry_after = retry_after(response.headers());
-        let body = timeout_at(first_token_deadline, response.bytes()).await.ok().and_then(Result::ok).unwrap_or_default();
+        let body = timeout_at(first_token_deadline, response.bytes())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
         Err(AttemptError::Status {
             status: status.as_u16(),
             retry_after,
@@ -172,10 +214,20 @@ impl Provider {
         })
     }
 
-    async fn chat_attempt(&self, caller: &Caller, body: &[u8], model: &str) -> Result<(ChatResponse, Duration), AttemptError> {
+    async fn chat_attempt(
+        &self,
+        caller: &Caller,
+        body: &[u8],
+        model: &str,
+    ) -> Result<(ChatResponse, Duration), AttemptError> {
         let started = Instant::now();
         let first_token_deadline = started + self.settings.timeouts.first_token();
-        let response = self.send(self.post(&self.chat_url, caller, body), first_token_deadline).await?;
+        let response = self
+            .send(
+                self.post(&self.chat_url, caller, body),
+                first_token_deadline,
+            )
+            .await?;
         let is_stream = response
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
@@ -185,7 +237,9 @@ impl Provider {
             let bytes = timeout_at(first_token_deadline, response.bytes())
                 .await
                 .map_err(|_| AttemptError::Timeout)?
-                .map_err(|e| AttemptError::Connect(describe_reqwest(&e, &self.settings.base_url)))?;
+                .map_err(|e| {
+                    AttemptError::Connect(describe_reqwest(&e, &self.settings.base_url))
+                })?;
             let reply = wire::parse_chat(&bytes, model).map_err(AttemptError::Malformed)?;
             return Ok((reply, started.elapsed()));
         }
@@ -193,24 +247,41 @@ impl Provider {
         let mut acc = StreamAccumulator::new(model);
         while !acc.done {
             let next = if acc.first_token.is_none() {
-                timeout_at(first_token_deadline, events.next()).await.map_err(|_| AttemptError::Timeout)?
+                timeout_at(first_token_deadline, events.next())
+                    .await
+                    .map_err(|_| AttemptError::Timeout)?
             } else {
                 events.next().await
             };
             match next {
-                None => return Err(AttemptError::StreamCut("the stream ended before [DONE]".into())),
-                Some(Err(e)) => return Err(AttemptError::StreamCut(format!("the stream broke: {e}"))),
-                Some(Ok(event)) => acc.push(&event.data, started.elapsed()).map_err(AttemptError::Malformed)?,
+                None => {
+                    return Err(AttemptError::StreamCut(
+                        "the stream ended before [DONE]".into(),
+                    ));
+                }
+                Some(Err(e)) => {
+                    return Err(AttemptError::StreamCut(format!("the stream broke: {e}")));
+                }
+                Some(Ok(event)) => acc
+                    .push(&event.data, started.elapsed())
+                    .map_err(AttemptError::Malformed)?,
             }
         }
         let first_token = acc.first_token.unwrap_or_else(|| started.elapsed());
         Ok((acc.finish(), first_token))
     }
 
-    async fn embed_attempt(&self, caller: &Caller, body: &[u8], expected: usize) -> Result<(Vec<Vec<f32>>, Duration), AttemptError> {
+    async fn embed_attempt(
+        &self,
+        caller: &Caller,
+        body: &[u8],
+        expected: usize,
+    ) -> Result<(Vec<Vec<f32>>, Duration), AttemptError> {
         let started = Instant::now();
         let deadline = started + self.settings.timeouts.first_token();
-        let response = self.send(self.post(&self.embeddings_url, caller, body), deadline).await?;
+        let response = self
+            .send(self.post(&self.embeddings_url, caller, body), deadline)
+            .await?;
         let bytes = timeout_at(deadline, response.bytes())
             .await
             .map_err(|_| AttemptError::Timeout)?

@@ -172,7 +172,11 @@ impl LlmSettings {
         let model = get(ENV_MODEL).filter(|v| !v.trim().is_empty());
         if self.providers.is_empty() {
             if let Some(base_url) = &base_url {
-                self.providers.push(ProviderSettings::new("default", base_url, model.as_deref().unwrap_or("default")));
+                self.providers.push(ProviderSettings::new(
+                    "default",
+                    base_url,
+                    model.as_deref().unwrap_or("default"),
+                ));
             }
         } else if let Some(base_url) = &base_url {
             self.providers[0].base_url = base_url.clone();
@@ -216,7 +220,8 @@ impl ProviderSettings {
     /// The model name to send for a requested one: the request's when this
     /// provider serves it, else the default; then any override's rename.
     pub fn resolve_model(&self, requested: Option<&str>) -> String {
-        let served = requested.filter(|m| *m == self.default_model || self.models.iter().any(|s| s == m));
+        let served =
+            requested.filter(|m| *m == self.default_model || self.models.iter().any(|s| s == m));
         let chosen = served.unwrap_or(&self.default_model);
         self.model_overrides
             .get(chosen)
@@ -226,8 +231,11 @@ impl ProviderSettings {
 
     /// The cap on `max_tokens` for a requested model, if any.
     pub fn max_tokens_for(&self, requested: Option<&str>) -> Option<u32> {
-        let served = requested.filter(|m| *m == self.default_model || self.models.iter().any(|s| s == m));
-        self.model_overrides.get(served.unwrap_or(&self.default_model))?.max_tokens
+        let served =
+            requested.filter(|m| *m == self.default_model || self.models.iter().any(|s| s == m));
+        self.model_overrides
+            .get(served.unwrap_or(&self.default_model))?
+            .max_tokens
     }
 }
 
@@ -236,14 +244,20 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| map.get(k).cloned()
     }
 
     #[test]
     fn three_env_vars_make_a_provider() {
         let mut s = LlmSettings::default();
-        s.apply_env(env(&[(ENV_BASE_URL, "http://127.0.0.1:11434/v1"), (ENV_MODEL, "llama3")]));
+        s.apply_env(env(&[
+            (ENV_BASE_URL, "http://127.0.0.1:11434/v1"),
+            (ENV_MODEL, "llama3"),
+        ]));
         assert_eq!(s.providers.len(), 1);
         assert_eq!(s.providers[0].base_url, "http://127.0.0.1:11434/v1");
         assert_eq!(s.providers[0].default_model, "llama3");
@@ -270,7 +284,11 @@ mod tests {
             "#,
         )
         .unwrap();
-        s.apply_env(env(&[(ENV_BASE_URL, "http://override/v1"), ("BACKUP_KEY", "k2"), ("OPENAI_API_KEY", "k1")]));
+        s.apply_env(env(&[
+            (ENV_BASE_URL, "http://override/v1"),
+            ("BACKUP_KEY", "k2"),
+            ("OPENAI_API_KEY", "k1"),
+        ]));
         assert_eq!(s.providers[0].base_url, "http://override/v1");
         assert_eq!(s.providers[0].api_key.as_deref(), Some("k1"));
         assert_eq!(s.providers[1].api_key.as_deref(), Some("k2"));
@@ -282,7 +300,13 @@ mod tests {
     fn models_resolve_to_served_names_or_the_default() {
         let mut p = ProviderSettings::new("p", "http://x", "llama3");
         p.models = vec!["gpt-4o".into()];
-        p.model_overrides.insert("gpt-4o".into(), ModelOverride { model: Some("llama3:70b".into()), max_tokens: Some(512) });
+        p.model_overrides.insert(
+            "gpt-4o".into(),
+            ModelOverride {
+                model: Some("llama3:70b".into()),
+                max_tokens: Some(512),
+            },
+        );
         assert_eq!(p.resolve_model(Some("gpt-4o")), "llama3:70b");
         assert_eq!(p.max_tokens_for(Some("gpt-4o")), Some(512));
         assert_eq!(p.resolve_model(Some("gpt-4o-mini")), "llama3");

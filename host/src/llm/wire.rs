@@ -34,14 +34,21 @@ pub struct WireMessage {
 }
 
 impl WireChatRequest {
-    pub fn new(request: &ChatRequest, model: String, max_tokens: Option<u32>, stream: bool) -> Self {
+    pub fn new(
+        request: &ChatRequest,
+        model: String,
+        max_tokens: Option<u32>,
+        stream: bool,
+    ) -> Self {
         Self {
             model,
             messages: request.messages.iter().map(wire_message).collect(),
             max_tokens,
             temperature: request.temperature,
             stream,
-            stream_options: stream.then_some(StreamOptions { include_usage: true }),
+            stream_options: stream.then_some(StreamOptions {
+                include_usage: true,
+            }),
         }
     }
 }
@@ -114,7 +121,8 @@ struct WireEmbeddingsResponse {
 
 /// Parses a non-streamed chat completion.
 pub fn parse_chat(body: &[u8], requested_model: &str) -> Result<ChatResponse, String> {
-    let r: WireChatResponse = serde_json::from_slice(body).map_err(|e| format!("malformed chat completion: {e}"))?;
+    let r: WireChatResponse =
+        serde_json::from_slice(body).map_err(|e| format!("malformed chat completion: {e}"))?;
     let choice = r.choices.into_iter().next();
     let finish_reason = choice.as_ref().and_then(|c| c.finish_reason.clone());
     let content = choice
@@ -150,7 +158,10 @@ impl StreamAccumulator {
         Self {
             content: String::new(),
             model: requested_model.to_string(),
-            usage: Usage { prompt_tokens: 0, completion_tokens: 0 },
+            usage: Usage {
+                prompt_tokens: 0,
+                completion_tokens: 0,
+            },
             finish_reason: None,
             first_token: None,
             done: false,
@@ -174,7 +185,8 @@ impl StreamAccumulator {
         }
         if let Some(u) = chunk.usage {
             self.usage.prompt_tokens = u.prompt_tokens.unwrap_or(self.usage.prompt_tokens);
-            self.usage.completion_tokens = u.completion_tokens.unwrap_or(self.usage.completion_tokens);
+            self.usage.completion_tokens =
+                u.completion_tokens.unwrap_or(self.usage.completion_tokens);
         }
         for choice in chunk.choices {
             if let Some(text) = choice.delta.or(choice.message).and_then(|d| d.content)
@@ -207,7 +219,10 @@ pub fn parse_embeddings(body: &[u8], expected: usize) -> Result<Vec<Vec<f32>>, S
     let mut data = r.data;
     data.sort_by_key(|d| d.index.unwrap_or(usize::MAX));
     if data.len() != expected {
-        return Err(format!("asked for {expected} embeddings, got {}", data.len()));
+        return Err(format!(
+            "asked for {expected} embeddings, got {}",
+            data.len()
+        ));
     }
     Ok(data.into_iter().map(|d| d.embedding).collect())
 }
@@ -243,7 +258,11 @@ pub fn parse_error(status: u16, body: &[u8]) -> ProviderError {
             let text = text.trim();
             ProviderError {
                 status: Some(status),
-                message: if text.is_empty() { format!("HTTP {status}") } else { text.chars().take(500).collect() },
+                message: if text.is_empty() {
+                    format!("HTTP {status}")
+                } else {
+                    text.chars().take(500).collect()
+                },
                 type_: None,
                 code: None,
             }
@@ -258,7 +277,10 @@ mod tests {
     #[test]
     fn tolerates_missing_optional_fields() {
         let r = parse_chat(br#"{"choices":[{"message":{"content":"hi"}}]}"#, "m").unwrap();
-        assert_eq!((r.content.as_str(), r.model.as_str(), r.usage.prompt_tokens), ("hi", "m", 0));
+        assert_eq!(
+            (r.content.as_str(), r.model.as_str(), r.usage.prompt_tokens),
+            ("hi", "m", 0)
+        );
         let r = parse_chat(br#"{"choices":[]}"#, "m").unwrap();
         assert_eq!(r.content, "");
         assert!(parse_chat(b"{not json", "m").is_err());
@@ -267,11 +289,30 @@ mod tests {
     #[test]
     fn accumulates_a_stream_and_measures_the_first_token() {
         let mut acc = StreamAccumulator::new("m");
-        acc.push(r#"{"model":"m-1","choices":[{"delta":{"role":"assistant"}}]}"#, Duration::from_millis(5)).unwrap();
-        assert!(acc.first_token.is_none(), "a role-only chunk is not a token");
-        acc.push(r#"{"choices":[{"delta":{"content":"Hel"}}]}"#, Duration::from_millis(9)).unwrap();
-        acc.push(r#"{"choices":[{"delta":{"content":"lo"},"finish_reason":"stop"}]}"#, Duration::from_millis(12)).unwrap();
-        acc.push(r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#, Duration::from_millis(13)).unwrap();
+        acc.push(
+            r#"{"model":"m-1","choices":[{"delta":{"role":"assistant"}}]}"#,
+            Duration::from_millis(5),
+        )
+        .unwrap();
+        assert!(
+            acc.first_token.is_none(),
+            "a role-only chunk is not a token"
+        );
+        acc.push(
+            r#"{"choices":[{"delta":{"content":"Hel"}}]}"#,
+            Duration::from_millis(9),
+        )
+        .unwrap();
+        acc.push(
+            r#"{"choices":[{"delta":{"content":"lo"},"finish_reason":"stop"}]}"#,
+            Duration::from_millis(12),
+        )
+        .unwrap();
+        acc.push(
+            r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#,
+            Duration::from_millis(13),
+        )
+        .unwrap();
         acc.push("[DONE]", Duration::from_millis(14)).unwrap();
         assert!(acc.done);
         assert_eq!(acc.first_token, Some(Duration::from_millis(9)));
@@ -296,7 +337,10 @@ mod tests {
     #[test]
     fn embeddings_come_back_in_input_order() {
         let body = br#"{"data":[{"index":1,"embedding":[2.0]},{"index":0,"embedding":[1.0]}]}"#;
-        assert_eq!(parse_embeddings(body, 2).unwrap(), vec![vec![1.0], vec![2.0]]);
+        assert_eq!(
+            parse_embeddings(body, 2).unwrap(),
+            vec![vec![1.0], vec![2.0]]
+        );
         assert!(parse_embeddings(body, 3).is_err());
     }
 }
