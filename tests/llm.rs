@@ -446,7 +446,7 @@ async fn prompt_agent_runtime(
     budget: &str,
 ) -> (bsm_host::Runtime, tempfile::TempDir) {
     let llm = client(settings(vec![provider("p", &server.base_url)]));
-    let runtime = runtime_with(Capabilities { llm: Arc::new(llm) });
+    let runtime = runtime_with(Capabilities::with_llm(Arc::new(llm)));
     let dir = tempfile::tempdir().unwrap();
     let manifest = plugin_with_manifest(
         dir.path(),

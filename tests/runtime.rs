@@ -147,7 +147,7 @@ async fn prompt_agent_renders_its_config_into_the_host_llm_call() {
     let llm = RecordingLlm::new(
         "Needs work.\nACTION: request_changes {\"reason\": \"no tests\"}\nDo not approve_pr yet.",
     );
-    let runtime = runtime_with(Capabilities { llm: llm.clone() });
+    let runtime = runtime_with(Capabilities::with_llm(llm.clone()));
     let dir = tempfile::tempdir().unwrap();
     let manifest = plugin_with_manifest(
         dir.path(),
@@ -248,7 +248,7 @@ async fn prompt_agent_without_a_provider_says_so() {
 #[tokio::test]
 async fn actions_outside_the_manifest_allow_list_are_rejected() {
     let llm = RecordingLlm::new("ACTION: deploy_prod");
-    let runtime = runtime_with(Capabilities { llm });
+    let runtime = runtime_with(Capabilities::with_llm(llm));
     let dir = tempfile::tempdir().unwrap();
     let manifest = plugin_with_manifest(
         dir.path(),

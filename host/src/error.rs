@@ -90,7 +90,7 @@ impl RunError {
 }
 
 /// Why a plugin could not be loaded (bad manifest, bad component, wrong world).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{origin}: {message}")]
 pub struct LoadError {
     /// The file that was being loaded.

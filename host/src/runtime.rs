@@ -16,6 +16,7 @@ use crate::bindings::agent::{Agent, AgentPre};
 use crate::bindings::step::StepPre;
 use crate::bindings::types as wit;
 use crate::bulkhead::{Bulkhead, Busy, Rejection};
+use crate::cache::{CacheSettings, LoadingCache, StatsSnapshot};
 use crate::capabilities::llm::LlmBudget;
 use crate::capabilities::{self, Caller, Capabilities};
 use crate::engine::{self, EpochTicker, PoolSettings};
@@ -39,7 +40,12 @@ pub struct RuntimeOptions {
     pub artifact_dir: Option<PathBuf>,
     pub pool: PoolSettings,
     pub capabilities: Capabilities,
+    /// TTLs and sizes of the host's caches.
+    pub cache: CacheSettings,
 }
+
+/// Compiled components kept in memory, keyed by digest.
+const COMPONENT_CACHE_ENTRIES: u64 = 256;
 
 /// The plugin runtime. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct Runtime {
@@ -48,6 +54,8 @@ pub struct Runtime {
     capabilities: Capabilities,
     artifacts: ArtifactCache,
     registry: Registry,
+    manifests: LoadingCache<PathBuf, Arc<Manifest>>,
+    components: LoadingCache<String, Component>,
     _ticker: EpochTicker,
 }
 
@@ -70,6 +78,12 @@ impl Runtime {
             capabilities: options.capabilities,
             artifacts: ArtifactCache::new(options.artifact_dir),
             registry: Registry::default(),
+            manifests: LoadingCache::new(
+                "manifests",
+                options.cache.manifests.max_entries,
+                Some(options.cache.manifests.ttl()),
+            ),
+            components: LoadingCache::new("components", COMPONENT_CACHE_ENTRIES, None),
         })
     }
 
@@ -85,6 +99,46 @@ impl Runtime {
 
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The capabilities every run gets (e.g. to read cache statistics).
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    /// Counters of the host's caches, by name.
+    pub fn cache_stats(&self) -> Vec<(&'static str, StatsSnapshot)> {
+        vec![
+            ("manifests", self.manifests.stats()),
+            ("components", self.components.stats()),
+            ("plugin", self.capabilities.cache.stats()),
+        ]
+    }
+
+    /// Empties one cache by name, or all of them with `None`. Returns false
+    /// for an unknown name.
+    pub fn clear_cache(&self, name: Option<&str>) -> bool {
+        let all = name.is_none();
+        let wants = |n: &str| all || name == Some(n);
+        let mut known = all;
+        if wants("manifests") {
+            self.manifests.invalidate_all();
+            known = true;
+        }
+        if wants("components") {
+            self.components.invalidate_all();
+            known = true;
+        }
+        if wants("plugin") {
+            self.capabilities.cache.clear();
+            known = true;
+        }
+        known
+    }
+
+    /// Forgets a cached manifest so the next load reads the file again.
+    pub async fn invalidate_manifest(&self, path: &Path) {
+        self.manifests.invalidate(&path.to_path_buf()).await;
     }
 
     /// Loads every plugin of `dir` (each `<id>.toml` with its component) into
@@ -119,12 +173,12 @@ impl Runtime {
     /// manifest, compiles (or loads from the artifact cache) the component,
     /// checks it exports the world its manifest names, and calls `describe()`.
     pub async fn load_plugin(&self, manifest_path: &Path) -> Result<Arc<Plugin>, LoadError> {
-        let origin = manifest_path.display();
-        let text = tokio::fs::read_to_string(manifest_path)
+        let manifest = self
+            .manifests
+            .get_or_load(manifest_path.to_path_buf(), || read_manifest(manifest_path))
             .await
-            .map_err(|e| LoadError::new(&origin, format!("cannot read the manifest: {e}")))?;
-        let manifest =
-            Manifest::from_toml(&text, manifest_path).map_err(|m| LoadError::new(&origin, m))?;
+            .map_err(|e: Arc<LoadError>| LoadError::clone(&e))?;
+        let manifest = Manifest::clone(&manifest);
         let wasm_name = manifest
             .wasm
             .clone()
@@ -153,15 +207,27 @@ impl Runtime {
         let origin = source.display().to_string();
         crate::check::check_header(&bytes).map_err(|m| LoadError::new(&origin, m))?;
         let digest = artifact_cache::digest(&bytes);
-        let component = {
-            let engine = self.engine.clone();
-            let artifacts = self.artifacts.clone();
-            let digest = digest.clone();
-            tokio::task::spawn_blocking(move || artifacts.load(&engine, &bytes, &digest))
-                .await
-                .map_err(|e| LoadError::new(&origin, format!("compilation task failed: {e}")))?
-                .map_err(|e| LoadError::new(&origin, format!("not a valid component: {e:#}")))?
-        };
+        // Single-flight: concurrent loads of the same bytes compile once.
+        let component = self
+            .components
+            .get_or_load(digest.clone(), || {
+                let engine = self.engine.clone();
+                let artifacts = self.artifacts.clone();
+                let digest = digest.clone();
+                let origin = origin.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || artifacts.load(&engine, &bytes, &digest))
+                        .await
+                        .map_err(|e| {
+                            LoadError::new(&origin, format!("compilation task failed: {e}"))
+                        })?
+                        .map_err(|e| {
+                            LoadError::new(&origin, format!("not a valid component: {e:#}"))
+                        })
+                }
+            })
+            .await
+            .map_err(|e: Arc<LoadError>| LoadError::clone(&e))?;
         let exports = self
             .pre_instantiate(&component, manifest.kind)
             .map_err(|m| LoadError::new(&origin, m))?;
@@ -458,6 +524,16 @@ impl Runtime {
             Ok(Err(error)) => Err(classify_failure(plugin, &store, error)),
         }
     }
+}
+
+async fn read_manifest(path: &Path) -> Result<Arc<Manifest>, LoadError> {
+    let origin = path.display();
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| LoadError::new(&origin, format!("cannot read the manifest: {e}")))?;
+    Manifest::from_toml(&text, path)
+        .map(Arc::new)
+        .map_err(|m| LoadError::new(&origin, m))
 }
 
 /// Names a failed call: deadline, memory cap, guest trap (with the panic

@@ -1,39 +1,58 @@
-//! `bsm:plugin/cache`: not available in this host yet. The WIT shape is
-//! settled; until the cache lands every call answers `unavailable`, which a
-//! plugin can handle like a cache miss.
+//! `bsm:plugin/cache`: a plugin's own slice of the host's [`PluginCache`]
+//! (namespaced by plugin id, TTL per entry, bounded by total bytes).
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::bindings::cache::{Error, Host};
+use crate::cache::PluginCache;
+use crate::cache::plugin_store::PluginCacheError;
 
 use super::Caller;
 
-const NOT_YET: &str = "the cache capability is not available in this host yet";
-
-/// Per-run state: whose namespace the calls would use.
+/// Per-run state: the shared store and the namespace of this plugin.
 pub struct CacheState {
-    _caller: Caller,
+    store: Arc<PluginCache>,
+    caller: Caller,
 }
 
 impl CacheState {
-    pub fn new(caller: Caller) -> Self {
-        Self { _caller: caller }
+    pub fn new(store: Arc<PluginCache>, caller: Caller) -> Self {
+        Self { store, caller }
+    }
+}
+
+fn to_wit(e: PluginCacheError) -> Error {
+    match e {
+        PluginCacheError::TooLarge(n) => Error::TooLarge(n),
+        PluginCacheError::InvalidKey(m) => Error::InvalidKey(m),
     }
 }
 
 impl Host for CacheState {
-    async fn get(&mut self, _key: String) -> Result<Option<Vec<u8>>, Error> {
-        Err(Error::Unavailable(NOT_YET.into()))
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, Error> {
+        self.store
+            .get(&self.caller.plugin_id, &key)
+            .await
+            .map_err(to_wit)
     }
 
-    async fn set(
-        &mut self,
-        _key: String,
-        _value: Vec<u8>,
-        _ttl_ms: Option<u64>,
-    ) -> Result<(), Error> {
-        Err(Error::Unavailable(NOT_YET.into()))
+    async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), Error> {
+        self.store
+            .set(
+                &self.caller.plugin_id,
+                &key,
+                &value,
+                ttl_ms.map(Duration::from_millis),
+            )
+            .await
+            .map_err(to_wit)
     }
 
-    async fn delete(&mut self, _key: String) -> Result<(), Error> {
-        Err(Error::Unavailable(NOT_YET.into()))
+    async fn delete(&mut self, key: String) -> Result<(), Error> {
+        self.store
+            .delete(&self.caller.plugin_id, &key)
+            .await
+            .map_err(to_wit)
     }
 }

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use wasmtime::component::{HasSelf, Linker};
 
 use crate::bindings;
+use crate::cache::PluginCache;
+use crate::reports::ReportStore;
 use crate::run_state::RunState;
 
 pub mod cache;
@@ -32,12 +34,27 @@ pub struct Caller {
 #[derive(Clone)]
 pub struct Capabilities {
     pub llm: Arc<dyn llm::LlmEngine>,
+    pub cache: Arc<PluginCache>,
+    /// Where reports go; `None` answers `unavailable`.
+    pub reports: Option<Arc<ReportStore>>,
 }
 
 impl Default for Capabilities {
     fn default() -> Self {
         Self {
             llm: Arc::new(llm::Unconfigured),
+            cache: Arc::new(PluginCache::new(Default::default())),
+            reports: None,
+        }
+    }
+}
+
+impl Capabilities {
+    /// Default capabilities with the given LLM engine.
+    pub fn with_llm(llm: Arc<dyn llm::LlmEngine>) -> Self {
+        Self {
+            llm,
+            ..Self::default()
         }
     }
 }
@@ -64,9 +81,9 @@ impl Capabilities {
             log: log::LogState::new(caller.clone()),
             config: config::ConfigState::new(config),
             llm: llm::LlmState::new(self.llm.clone(), caller.clone(), llm_budget),
-            cache: cache::CacheState::new(caller.clone()),
+            cache: cache::CacheState::new(self.cache.clone(), caller.clone()),
             knowledge: knowledge::KnowledgeState::new(caller.clone()),
-            reports: reports::ReportsState::new(caller),
+            reports: reports::ReportsState::new(self.reports.clone(), caller),
         }
     }
 }
