@@ -1,6 +1,8 @@
 //! The `bsm` command line, run as a real process.
 
 mod common;
+#[path = "common/llm_server.rs"]
+mod llm_server;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -8,16 +10,29 @@ use std::process::{Command, Output};
 use common::*;
 
 fn bsm(args: &[&str], plugins_dir: Option<&Path>) -> Output {
+    bsm_with_env(args, plugins_dir, &[])
+}
+
+/// Runs `bsm` with a clean BSM_* environment plus `env`.
+fn bsm_with_env(args: &[&str], plugins_dir: Option<&Path>, env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_bsm"));
-    cmd.args(args)
-        .env(
-            "BSM_DATA_DIR",
-            std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bsm-cli-data"),
-        )
-        .env_remove("BSM_PLUGINS_DIR")
-        .env_remove("BSM_LOG");
+    let data_dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bsm-cli-data");
+    cmd.args(args).env("BSM_DATA_DIR", data_dir);
+    for var in [
+        "BSM_PLUGINS_DIR",
+        "BSM_LOG",
+        "BSM_CONFIG",
+        "BSM_LLM_BASE_URL",
+        "BSM_LLM_API_KEY",
+        "BSM_LLM_MODEL",
+    ] {
+        cmd.env_remove(var);
+    }
     if let Some(dir) = plugins_dir {
         cmd.env("BSM_PLUGINS_DIR", dir);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
     }
     cmd.output().expect("bsm runs")
 }
@@ -189,4 +204,50 @@ fn failures_are_one_clear_line() {
         &bsm(&["run", "panicker", "--input", "x"], Some(&test_dir)),
         "panicker gave up",
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_agent_answers_through_the_llm_named_by_the_environment() {
+    let server = llm_server::LlmServer::start().await;
+    server.set_reply("Governance looks fine.");
+    let base_url = server.base_url.clone();
+    let o = tokio::task::spawn_blocking(move || {
+        bsm_with_env(
+            &["run", "prompt-agent", "--input", "Is this compliant?"],
+            None,
+            &[
+                ("BSM_LLM_BASE_URL", base_url.as_str()),
+                ("BSM_LLM_MODEL", "llama3"),
+                ("BSM_LLM_API_KEY", "sk-cli"),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "Governance looks fine.\n");
+    let seen = server.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body["model"], "llama3");
+    assert_eq!(seen[0].authorization.as_deref(), Some("Bearer sk-cli"));
+    assert_eq!(seen[0].body["messages"][1]["content"], "Is this compliant?");
+}
+
+#[test]
+fn without_a_provider_the_llm_error_says_how_to_configure_one() {
+    let o = bsm(&["run", "prompt-agent", "--input", "hi"], None);
+    assert_one_line_error(&o, "set BSM_LLM_BASE_URL");
+}
+
+#[test]
+fn a_bad_configuration_file_is_named_with_the_offending_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bsm.toml");
+    std::fs::write(&config, "[llm.retry]\nmax-attempt = 5\n").unwrap();
+    let o = bsm(
+        &["--config", config.to_str().unwrap(), "plugins", "list"],
+        None,
+    );
+    assert_one_line_error(&o, "bsm.toml");
+    assert!(stderr(&o).contains("max-attempt"), "{}", stderr(&o));
 }

@@ -26,6 +26,7 @@ pub mod registry;
 pub mod reports;
 pub mod run_state;
 pub mod runtime;
+pub mod settings;
 
 pub use api::{AgentRequest, AgentRun, RunContext, StepRequest, StepRun};
 pub use error::{LoadError, RunError};

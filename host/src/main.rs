@@ -6,7 +6,13 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use bsm_host::api::{AgentRequest, AgentResult, RunContext, StepRequest};
+use bsm_host::cache::PluginCache;
+use bsm_host::capabilities::Capabilities;
+use bsm_host::capabilities::llm::{LlmEngine, Unconfigured};
 use bsm_host::check::check_component;
+use bsm_host::llm::LlmClient;
+use bsm_host::reports::ReportStore;
+use bsm_host::settings::HostSettings;
 use bsm_host::{Plugin, Runtime, RuntimeOptions};
 use clap::{Args, Parser, Subcommand};
 
@@ -30,6 +36,12 @@ struct Global {
     /// Directory for the host's data; compiled plugins are cached in `cache/`.
     #[arg(long, env = "BSM_DATA_DIR", default_value = "./data", global = true)]
     data_dir: PathBuf,
+
+    /// Configuration file (TOML): `[llm]`, `[cache]`, `[reports]`. Every
+    /// setting has a default; `BSM_LLM_BASE_URL`, `BSM_LLM_API_KEY` and
+    /// `BSM_LLM_MODEL` override the file's first LLM provider.
+    #[arg(long, env = "BSM_CONFIG", global = true)]
+    config: Option<PathBuf>,
 
     /// Log filter (tracing's EnvFilter syntax); logs go to stderr.
     #[arg(long, env = "BSM_LOG", default_value = "warn", global = true)]
@@ -132,8 +144,11 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         .plugins_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(bsm_host::SHIPPED_PLUGINS_DIR));
+    let settings = HostSettings::load(cli.global.config.as_deref(), |k| std::env::var(k).ok())?;
     let runtime = Runtime::new(RuntimeOptions {
         artifact_dir: Some(cli.global.data_dir.join("cache").join("components")),
+        capabilities: capabilities(&settings, &cli.global.data_dir)?,
+        cache: settings.cache.clone(),
         ..RuntimeOptions::default()
     })?;
     match cli.command {
@@ -215,6 +230,26 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The host capabilities as configured: the LLM client (or the clear
+/// "not configured" answer), the plugin cache and the report directory.
+fn capabilities(settings: &HostSettings, data_dir: &Path) -> anyhow::Result<Capabilities> {
+    let llm: Arc<dyn LlmEngine> = match LlmClient::from_settings(&settings.llm)? {
+        Some(client) => Arc::new(client),
+        None => Arc::new(Unconfigured),
+    };
+    let reports_dir = settings
+        .reports
+        .dir
+        .clone()
+        .unwrap_or_else(|| data_dir.join("reports"));
+    let reports = ReportStore::open(&reports_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Capabilities {
+        llm,
+        cache: Arc::new(PluginCache::new(settings.cache.plugin.clone())),
+        reports: Some(reports),
+    })
 }
 
 /// Loads just the plugin a command needs (`<id>.toml`), so one broken plugin

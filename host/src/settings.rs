@@ -1,0 +1,96 @@
+//! The host's configuration: one TOML file (every table optional, every
+//! setting with a default) plus environment variables that override it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use crate::cache::CacheSettings;
+use crate::llm::LlmSettings;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+pub struct HostSettings {
+    pub llm: LlmSettings,
+    pub cache: CacheSettings,
+    pub reports: ReportSettings,
+}
+
+/// The `[reports]` table.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+pub struct ReportSettings {
+    /// Where reports are written; `<data dir>/reports` when unset.
+    pub dir: Option<PathBuf>,
+}
+
+impl HostSettings {
+    /// Reads `path` (if given) and applies the environment on top.
+    pub fn load(path: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let mut settings = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!("cannot read the configuration file {}", path.display())
+                })?;
+                toml::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?
+            }
+            None => HostSettings::default(),
+        };
+        settings.llm.apply_env(env);
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_is_all_defaults() {
+        let s: HostSettings = toml::from_str("").unwrap();
+        assert_eq!(s, HostSettings::default());
+    }
+
+    #[test]
+    fn a_full_file_parses_and_unknown_keys_are_named() {
+        let s: HostSettings = toml::from_str(
+            r#"
+            [llm.retry]
+            max-attempts = 5
+            [llm.breaker]
+            failure-rate-threshold = 25.0
+            wait-in-open-ms = 1000
+            sliding-window = { type = "time-based", seconds = 30 }
+            [[llm.providers]]
+            name = "ollama"
+            base-url = "http://127.0.0.1:11434/v1"
+            default-model = "llama3"
+            [llm.providers.timeouts]
+            total-ms = 9000
+            [cache.plugin]
+            max-bytes = 1000
+            [cache.knowledge]
+            soft-ttl-ms = 5
+            [reports]
+            dir = "/var/lib/bsm/reports"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(s.llm.retry.max_attempts, 5);
+        assert_eq!(
+            s.llm.breaker.wait_in_open,
+            std::time::Duration::from_secs(1)
+        );
+        assert_eq!(s.llm.providers[0].timeouts.total_ms, 9000);
+        assert_eq!(
+            s.llm.providers[0].timeouts.attempt_ms, 30_000,
+            "unset fields keep their defaults"
+        );
+        assert_eq!(s.cache.plugin.max_bytes, 1000);
+        let err = toml::from_str::<HostSettings>("[llm.retry]\nmax-attempt = 5").unwrap_err();
+        assert!(err.message().contains("max-attempt"), "{}", err.message());
+    }
+}
