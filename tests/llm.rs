@@ -419,6 +419,30 @@ async fn models_the_provider_does_not_serve_become_its_default() {
     assert_eq!(models, ["gpt-4o", "test-model"]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_providers_bulkhead_caps_concurrent_upstream_calls() {
+    let server = LlmServer::start().await;
+    server.set_latency(Duration::from_millis(50));
+    let mut p = provider("p", &server.base_url);
+    p.max_concurrent = 2;
+    let client = Arc::new(client(settings(vec![p])));
+    let calls: Vec<_> = (0..10)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { client.chat(&caller(), ask(&format!("q{i}"))).await })
+        })
+        .collect();
+    for c in calls {
+        c.await.unwrap().unwrap();
+    }
+    assert_eq!(server.hits(), 10);
+    assert_eq!(
+        server.max_in_flight(),
+        2,
+        "never more than max-concurrent upstream calls at once"
+    );
+}
+
 #[tokio::test]
 async fn embeddings_come_back_in_order() {
     let server = LlmServer::start().await;

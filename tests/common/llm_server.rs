@@ -59,6 +59,25 @@ struct Shared {
     seen: Mutex<Vec<Seen>>,
     record: std::sync::atomic::AtomicBool,
     hits: AtomicUsize,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+/// Counts a request as in flight until dropped.
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn enter(shared: &'a Shared) -> Self {
+        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        Self(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// The running server; stops when dropped.
@@ -80,6 +99,8 @@ impl LlmServer {
             seen: Mutex::new(Vec::new()),
             record: std::sync::atomic::AtomicBool::new(true),
             hits: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
@@ -131,6 +152,11 @@ impl LlmServer {
 
     pub fn seen(&self) -> Vec<Seen> {
         self.shared.seen.lock().unwrap().clone()
+    }
+
+    /// The most requests that were being answered at the same time.
+    pub fn max_in_flight(&self) -> usize {
+        self.shared.max_in_flight.load(Ordering::SeqCst)
     }
 
     /// Requests received (answered or not).
@@ -188,6 +214,7 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Strin
         Err(e) => return error_response(400, "invalid_request_error", "bad_json", &e.to_string()),
     };
     let fault = record(&shared, "/v1/chat/completions", &headers, &body);
+    let _in_flight = InFlight::enter(&shared);
     let latency = *shared.latency.lock().unwrap();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;

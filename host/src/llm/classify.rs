@@ -96,13 +96,12 @@ fn is_quota(error: &ProviderError) -> bool {
 /// The wait a 429 asks for: `retry-after-ms`, or `Retry-After` in seconds
 /// or as an HTTP date.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    if let Some(ms) = headers.get("retry-after-ms").and_then(|v| v.to_str().ok()) {
-        if let Ok(ms) = ms.trim().parse::<f64>()
-            && ms.is_finite()
-            && ms >= 0.0
-        {
-            return Some(Duration::from_millis(ms as u64));
-        }
+    if let Some(ms) = headers.get("retry-after-ms").and_then(|v| v.to_str().ok())
+        && let Ok(ms) = ms.trim().parse::<f64>()
+        && ms.is_finite()
+        && ms >= 0.0
+    {
+        return Some(Duration::from_millis(ms as u64));
     }
     let value = headers
         .get(reqwest::header::RETRY_AFTER)?
