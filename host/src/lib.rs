@@ -10,6 +10,7 @@
 pub mod api;
 pub mod artifact_cache;
 pub mod bindings;
+pub mod bsm;
 pub mod bulkhead;
 pub mod cache;
 pub mod capabilities;

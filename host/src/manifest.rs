@@ -135,7 +135,9 @@ impl Manifest {
         Ok(manifest)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    /// Checks the id, version and budget (the parser calls this; so does
+    /// the runtime for manifests built in code).
+    pub fn validate(&self) -> Result<(), String> {
         let valid_id = !self.id.is_empty()
             && self.id.len() <= 64
             && self

@@ -205,6 +205,9 @@ impl Runtime {
         source: PathBuf,
     ) -> Result<Arc<Plugin>, LoadError> {
         let origin = source.display().to_string();
+        manifest
+            .validate()
+            .map_err(|m| LoadError::new(&origin, format!("manifest of {:?}: {m}", manifest.id)))?;
         crate::check::check_header(&bytes).map_err(|m| LoadError::new(&origin, m))?;
         let digest = artifact_cache::digest(&bytes);
         // Single-flight: concurrent loads of the same bytes compile once.
