@@ -28,6 +28,7 @@ pub mod reports;
 pub mod run_state;
 pub mod runtime;
 pub mod settings;
+pub mod store;
 
 pub use api::{AgentRequest, AgentRun, RunContext, StepRequest, StepRun};
 pub use error::{LoadError, RunError};

@@ -39,25 +39,82 @@ pub enum ReportError {
     Storage(String),
 }
 
+/// Where the report index lives: a JSON-lines file beside the reports
+/// (the CLI), or the embedded database (the server).
+#[async_trait::async_trait]
+pub trait ReportIndex: Send + Sync {
+    async fn append(&self, record: &ReportRecord) -> Result<(), String>;
+    /// Every record, oldest first.
+    async fn all(&self) -> Vec<ReportRecord>;
+}
+
+/// `index.jsonl` in the report directory. Appends are serialised; a torn
+/// last line (a crash during an append) is skipped when read.
+pub struct JsonlIndex {
+    path: PathBuf,
+    lock: tokio::sync::Mutex<()>,
+}
+
+#[async_trait::async_trait]
+impl ReportIndex for JsonlIndex {
+    async fn append(&self, record: &ReportRecord) -> Result<(), String> {
+        let mut line = serde_json::to_vec(record).expect("a record serialises");
+        line.push(b'\n');
+        let path = self.path.clone();
+        let _guard = self.lock.lock().await;
+        tokio::task::spawn_blocking(move || {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| storage_error(&path, "open the report index", &e).to_string())?;
+            f.write_all(&line)
+                .map_err(|e| storage_error(&path, "append to the report index", &e).to_string())?;
+            f.sync_data()
+                .map_err(|e| storage_error(&path, "sync the report index", &e).to_string())
+        })
+        .await
+        .map_err(|e| format!("report index task failed: {e}"))?
+    }
+
+    async fn all(&self) -> Vec<ReportRecord> {
+        let text = tokio::fs::read_to_string(&self.path)
+            .await
+            .unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
 /// The report directory and its index.
 pub struct ReportStore {
     dir: PathBuf,
-    /// Serialises index appends (reports themselves are written in parallel).
-    index_lock: tokio::sync::Mutex<()>,
+    index: Arc<dyn ReportIndex>,
 }
 
 impl ReportStore {
-    /// Opens (creating if needed) a report directory and removes temporary
-    /// files left by a crash.
+    /// Opens (creating if needed) a report directory with its `index.jsonl`,
+    /// and removes temporary files left by a crash.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Arc<Self>, ReportError> {
+        let dir = dir.into();
+        let index = Arc::new(JsonlIndex {
+            path: dir.join(INDEX_FILE),
+            lock: tokio::sync::Mutex::new(()),
+        });
+        Self::open_with_index(dir, index)
+    }
+
+    /// Opens a report directory whose index lives elsewhere (the database).
+    pub fn open_with_index(
+        dir: impl Into<PathBuf>,
+        index: Arc<dyn ReportIndex>,
+    ) -> Result<Arc<Self>, ReportError> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)
             .map_err(|e| storage_error(&dir, "create the report directory", &e))?;
         remove_leftovers(&dir);
-        Ok(Arc::new(Self {
-            dir,
-            index_lock: tokio::sync::Mutex::new(()),
-        }))
+        Ok(Arc::new(Self { dir, index }))
     }
 
     pub fn dir(&self) -> &Path {
@@ -74,12 +131,10 @@ impl ReportStore {
     ) -> Result<ReportRecord, ReportError> {
         let name = sanitize_name(name)?;
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let plugin_dir = sanitize_segment(plugin);
-        let file = format!("{plugin_dir}/{id}-{name}");
-        let path = self.dir.join(&file);
+        let file = format!("{}/{id}-{name}", sanitize_segment(plugin));
+        let target = self.dir.join(&file);
         let bytes = markdown.as_bytes().to_vec();
         let size = bytes.len() as u64;
-        let target = path.clone();
         tokio::task::spawn_blocking(move || write_atomically(&target, &bytes))
             .await
             .map_err(|e| ReportError::Storage(format!("report writer task failed: {e}")))??;
@@ -90,44 +145,22 @@ impl ReportStore {
             name,
             file,
             bytes: size,
-            created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            created_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         };
-        self.append_index(&record).await?;
+        self.index
+            .append(&record)
+            .await
+            .map_err(ReportError::Storage)?;
         Ok(record)
     }
 
-    async fn append_index(&self, record: &ReportRecord) -> Result<(), ReportError> {
-        let mut line = serde_json::to_vec(record).expect("a record serialises");
-        line.push(b'\n');
-        let path = self.dir.join(INDEX_FILE);
-        let _guard = self.index_lock.lock().await;
-        tokio::task::spawn_blocking(move || {
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(|e| storage_error(&path, "open the report index", &e))?;
-            f.write_all(&line)
-                .map_err(|e| storage_error(&path, "append to the report index", &e))?;
-            f.sync_data()
-                .map_err(|e| storage_error(&path, "sync the report index", &e))
-        })
-        .await
-        .map_err(|e| ReportError::Storage(format!("report index task failed: {e}")))?
-    }
-
-    /// Every indexed report whose file exists, oldest first. A torn last
-    /// line (a crash during an append) is skipped.
+    /// Every indexed report whose file exists, oldest first.
     pub async fn list(&self) -> Vec<ReportRecord> {
-        let text = tokio::fs::read_to_string(self.dir.join(INDEX_FILE))
-            .await
-            .unwrap_or_default();
         let mut records = Vec::new();
-        for line in text.lines() {
-            if let Ok(r) = serde_json::from_str::<ReportRecord>(line)
-                && tokio::fs::try_exists(self.dir.join(&r.file))
-                    .await
-                    .unwrap_or(false)
+        for r in self.index.all().await {
+            if tokio::fs::try_exists(self.dir.join(&r.file))
+                .await
+                .unwrap_or(false)
             {
                 records.push(r);
             }
@@ -137,7 +170,7 @@ impl ReportStore {
 
     /// A report's record and content.
     pub async fn get(&self, id: &str) -> Option<(ReportRecord, String)> {
-        let record = self.list().await.into_iter().find(|r| r.id == id)?;
+        let record = self.index.all().await.into_iter().find(|r| r.id == id)?;
         let text = tokio::fs::read_to_string(self.dir.join(&record.file))
             .await
             .ok()?;
