@@ -65,13 +65,15 @@ pub struct AgentOutput {
 }
 
 /// A finished agent run.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentRun {
     pub plugin_id: String,
     pub plugin_version: String,
     pub correlation_id: String,
     pub output: AgentOutput,
+    /// LLM calls and tokens of this run, counted by the host.
+    pub usage: crate::capabilities::llm::LlmUsage,
     pub duration_ms: f64,
 }
 

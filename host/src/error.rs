@@ -63,6 +63,9 @@ pub enum RunError {
     PluginFailed {
         plugin: String,
         failure: PluginFailure,
+        /// The LLM error behind the failure, when the run saw one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        llm_error: Option<LlmFailure>,
     },
 
     #[error("plugin {plugin:?} could not be started: {message}")]
@@ -103,6 +106,58 @@ impl LoadError {
         Self {
             origin: origin.to_string(),
             message: message.into(),
+        }
+    }
+}
+
+/// An LLM error as callers of the host see it: a stable kind, a message and,
+/// where it applies, when to retry.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LlmFailure {
+    /// `circuit-open`, `rate-limited`, `timeout`, `budget-exceeded`,
+    /// `invalid-request`, `provider` or `unavailable`.
+    pub kind: &'static str,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+impl From<&crate::bindings::llm::Error> for LlmFailure {
+    fn from(e: &crate::bindings::llm::Error) -> Self {
+        use crate::bindings::llm::Error as E;
+        let (kind, message, retry_after_ms) = match e {
+            E::CircuitOpen(ms) => (
+                "circuit-open",
+                format!("the LLM provider's circuit breaker is open; retry in {ms} ms"),
+                Some(*ms),
+            ),
+            E::RateLimited(ms) => (
+                "rate-limited",
+                "the LLM provider is rate-limiting".to_string(),
+                *ms,
+            ),
+            E::Timeout => (
+                "timeout",
+                "the LLM provider did not answer in time".to_string(),
+                None,
+            ),
+            E::BudgetExceeded(m) => ("budget-exceeded", m.clone(), None),
+            E::InvalidRequest(m) => ("invalid-request", m.clone(), None),
+            E::Provider(p) => (
+                "provider",
+                match p.status {
+                    Some(s) => format!("HTTP {s}: {}", p.message),
+                    None => p.message.clone(),
+                },
+                None,
+            ),
+            E::Unavailable(m) => ("unavailable", m.clone(), None),
+        };
+        Self {
+            kind,
+            message,
+            retry_after_ms,
         }
     }
 }

@@ -17,9 +17,10 @@ use crate::bindings::step::StepPre;
 use crate::bindings::types as wit;
 use crate::bulkhead::{Bulkhead, Busy, Rejection};
 use crate::cache::{CacheSettings, LoadingCache, StatsSnapshot};
-use crate::capabilities::llm::LlmBudget;
+use crate::capabilities::llm::{LlmBudget, LlmUsage};
 use crate::capabilities::{self, Caller, Capabilities};
 use crate::engine::{self, EpochTicker, PoolSettings};
+use crate::error::LlmFailure;
 use crate::error::{LoadError, RunError};
 use crate::limits::{MemoryLimitExceeded, RunLimits};
 use crate::manifest::{Manifest, PluginKind};
@@ -300,7 +301,8 @@ impl Runtime {
                         let agent = pre.instantiate_async(&mut *store).await?;
                         agent.call_describe(&mut *store).await
                     })
-                    .await?;
+                    .await
+                    .0?;
                 Ok(Described {
                     id: info.id,
                     name: info.name,
@@ -315,7 +317,8 @@ impl Runtime {
                         let step = pre.instantiate_async(&mut *store).await?;
                         step.call_describe(&mut *store).await
                     })
-                    .await?;
+                    .await
+                    .0?;
                 Ok(Described {
                     id: info.id,
                     name: info.name,
@@ -372,18 +375,20 @@ impl Runtime {
             .acquire()
             .await
             .map_err(|b| busy(plugin, b))?;
-        let result = self
+        let (result, usage) = self
             .sandboxed(plugin, &request.context.correlation_id, async |store| {
                 let agent: Agent = pre.instantiate_async(&mut *store).await?;
                 agent.call_run(&mut *store, &input).await
             })
-            .await?;
-        let output = result.map_err(|e| RunError::PluginFailed {
+            .await;
+        let output = result?.map_err(|e| RunError::PluginFailed {
             plugin: plugin.id().to_string(),
             failure: e.into(),
+            llm_error: usage.last_error.as_ref().map(LlmFailure::from),
         })?;
         let output = self.validate_agent_output(plugin, output)?;
         Ok(AgentRun {
+            usage,
             plugin_id: plugin.id().to_string(),
             plugin_version: plugin.manifest.version.clone(),
             correlation_id: request.context.correlation_id,
@@ -440,15 +445,16 @@ impl Runtime {
             .acquire()
             .await
             .map_err(|b| busy(&plugin, b))?;
-        let result = self
+        let (result, usage) = self
             .sandboxed(&plugin, &request.context.correlation_id, async |store| {
                 let step = pre.instantiate_async(&mut *store).await?;
                 step.call_run(&mut *store, &state).await
             })
-            .await?;
-        let contribution = result.map_err(|e| RunError::PluginFailed {
+            .await;
+        let contribution = result?.map_err(|e| RunError::PluginFailed {
             plugin: plugin.id().to_string(),
             failure: e.into(),
+            llm_error: usage.last_error.as_ref().map(LlmFailure::from),
         })?;
         if let wit::Contribution::Decision(d) = &contribution
             && let Some(action) = d
@@ -514,18 +520,20 @@ impl Runtime {
         plugin: &Plugin,
         correlation_id: &str,
         call: impl AsyncFnOnce(&mut Store<RunState>) -> wasmtime::Result<T>,
-    ) -> Result<T, RunError> {
+    ) -> (Result<T, RunError>, LlmUsage) {
         let mut store = self.new_store(plugin, correlation_id);
         let budget = &plugin.manifest.budget;
         let outcome = tokio::time::timeout(budget.timeout() + HOST_GRACE, call(&mut store)).await;
-        match outcome {
+        let usage = store.data().caps.llm.usage();
+        let result = match outcome {
             Ok(Ok(value)) => Ok(value),
             Err(_elapsed) => Err(RunError::PluginTimeout {
                 plugin: plugin.id().to_string(),
                 timeout_ms: budget.timeout_ms,
             }),
             Ok(Err(error)) => Err(classify_failure(plugin, &store, error)),
-        }
+        };
+        (result, usage)
     }
 }
 

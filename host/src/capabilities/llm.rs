@@ -54,6 +54,19 @@ pub struct LlmBudget {
     pub max_tokens: u32,
 }
 
+/// What a run did with the LLM: reported with its result, so callers see
+/// token usage and, when a run failed, the LLM error behind it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LlmUsage {
+    pub calls: u32,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    /// The last LLM error the run saw, if any.
+    #[serde(skip)]
+    pub last_error: Option<Error>,
+}
+
 /// Per-run state: the engine, who is calling it, and what the run has used.
 pub struct LlmState {
     engine: std::sync::Arc<dyn LlmEngine>,
@@ -61,6 +74,7 @@ pub struct LlmState {
     budget: LlmBudget,
     calls: u32,
     tokens: u32,
+    usage: LlmUsage,
 }
 
 impl LlmState {
@@ -71,7 +85,13 @@ impl LlmState {
             budget,
             calls: 0,
             tokens: 0,
+            usage: LlmUsage::default(),
         }
+    }
+
+    /// What this run has used so far.
+    pub fn usage(&self) -> LlmUsage {
+        self.usage.clone()
     }
 
     /// Counts a call against the budget, or refuses it.
@@ -100,11 +120,29 @@ impl Host for LlmState {
                 "a chat request needs at least one message".into(),
             ));
         }
-        self.admit()?;
+        if let Err(e) = self.admit() {
+            self.usage.last_error = Some(e.clone());
+            return Err(e);
+        }
         // The completion may not outgrow what is left of the token budget.
         let left = self.budget.max_tokens - self.tokens;
         request.max_tokens = Some(request.max_tokens.map_or(left, |asked| asked.min(left)));
-        let reply = self.engine.chat(&self.caller, request).await?;
+        self.usage.calls += 1;
+        let reply = match self.engine.chat(&self.caller, request).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                self.usage.last_error = Some(e.clone());
+                return Err(e);
+            }
+        };
+        self.usage.prompt_tokens = self
+            .usage
+            .prompt_tokens
+            .saturating_add(reply.usage.prompt_tokens);
+        self.usage.completion_tokens = self
+            .usage
+            .completion_tokens
+            .saturating_add(reply.usage.completion_tokens);
         self.tokens = self
             .tokens
             .saturating_add(reply.usage.prompt_tokens)
