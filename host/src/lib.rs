@@ -21,12 +21,15 @@ pub mod knowledge_docs;
 pub mod limits;
 pub mod llm;
 pub mod manifest;
+pub mod orchestration;
 pub mod output_capture;
+pub mod platform;
 pub mod plugin;
 pub mod registry;
 pub mod reports;
 pub mod run_state;
 pub mod runtime;
+pub mod server;
 pub mod settings;
 pub mod store;
 

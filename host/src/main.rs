@@ -44,8 +44,12 @@ struct Global {
     config: Option<PathBuf>,
 
     /// Log filter (tracing's EnvFilter syntax); logs go to stderr.
-    #[arg(long, env = "BSM_LOG", default_value = "warn", global = true)]
-    log: String,
+    #[arg(long, env = "BSM_LOG", global = true)]
+    log: Option<String>,
+
+    /// Log format: `text` or `json` (default: json for `serve`, text otherwise).
+    #[arg(long, env = "BSM_LOG_FORMAT", global = true)]
+    log_format: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -84,11 +88,52 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the HTTP API: agents, orchestration jobs, reports, approvals,
+    /// operations and metrics.
+    #[command(
+        after_help = "LLM provider (environment, overriding the configuration file):\n  \
+        BSM_LLM_BASE_URL   OpenAI-compatible endpoint, e.g. http://127.0.0.1:11434/v1\n  \
+        BSM_LLM_API_KEY    its API key, if it needs one\n  \
+        BSM_LLM_MODEL      the default model\n\n\
+        Also: BSM_DATA_DIR, BSM_PLUGINS_DIR, BSM_CONFIG, BSM_LOG, BSM_LOG_FORMAT (see `bsm --help`)."
+    )]
+    Serve(ServeArgs),
     /// Inspect plugins.
     Plugins {
         #[command(subcommand)]
         command: PluginsCommand,
     },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the bound address is
+    /// printed on stdout).
+    #[arg(long, env = "BSM_ADDR", default_value = "127.0.0.1:3000")]
+    addr: String,
+    /// Token for the mutating operations endpoints (at least 24 characters,
+    /// not a default). Without it those endpoints are disabled.
+    #[arg(long, env = "BSM_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// An original BSM directory (data/agents, agents/registry.yaml,
+    /// data/knowledge) whose agents run as prompt-agent instances.
+    #[arg(long, env = "BSM_BSM_DIR")]
+    bsm_dir: Option<PathBuf>,
+    /// Requests per second allowed per client; 0 turns rate limiting off.
+    #[arg(long, env = "BSM_RATE_LIMIT", default_value_t = 50)]
+    rate_limit: u32,
+    /// Burst allowed above the rate.
+    #[arg(long, env = "BSM_RATE_BURST", default_value_t = 100)]
+    rate_burst: u32,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "BSM_BODY_LIMIT", default_value_t = 1 << 20)]
+    body_limit: usize,
+    /// Longest time a request may take, in ms (orchestration `?wait=true` included).
+    #[arg(long, env = "BSM_REQUEST_TIMEOUT_MS", default_value_t = 150_000)]
+    request_timeout_ms: u64,
+    /// How long shutdown waits for running jobs, in ms.
+    #[arg(long, env = "BSM_SHUTDOWN_GRACE_MS", default_value_t = 30_000)]
+    shutdown_grace_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -108,7 +153,20 @@ enum PluginsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.global.log);
+    let serving = matches!(cli.command, Command::Serve(_));
+    let filter = cli.global.log.clone().unwrap_or_else(|| {
+        if serving {
+            "info".into()
+        } else {
+            "warn".into()
+        }
+    });
+    let json = cli
+        .global
+        .log_format
+        .as_deref()
+        .map_or(serving, |f| f == "json");
+    init_logging(&filter, json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -129,13 +187,17 @@ fn fail(e: anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn init_logging(filter: &str) {
+fn init_logging(filter: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().with_current_span(true).init();
+    } else {
+        builder.init();
+    }
 }
 
 async fn execute(cli: Cli) -> anyhow::Result<()> {
@@ -145,6 +207,22 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(bsm_host::SHIPPED_PLUGINS_DIR));
     let settings = HostSettings::load(cli.global.config.as_deref(), |k| std::env::var(k).ok())?;
+    if let Command::Serve(args) = cli.command {
+        return bsm_host::server::serve(bsm_host::server::ServeOptions {
+            addr: args.addr,
+            data_dir: cli.global.data_dir,
+            plugins_dir,
+            admin_token: args.admin_token.filter(|t| !t.is_empty()),
+            bsm_dir: args.bsm_dir,
+            settings,
+            rate_limit_per_second: args.rate_limit,
+            rate_limit_burst: args.rate_burst,
+            body_limit_bytes: args.body_limit,
+            request_timeout: std::time::Duration::from_millis(args.request_timeout_ms),
+            shutdown_grace: std::time::Duration::from_millis(args.shutdown_grace_ms),
+        })
+        .await;
+    }
     let runtime = Runtime::new(RuntimeOptions {
         artifact_dir: Some(cli.global.data_dir.join("cache").join("components")),
         capabilities: capabilities(&settings, &cli.global.data_dir)?,
@@ -200,6 +278,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&run.contribution)?);
             }
         }
+        Command::Serve(_) => unreachable!("handled above"),
         Command::Plugins {
             command: PluginsCommand::List { json },
         } => {

@@ -16,6 +16,8 @@ pub struct HostSettings {
     pub llm: LlmSettings,
     pub cache: CacheSettings,
     pub reports: ReportSettings,
+    /// Pipelines by event, replacing or adding to the original ones.
+    pub pipelines: std::collections::BTreeMap<String, crate::orchestration::Pipeline>,
 }
 
 /// The `[reports]` table.

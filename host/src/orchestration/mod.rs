@@ -1,0 +1,12 @@
+//! Orchestration: events are handled by pipelines declared in configuration
+//! (agents in parallel or in sequence, or chosen by a routing step; then a
+//! decision step; then a report), run as jobs whose progress is streamed and
+//! whose results are stored.
+
+pub mod hub;
+pub mod jobs;
+pub mod pipelines;
+
+pub use hub::{JobEvent, JobHub};
+pub use jobs::Orchestrator;
+pub use pipelines::{Pipeline, Pipelines};

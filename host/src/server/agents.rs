@@ -1,0 +1,151 @@
+//! `/api/agents` and `/api/plugins`.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::error::{ApiError, ApiJson, correlation_id};
+use super::state::AppState;
+use crate::api::{AgentRequest, RunContext};
+use crate::manifest::PluginKind;
+use crate::plugin::Plugin;
+
+fn agent_json(state: &AppState, p: &Plugin) -> Value {
+    json!({
+        "id": p.id(),
+        "name": p.described.name,
+        "version": p.manifest.version,
+        "description": p.described.description,
+        "actions": p.manifest.allowed_actions,
+        "governance": state.platform.governance.policy(p.id()),
+    })
+}
+
+pub async fn list_agents(State(state): State<AppState>) -> Json<Value> {
+    let agents: Vec<Value> = state
+        .platform
+        .runtime
+        .registry()
+        .list()
+        .iter()
+        .filter(|p| p.kind() == PluginKind::Agent)
+        .map(|p| agent_json(&state, p))
+        .collect();
+    Json(json!({ "agents": agents }))
+}
+
+pub async fn get_agent(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let plugin = state
+        .platform
+        .runtime
+        .registry()
+        .get(&id)
+        .filter(|p| p.kind() == PluginKind::Agent)
+        .ok_or_else(|| ApiError::not_found("AGENT_NOT_FOUND", format!("no agent {id:?}")))?;
+    Ok(Json(agent_json(&state, &plugin)))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RunBody {
+    agent_id: String,
+    #[serde(default)]
+    input: String,
+    #[serde(default)]
+    payload: Option<Value>,
+    /// A context name (`ci`...) or an object with `callingContext`/`event`.
+    #[serde(default)]
+    context: Option<Value>,
+}
+
+pub async fn run_agent(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<RunBody>,
+) -> Result<Json<Value>, ApiError> {
+    if body.agent_id.trim().is_empty() {
+        return Err(ApiError::bad_request("agentId is required"));
+    }
+    let (calling_context, event) = match &body.context {
+        None | Some(Value::Null) => ("api".to_string(), None),
+        Some(Value::String(s)) => (s.clone(), None),
+        Some(Value::Object(o)) => (
+            o.get("callingContext")
+                .or_else(|| o.get("context"))
+                .and_then(Value::as_str)
+                .unwrap_or("api")
+                .to_string(),
+            o.get("event").and_then(Value::as_str).map(String::from),
+        ),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "context must be a string or an object",
+            ));
+        }
+    };
+    let request = AgentRequest {
+        input: body.input,
+        payload: body.payload.unwrap_or_else(|| json!({})),
+        context: RunContext {
+            correlation_id: correlation_id(),
+            event,
+            calling_context,
+        },
+    };
+    let governed = state.platform.run_agent(&body.agent_id, request).await?;
+    let run = governed.run;
+    Ok(Json(json!({
+        "agentId": run.plugin_id,
+        "version": run.plugin_version,
+        "output": run.output.text,
+        "actions": governed.actions,
+        "metadata": run.output.metadata,
+        "usage": run.usage,
+        "durationMs": run.duration_ms,
+        "correlationId": run.correlation_id,
+    })))
+}
+
+fn plugin_json(p: &Plugin) -> Value {
+    json!({
+        "id": p.id(),
+        "version": p.manifest.version,
+        "kind": p.kind(),
+        "digest": p.digest,
+        "description": p.described.description,
+        "allowedActions": p.manifest.allowed_actions,
+        "budget": p.manifest.budget,
+        "inFlight": p.in_flight(),
+        "queued": p.queued(),
+    })
+}
+
+pub async fn list_plugins(State(state): State<AppState>) -> Json<Value> {
+    let plugins: Vec<Value> = state
+        .platform
+        .runtime
+        .registry()
+        .list()
+        .iter()
+        .map(|p| plugin_json(p))
+        .collect();
+    Json(json!({ "plugins": plugins }))
+}
+
+pub async fn get_plugin(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let p = state.platform.runtime.registry().get(&id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "PLUGIN_NOT_FOUND",
+            format!("no plugin {id:?}"),
+        )
+    })?;
+    Ok(Json(plugin_json(&p)))
+}
