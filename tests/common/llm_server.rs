@@ -51,7 +51,16 @@ pub struct Seen {
     pub body: Value,
 }
 
+/// A reply or fault for requests whose messages contain a needle.
+#[derive(Debug, Clone)]
+struct Rule {
+    needle: String,
+    fault: Fault,
+    reply: Option<String>,
+}
+
 struct Shared {
+    rules: Mutex<Vec<Rule>>,
     script: Mutex<VecDeque<Fault>>,
     default_fault: Mutex<Fault>,
     reply: Mutex<String>,
@@ -92,6 +101,7 @@ impl LlmServer {
     /// Starts on a free port of 127.0.0.1.
     pub async fn start() -> Self {
         let shared = Arc::new(Shared {
+            rules: Mutex::new(Vec::new()),
             script: Mutex::new(VecDeque::new()),
             default_fault: Mutex::new(Fault::None),
             reply: Mutex::new("Hello from the test LLM.".into()),
@@ -133,6 +143,30 @@ impl LlmServer {
     /// What every request gets once the script is used up.
     pub fn set_default(&self, fault: Fault) {
         *self.shared.default_fault.lock().unwrap() = fault;
+    }
+
+    /// Requests whose messages contain `needle` get `reply` (first matching
+    /// rule wins; rules come before the script and the default).
+    pub fn reply_when(&self, needle: &str, reply: &str) {
+        self.shared.rules.lock().unwrap().push(Rule {
+            needle: needle.into(),
+            fault: Fault::None,
+            reply: Some(reply.into()),
+        });
+    }
+
+    /// Requests whose messages contain `needle` get `fault`.
+    pub fn fault_when(&self, needle: &str, fault: Fault) {
+        self.shared.rules.lock().unwrap().push(Rule {
+            needle: needle.into(),
+            fault,
+            reply: None,
+        });
+    }
+
+    /// Forgets every rule.
+    pub fn clear_rules(&self) {
+        self.shared.rules.lock().unwrap().clear();
     }
 
     /// The text the model answers.
@@ -203,6 +237,18 @@ fn record(shared: &Shared, path: &str, headers: &HeaderMap, body: &Value) -> Fau
     next.unwrap_or_else(|| shared.default_fault.lock().unwrap().clone())
 }
 
+/// The rule matching a request's messages, if any.
+fn matching_rule(shared: &Shared, body: &Value) -> Option<Rule> {
+    let text = body["messages"].to_string();
+    shared
+        .rules
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|r| text.contains(&r.needle))
+        .cloned()
+}
+
 fn error_response(status: u16, kind: &str, code: &str, message: &str) -> Response {
     let body = json!({"error": {"message": message, "type": kind, "code": code}});
     (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response()
@@ -213,14 +259,20 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Strin
         Ok(v) => v,
         Err(e) => return error_response(400, "invalid_request_error", "bad_json", &e.to_string()),
     };
-    let fault = record(&shared, "/v1/chat/completions", &headers, &body);
+    let mut fault = record(&shared, "/v1/chat/completions", &headers, &body);
+    let rule = matching_rule(&shared, &body);
+    if let Some(rule) = &rule {
+        fault = rule.fault.clone();
+    }
     let _in_flight = InFlight::enter(&shared);
     let latency = *shared.latency.lock().unwrap();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
     let model = body["model"].as_str().unwrap_or("test-model").to_string();
-    let reply = shared.reply.lock().unwrap().clone();
+    let reply = rule
+        .and_then(|r| r.reply)
+        .unwrap_or_else(|| shared.reply.lock().unwrap().clone());
     let stream = body["stream"].as_bool().unwrap_or(false);
     match fault {
         Fault::Status(status) => error_response(

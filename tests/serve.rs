@@ -1,0 +1,784 @@
+//! `bsm serve` end to end over real HTTP: a real server process on a free
+//! port, the local OpenAI-protocol server as the LLM, the original BSM
+//! fixtures as its agents.
+
+mod common;
+#[path = "common/llm_server.rs"]
+mod llm_server;
+#[path = "common/server.rs"]
+mod server;
+
+use std::time::Duration;
+
+use llm_server::{Fault, LlmServer};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use server::{ADMIN_TOKEN, BsmServer, fixtures};
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// A server with the BSM fixtures, the test LLM and an admin token.
+fn start(data: &std::path::Path, llm: &LlmServer, extra: &[(&str, &str)]) -> BsmServer {
+    let fixtures = fixtures();
+    let mut env = vec![
+        ("BSM_BSM_DIR", fixtures.to_str().unwrap()),
+        ("BSM_LLM_BASE_URL", llm.base_url.as_str()),
+        ("BSM_LLM_MODEL", "test-model"),
+        ("BSM_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("BSM_RATE_LIMIT", "0"),
+    ];
+    env.extend_from_slice(extra);
+    BsmServer::start(data, &env).unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn get(s: &BsmServer, path: &str) -> (StatusCode, Value) {
+    let r = http().get(s.url(path)).send().await.unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn post(s: &BsmServer, path: &str, body: Value) -> (StatusCode, Value) {
+    let r = http().post(s.url(path)).json(&body).send().await.unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn admin_post(s: &BsmServer, path: &str, body: Value) -> (StatusCode, Value) {
+    let r = http()
+        .post(s.url(path))
+        .header("x-admin-token", ADMIN_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn assert_error(status: StatusCode, body: &Value, expected_status: StatusCode, code: &str) {
+    assert_eq!(status, expected_status, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(
+        body["error"]["correlationId"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty()),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_read_endpoint_answers() {
+    let llm = LlmServer::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), &llm, &[]);
+
+    assert_eq!(
+        get(&s, "/health").await,
+        (StatusCode::OK, json!({"status": "ok"}))
+    );
+    let (status, body) = get(&s, "/api/health").await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
+    let (status, body) = get(&s, "/api/health/detailed").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["plugins"]["loaded"].as_u64().unwrap() >= 12, "{body}");
+    assert_eq!(body["storage"]["reportsWritable"], true);
+    assert_eq!(body["circuitBreakers"][0]["name"], "llm:default");
+    assert!(body["caches"]["components"].is_object());
+
+    let (_, agents) = get(&s, "/api/agents").await;
+    let ids: Vec<&str> = agents["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    for id in [
+        "governance-review-agent",
+        "code-review-agent",
+        "security-agent",
+        "integrity-agent",
+        "legal-agent",
+        "my-agent",
+        "hello-agent",
+    ] {
+        assert!(ids.contains(&id), "{id} missing from {ids:?}");
+    }
+    let (status, agent) = get(&s, "/api/agents/pr-merge-agent").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(agent["governance"]["approvalRequired"], true);
+    assert_eq!(agent["governance"]["contexts"], json!(["ci", "github"]));
+    let (status, body) = get(&s, "/api/agents/nobody").await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "AGENT_NOT_FOUND");
+
+    let (_, plugins) = get(&s, "/api/plugins").await;
+    assert!(
+        plugins["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["id"] == "pr-decision" && p["kind"] == "step")
+    );
+    let (status, plugin) = get(&s, "/api/plugins/hello-agent").await;
+    assert_eq!(
+        (status, plugin["digest"].as_str().map(str::len)),
+        (StatusCode::OK, Some(64))
+    );
+    let (status, body) = get(&s, "/api/plugins/nope").await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "PLUGIN_NOT_FOUND");
+
+    let (_, pipelines) = get(&s, "/api/orchestrator/pipelines").await;
+    assert_eq!(
+        pipelines["pipelines"]["pull_request.opened"]["agents"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    assert_eq!(
+        pipelines["pipelines"]["pull_request.opened"]["decision"],
+        "pr-decision"
+    );
+    assert!(pipelines["pipelines"]["default"].is_object());
+
+    let (status, stats) = get(&s, "/api/cache/stats").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(stats["caches"]["plugin"].is_object());
+    let (_, breakers) = get(&s, "/api/health/circuit-breakers").await;
+    assert_eq!(breakers["circuitBreakers"][0]["state"], "CLOSED");
+    let (status, body) = get(&s, "/api/reports/none").await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "REPORT_NOT_FOUND");
+    let (status, body) = get(&s, "/api/orchestrator/jobs/none").await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "JOB_NOT_FOUND");
+    let (status, body) = get(&s, "/no/such/endpoint").await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "NOT_FOUND");
+
+    let metrics = http()
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("bsm_http_requests_total"), "{metrics}");
+    assert!(
+        metrics.contains("bsm_http_request_duration_seconds"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("bsm_circuit_breaker_state"), "{metrics}");
+    assert!(metrics.contains("bsm_plugin_queue_depth"), "{metrics}");
+    assert!(metrics.contains("bsm_cache_events"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_run_through_the_api_with_usage_and_correlation_id() {
+    let llm = LlmServer::start().await;
+    llm.set_reply("Compliant.\nACTION: review_pr");
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), &llm, &[]);
+    let r = http()
+        .post(s.url("/api/agents/run"))
+        .header("x-correlation-id", "corr-e2e-1")
+        .json(
+            &json!({"agentId": "code-review-agent", "input": "Review PR #3", "payload": {"pr": 3}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["x-correlation-id"], "corr-e2e-1");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["agentId"], "code-review-agent");
+    assert_eq!(body["output"], "Compliant.\nACTION: review_pr");
+    assert_eq!(body["actions"][0]["name"], "review_pr");
+    assert_eq!(body["actions"][0]["status"], "applied");
+    assert_eq!(body["usage"]["calls"], 1);
+    assert_eq!(body["usage"]["promptTokens"], 11);
+    assert!(body["durationMs"].as_f64().unwrap() > 0.0);
+    assert_eq!(body["correlationId"], "corr-e2e-1");
+    let seen = llm.seen();
+    assert_eq!(
+        seen.last().unwrap().correlation_id.as_deref(),
+        Some("corr-e2e-1"),
+        "sent to the LLM provider"
+    );
+
+    // An error carries the same correlation id.
+    let r = http()
+        .post(s.url("/api/agents/run"))
+        .header("x-correlation-id", "corr-e2e-2")
+        .json(&json!({"agentId": "nobody"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-correlation-id"], "corr-e2e-2");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["correlationId"], "corr-e2e-2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn governance_contexts_and_approvals() {
+    let llm = LlmServer::start().await;
+    llm.set_reply("All gates passed.\nACTION: auto_merge");
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), &llm, &[]);
+
+    let (status, body) = post(
+        &s,
+        "/api/agents/run",
+        json!({"agentId": "pr-merge-agent", "input": "merge?"}),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "CONTEXT_NOT_ALLOWED");
+    assert_eq!(llm.hits(), 0, "refused before the agent ran");
+
+    let (status, body) = post(
+        &s,
+        "/api/agents/run",
+        json!({"agentId": "pr-merge-agent", "input": "merge?", "context": "ci"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["actions"][0]["name"], "auto_merge");
+    assert_eq!(body["actions"][0]["status"], "pending_approval");
+    let approval_id = body["actions"][0]["approvalId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let r = http().get(s.url("/api/approvals")).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::UNAUTHORIZED,
+        "approvals are admin-only"
+    );
+    let r = http()
+        .get(s.url("/api/approvals?status=pending"))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    let pending: Value = r.json().await.unwrap();
+    assert_eq!(pending["approvals"][0]["id"], approval_id.as_str());
+    assert_eq!(pending["approvals"][0]["approvers"], json!(["ci-system"]));
+
+    let (status, body) = post(
+        &s,
+        &format!("/api/approvals/{approval_id}/approve"),
+        json!({}),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    let (status, body) = admin_post(
+        &s,
+        &format!("/api/approvals/{approval_id}/approve"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["approval"]["status"].as_str()),
+        (StatusCode::OK, Some("approved")),
+        "{body}"
+    );
+    let (status, body) = admin_post(
+        &s,
+        &format!("/api/approvals/{approval_id}/reject"),
+        json!({}),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::CONFLICT,
+        "APPROVAL_ALREADY_DECIDED",
+    );
+    let (status, body) = admin_post(&s, "/api/approvals/nope/approve", json!({})).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "APPROVAL_NOT_FOUND");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_outside_the_allow_list_are_forbidden() {
+    let llm = LlmServer::start().await;
+    llm.set_reply("ACTION: drop_database");
+    let plugins = tempfile::tempdir().unwrap();
+    for file in [
+        "prompt-agent.wasm",
+        "pr-decision.wasm",
+        "pr-decision.toml",
+        "prompt-agent.toml",
+    ] {
+        std::fs::copy(common::shipped_dir().join(file), plugins.path().join(file)).unwrap();
+    }
+    std::fs::copy(
+        common::shipped_dir().join("prompt-agent.wasm"),
+        plugins.path().join("rogue.wasm"),
+    )
+    .unwrap();
+    std::fs::write(
+        plugins.path().join("rogue.toml"),
+        "id = \"rogue\"\nversion = \"1\"\nkind = \"agent\"\nallowed-actions = []\n[config]\nactions = [\"drop_database\"]\n",
+    )
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let s = start(
+        data.path(),
+        &llm,
+        &[("BSM_PLUGINS_DIR", plugins.path().to_str().unwrap())],
+    );
+    let (status, body) = post(
+        &s,
+        "/api/agents/run",
+        json!({"agentId": "rogue", "input": "go"}),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "ACTION_NOT_ALLOWED");
+}
+
+async fn decision_for(s: &BsmServer) -> Value {
+    let (status, body) = post(s, "/api/orchestrator/run?wait=true", json!({"event": "pull_request.opened", "payload": {"pull_request": {"number": 42, "title": "Add login"}}})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "completed", "{body}");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_request_opened_reaches_each_decision() {
+    let llm = LlmServer::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), &llm, &[]);
+    let verdict = |job: &Value| {
+        job["job"]["result"]["decision"]["verdict"]
+            .as_str()
+            .unwrap_or("none")
+            .to_string()
+    };
+
+    llm.set_reply("Looks good to me.");
+    let job = decision_for(&s).await;
+    assert_eq!(verdict(&job), "approve", "{job}");
+    let agents: Vec<&str> = job["job"]["result"]["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["agentId"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        agents,
+        [
+            "governance-review-agent",
+            "code-review-agent",
+            "security-agent",
+            "integrity-agent"
+        ]
+    );
+    assert_eq!(llm.seen().len(), 4, "four agents, one LLM call each");
+    assert!(
+        llm.seen()
+            .iter()
+            .all(|r| r.correlation_id.as_deref() == job["jobId"].as_str()),
+        "the job id travels as correlation id"
+    );
+    let knowledge_sent = llm.seen().iter().all(|r| {
+        r.body["messages"]
+            .to_string()
+            .contains("private knowledge document")
+    });
+    assert!(
+        knowledge_sent,
+        "the knowledge loaded once per job reaches every agent"
+    );
+
+    llm.reply_when(
+        "Governance Compliance Officer",
+        "Decision: BLOCKED - no linked issue",
+    );
+    assert_eq!(verdict(&decision_for(&s).await), "block");
+    llm.clear_rules();
+
+    llm.reply_when("Code Review Agent", "Verdict: REQUEST_CHANGES, add tests");
+    assert_eq!(verdict(&decision_for(&s).await), "request_changes");
+    llm.clear_rules();
+
+    llm.fault_when("Repository Integrity Guardian", Fault::Status(400));
+    let job = decision_for(&s).await;
+    assert_eq!(verdict(&job), "manual_review", "{job}");
+    let integrity = &job["job"]["result"]["agents"][3];
+    assert_eq!(
+        integrity["ok"], false,
+        "a failing agent is recorded as failed: {integrity}"
+    );
+    assert!(
+        integrity["error"]
+            .as_str()
+            .unwrap()
+            .contains("integrity-agent")
+    );
+    llm.clear_rules();
+
+    let report_id = job["job"]["result"]["report"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, report) = get(&s, &format!("/api/reports/{report_id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        report["content"]
+            .as_str()
+            .unwrap()
+            .contains("manual_review"),
+        "{report}"
+    );
+    assert_eq!(report["report"]["job"], job["jobId"]);
+    let (_, reports) = get(&s, "/api/reports").await;
+    assert_eq!(reports["reports"].as_array().unwrap().len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_progress_streams_as_server_sent_events() {
+    let llm = LlmServer::start().await;
+    llm.set_latency(Duration::from_millis(200));
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), &llm, &[]);
+    let (status, started) = post(
+        &s,
+        "/api/orchestrator/run",
+        json!({"event": "pull_request.ready_for_review", "payload": {}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    let id = started["jobId"].as_str().unwrap().to_string();
+    let r = http()
+        .get(s.url(&format!("/api/orchestrator/jobs/{id}/events")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let text = r.text().await.unwrap();
+    let kinds: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(kinds.first(), Some(&"job.started"), "{text}");
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "agent.started").count(),
+        3,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "agent.finished").count(),
+        3,
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&"decision") && kinds.contains(&"report"),
+        "{kinds:?}"
+    );
+    assert_eq!(kinds.last(), Some(&"job.finished"), "{kinds:?}");
+    let (_, job) = get(&s, &format!("/api/orchestrator/jobs/{id}")).await;
+    assert_eq!(job["status"], "completed");
+    assert_eq!(job["agentRuns"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_need_the_admin_token() {
+    let llm = LlmServer::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), &llm, &[]);
+    let (status, body) = post(&s, "/api/cache/clear", json!({})).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    let r = http()
+        .post(s.url("/api/cache/clear"))
+        .header("x-admin-token", "wrong-token-wrong-token-wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let (status, body) = admin_post(&s, "/api/cache/clear", json!({"cache": "plugin"})).await;
+    assert_eq!(
+        (status, body["cleared"].as_str()),
+        (StatusCode::OK, Some("plugin"))
+    );
+    let (status, body) = admin_post(&s, "/api/cache/clear", json!({"cache": "nope"})).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "CACHE_NOT_FOUND");
+
+    let (status, body) = post(&s, "/api/circuit-breakers/default/isolate", json!({})).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    let (status, body) = admin_post(&s, "/api/circuit-breakers/default/isolate", json!({})).await;
+    assert_eq!(
+        (status, body["circuitBreaker"]["state"].as_str()),
+        (StatusCode::OK, Some("FORCED_OPEN")),
+        "{body}"
+    );
+    let (status, body) = post(
+        &s,
+        "/api/agents/run",
+        json!({"agentId": "legal-agent", "input": "hi"}),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "LLM_CIRCUIT_OPEN",
+    );
+    let (status, body) = admin_post(&s, "/api/circuit-breakers/llm:default/reset", json!({})).await;
+    assert_eq!(
+        (status, body["circuitBreaker"]["state"].as_str()),
+        (StatusCode::OK, Some("CLOSED"))
+    );
+    let (status, body) = admin_post(&s, "/api/circuit-breakers/nope/reset", json!({})).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "BREAKER_NOT_FOUND");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weak_tokens_and_governance_violations_stop_the_start() {
+    let llm = LlmServer::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let err = BsmServer::start(data.path(), &[("BSM_ADMIN_TOKEN", "changeme")])
+        .err()
+        .expect("refused");
+    assert!(err.contains("BSM_ADMIN_TOKEN is too weak"), "{err}");
+
+    let bad = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(bad.path().join("data/agents")).unwrap();
+    std::fs::create_dir_all(bad.path().join("agents")).unwrap();
+    std::fs::write(
+        bad.path().join("data/agents/index.json"),
+        r#"{"agents": ["a.yaml"]}"#,
+    )
+    .unwrap();
+    std::fs::write(bad.path().join("data/agents/a.yaml"), "id: a\nname: A\n").unwrap();
+    std::fs::write(
+        bad.path().join("agents/registry.yaml"),
+        "agents:\n  - id: a\n    risk: { level: extreme }\n",
+    )
+    .unwrap();
+    let err = BsmServer::start(
+        data.path(),
+        &[
+            ("BSM_BSM_DIR", bad.path().to_str().unwrap()),
+            ("BSM_LLM_BASE_URL", &llm.base_url),
+        ],
+    )
+    .err()
+    .expect("refused");
+    assert!(err.contains("violation"), "{err}");
+    for field in [
+        "risk.level",
+        "risk.rationale",
+        "approval",
+        "startup",
+        "healthcheck",
+        "contexts.allowed",
+    ] {
+        assert!(err.contains(field), "{field} not listed: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_and_bad_bodies_get_clear_4xx() {
+    let llm = LlmServer::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let s = start(
+        data.path(),
+        &llm,
+        &[
+            ("BSM_RATE_LIMIT", "5"),
+            ("BSM_RATE_BURST", "5"),
+            ("BSM_BODY_LIMIT", "2048"),
+        ],
+    );
+
+    let big = "x".repeat(10_000);
+    let (status, body) = post(
+        &s,
+        "/api/agents/run",
+        json!({"agentId": "hello-agent", "input": big}),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "PAYLOAD_TOO_LARGE",
+    );
+    let r = http()
+        .post(s.url("/api/agents/run"))
+        .header("content-type", "application/json")
+        .body("{\"agentId\": ")
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    assert_error(
+        status,
+        &r.json().await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        "INVALID_JSON",
+    );
+    let r = http()
+        .post(s.url("/api/agents/run"))
+        .body("agentId=x")
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    assert_error(
+        status,
+        &r.json().await.unwrap(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "UNSUPPORTED_MEDIA_TYPE",
+    );
+    let (status, body) = post(&s, "/api/agents/run", json!({"agentId": 7})).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "VALIDATION_ERROR",
+    );
+
+    let mut limited = None;
+    for _ in 0..30 {
+        let r = http().get(s.url("/health")).send().await.unwrap();
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert!(r.headers().contains_key("retry-after"));
+            limited = Some(r.json::<Value>().await.unwrap());
+            break;
+        }
+    }
+    let body = limited.expect("30 quick requests at 5/s exceed the rate");
+    assert_eq!(body["error"]["code"], "RATE_LIMITED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_jobs_and_reports_and_marks_running_jobs_interrupted() {
+    let llm = LlmServer::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut s = start(data.path(), &llm, &[]);
+    let job = decision_for(&s).await;
+    let id = job["jobId"].as_str().unwrap().to_string();
+    let report = job["job"]["result"]["report"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(s.stop().success(), "graceful stop: {}", s.logs());
+
+    let mut s = start(data.path(), &llm, &[]);
+    let (status, again) = get(&s, &format!("/api/orchestrator/jobs/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        again["job"]["result"]["decision"],
+        job["job"]["result"]["decision"]
+    );
+    let (status, _) = get(&s, &format!("/api/reports/{report}")).await;
+    assert_eq!(status, StatusCode::OK);
+    let events = http()
+        .get(s.url(&format!("/api/orchestrator/jobs/{id}/events")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(events.contains("event: job.snapshot"), "{events}");
+
+    // A job running when the process dies is marked interrupted at the next start.
+    llm.set_default(Fault::Hang);
+    let (status, started) = post(
+        &s,
+        "/api/orchestrator/run",
+        json!({"event": "repository.health_check", "payload": {}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let running = started["jobId"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.crash();
+    llm.set_default(Fault::None);
+    let s = start(data.path(), &llm, &[]);
+    let (_, job) = get(&s, &format!("/api/orchestrator/jobs/{running}")).await;
+    assert_eq!(job["status"], "interrupted", "{job}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_llm_opens_the_breaker_and_then_runs_fail_fast() {
+    let llm = LlmServer::start().await;
+    llm.set_default(Fault::Hang);
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("bsm.toml");
+    std::fs::write(
+        &config,
+        r#"
+[llm.retry]
+max-attempts = 1
+[llm.breaker]
+minimum-calls = 2
+wait-in-open-ms = 60000
+[[llm.providers]]
+name = "default"
+base-url = "http://127.0.0.1:9/v1"
+default-model = "test-model"
+[llm.providers.timeouts]
+first-token-ms = 300
+attempt-ms = 300
+"#,
+    )
+    .unwrap();
+    let s = start(
+        data.path(),
+        &llm,
+        &[("BSM_CONFIG", config.to_str().unwrap())],
+    );
+    for _ in 0..2 {
+        let (status, body) = post(
+            &s,
+            "/api/agents/run",
+            json!({"agentId": "legal-agent", "input": "hi"}),
+        )
+        .await;
+        assert_error(status, &body, StatusCode::GATEWAY_TIMEOUT, "LLM_TIMEOUT");
+    }
+    let (_, breakers) = get(&s, "/api/health/circuit-breakers").await;
+    assert_eq!(
+        breakers["circuitBreakers"][0]["state"], "OPEN",
+        "{breakers}"
+    );
+    let hits = llm.hits();
+    let r = http()
+        .post(s.url("/api/agents/run"))
+        .json(&json!({"agentId": "legal-agent", "input": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "LLM_CIRCUIT_OPEN", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("circuit breaker is open"),
+        "{body}"
+    );
+    assert!(body["error"]["retryAfterMs"].as_u64().unwrap() > 50_000);
+    assert_eq!(
+        llm.hits(),
+        hits,
+        "failing fast: the provider was not called"
+    );
+}
