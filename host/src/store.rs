@@ -321,8 +321,7 @@ impl Store {
         by: &str,
     ) -> Result<ApprovalRecord, DecideError> {
         let (id, by) = (id.to_string(), by.to_string());
-        let outcome = self
-            .with(move |c| {
+        self.with(move |c| {
                 let current = c
                     .query_row("SELECT id, agent_id, job_id, action, args, status, approvers, created_at, decided_at, decided_by FROM approvals WHERE id = ?1", params![id], approval_row)
                     .optional()?;
@@ -339,8 +338,7 @@ impl Store {
                 )?;
                 Ok(Ok(record))
             })
-            .await?;
-        outcome
+            .await?
     }
 }
 
