@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Load test of `bsm serve` with wrk, against the local OpenAI-protocol stub
+# answering at 0 ms and at 50 ms. Prints requests/s, latency percentiles,
+# errors and the server's RSS. Everything listens on 127.0.0.1 only.
+#
+#   host/benches/load.sh            (needs wrk: apt-get install wrk)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-50}
+cargo build --release -p bsm-host --bin bsm --example llm_stub -q
+BSM=target/release/bsm
+STUB=target/release/examples/llm_stub
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
+
+cat > "$work/run.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["content-type"] = "application/json"
+wrk.body = os.getenv("BODY")
+LUA
+
+run() { # name path body
+  local name=$1 path=$2 body=${3:-}
+  echo "== $name ($CONNECTIONS connections, $DURATION)"
+  if [ -n "$body" ]; then
+    BODY=$body wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/run.lua" "$URL$path" | grep -E "Requests/sec|Non-2xx|Socket errors|  50%|  99%|Latency  "
+  else
+    wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency "$URL$path" | grep -E "Requests/sec|Non-2xx|Socket errors|  50%|  99%|Latency  "
+  fi
+  echo "server RSS: $(grep VmRSS /proc/$SERVER_PID/status | awk '{print $2, $3}')"
+}
+
+for latency in 0 50; do
+  "$STUB" "$latency" > "$work/stub.out" &
+  STUB_PID=$!
+  until [ -s "$work/stub.out" ]; do sleep 0.1; done
+  LLM=$(head -1 "$work/stub.out")
+  BSM_ADDR=127.0.0.1:0 BSM_DATA_DIR="$work/data-$latency" BSM_BSM_DIR=../shared/fixtures/bsm \
+    BSM_LLM_BASE_URL="$LLM" BSM_LLM_MODEL=stub BSM_RATE_LIMIT=0 BSM_LOG=error \
+    "$BSM" serve > "$work/serve.out" &
+  SERVER_PID=$!
+  until [ -s "$work/serve.out" ]; do sleep 0.1; done
+  URL=$(sed 's/listening on //' "$work/serve.out" | head -1)
+  echo "#### LLM stub latency ${latency} ms"
+  run "GET /health" /health
+  run "POST /api/agents/run hello-agent (no LLM)" /api/agents/run '{"agentId":"hello-agent","input":"load"}'
+  run "POST /api/agents/run code-review-agent (LLM)" /api/agents/run '{"agentId":"code-review-agent","input":"Review PR 1"}'
+  run "POST /api/orchestrator/run?wait=true pull_request.opened" "/api/orchestrator/run?wait=true" '{"event":"pull_request.opened","payload":{"pull_request":{"number":1}}}'
+  kill $SERVER_PID; wait $SERVER_PID 2>/dev/null || true
+  kill $STUB_PID; wait $STUB_PID 2>/dev/null || true
+  : > "$work/stub.out"
+done
