@@ -782,3 +782,47 @@ attempt-ms = 300
         "failing fast: the provider was not called"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_lets_running_jobs_finish_or_marks_them_interrupted() {
+    let llm = LlmServer::start().await;
+    llm.set_latency(Duration::from_millis(800));
+    let data = tempfile::tempdir().unwrap();
+
+    // Within the grace period: the job finishes before the process exits.
+    let mut s = start(data.path(), &llm, &[("BSM_SHUTDOWN_GRACE_MS", "10000")]);
+    let (_, started) = post(
+        &s,
+        "/api/orchestrator/run",
+        json!({"event": "repository.health_check", "payload": {}}),
+    )
+    .await;
+    let finished_id = started["jobId"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(s.stop().success());
+
+    // Past the grace period: the job is marked interrupted at shutdown.
+    llm.set_latency(Duration::from_secs(30));
+    let mut s = start(data.path(), &llm, &[("BSM_SHUTDOWN_GRACE_MS", "100")]);
+    let (_, started) = post(
+        &s,
+        "/api/orchestrator/run",
+        json!({"event": "repository.health_check", "payload": {}}),
+    )
+    .await;
+    let cut_id = started["jobId"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(s.stop().success());
+    assert!(s.logs().contains("marked interrupted"), "{}", s.logs());
+
+    llm.set_latency(Duration::ZERO);
+    let s = start(data.path(), &llm, &[]);
+    let (_, job) = get(&s, &format!("/api/orchestrator/jobs/{finished_id}")).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let (_, job) = get(&s, &format!("/api/orchestrator/jobs/{cut_id}")).await;
+    assert_eq!(job["status"], "interrupted", "{job}");
+    assert!(
+        job["job"]["error"].as_str().unwrap().contains("shut down"),
+        "{job}"
+    );
+}

@@ -10,7 +10,10 @@ use std::time::Duration;
 
 #[tokio::main]
 async fn main() {
-    let latency_ms: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(0);
+    let latency_ms: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0);
     let server = llm_server::LlmServer::start().await;
     server.stop_recording();
     server.set_latency(Duration::from_millis(latency_ms));

@@ -189,6 +189,18 @@ impl Store {
         ))
     }
 
+    /// Marks every running job interrupted (at shutdown, after the grace
+    /// period). Returns how many were.
+    pub async fn interrupt_running(&self) -> Result<usize, StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE jobs SET status = 'interrupted', error = 'the server shut down before the job finished', updated_at = ?1 WHERE status = 'running'",
+                params![now()],
+            )
+        })
+        .await
+    }
+
     async fn with<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,

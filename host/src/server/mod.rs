@@ -271,8 +271,14 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     .await?;
     tracing::info!("shutting down: waiting for running jobs");
     if orchestrator.shutdown(options.shutdown_grace).await > 0 {
-        // Marked now; the next start would do it too.
-        drop(store);
+        let marked = store
+            .interrupt_running()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        tracing::warn!(
+            marked,
+            "jobs still running after the shutdown grace are marked interrupted"
+        );
     }
     Ok(())
 }
