@@ -826,3 +826,44 @@ async fn graceful_shutdown_lets_running_jobs_finish_or_marks_them_interrupted() 
         "{job}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configuration_file_sets_the_server_and_the_environment_overrides_it() {
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("bsm.toml");
+    std::fs::write(
+        &config,
+        "[server]\nrate-limit = 2\nrate-burst = 2\n\n[pipelines.\"deploy.requested\"]\nagents = [\"hello-agent\"]\nmode = \"sequential\"\nreport = false\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let count_429 = async |s: &BsmServer| {
+        let mut limited = 0;
+        for _ in 0..20 {
+            if http().get(s.url("/health")).send().await.unwrap().status()
+                == StatusCode::TOO_MANY_REQUESTS
+            {
+                limited += 1;
+            }
+        }
+        limited
+    };
+    let s = BsmServer::start(data.path(), &[("BSM_CONFIG", config)]).unwrap();
+    let (_, pipelines) = get(&s, "/api/orchestrator/pipelines").await;
+    assert_eq!(
+        pipelines["pipelines"]["deploy.requested"]["agents"],
+        json!(["hello-agent"])
+    );
+    assert!(
+        pipelines["pipelines"]["pull_request.opened"].is_object(),
+        "the original pipelines stay"
+    );
+    assert!(count_429(&s).await > 0, "the file's rate limit applies");
+    drop(s);
+    let s = BsmServer::start(
+        data.path(),
+        &[("BSM_CONFIG", config), ("BSM_RATE_LIMIT", "0")],
+    )
+    .unwrap();
+    assert_eq!(count_429(&s).await, 0, "the environment overrides the file");
+}

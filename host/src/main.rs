@@ -105,12 +105,15 @@ enum Command {
     },
 }
 
+/// `bsm serve` settings. Each comes from the command line, else its `BSM_*`
+/// variable, else the `[server]` table of the configuration file, else the
+/// default shown.
 #[derive(Args)]
 struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the bound address is
-    /// printed on stdout).
-    #[arg(long, env = "BSM_ADDR", default_value = "127.0.0.1:3000")]
-    addr: String,
+    /// printed on stdout) [default: 127.0.0.1:3000]
+    #[arg(long, env = "BSM_ADDR")]
+    addr: Option<String>,
     /// Token for the mutating operations endpoints (at least 24 characters,
     /// not a default). Without it those endpoints are disabled.
     #[arg(long, env = "BSM_ADMIN_TOKEN", hide_env_values = true)]
@@ -119,21 +122,22 @@ struct ServeArgs {
     /// data/knowledge) whose agents run as prompt-agent instances.
     #[arg(long, env = "BSM_BSM_DIR")]
     bsm_dir: Option<PathBuf>,
-    /// Requests per second allowed per client; 0 turns rate limiting off.
-    #[arg(long, env = "BSM_RATE_LIMIT", default_value_t = 50)]
-    rate_limit: u32,
-    /// Burst allowed above the rate.
-    #[arg(long, env = "BSM_RATE_BURST", default_value_t = 100)]
-    rate_burst: u32,
-    /// Largest request body accepted, in bytes.
-    #[arg(long, env = "BSM_BODY_LIMIT", default_value_t = 1 << 20)]
-    body_limit: usize,
-    /// Longest time a request may take, in ms (orchestration `?wait=true` included).
-    #[arg(long, env = "BSM_REQUEST_TIMEOUT_MS", default_value_t = 150_000)]
-    request_timeout_ms: u64,
-    /// How long shutdown waits for running jobs, in ms.
-    #[arg(long, env = "BSM_SHUTDOWN_GRACE_MS", default_value_t = 30_000)]
-    shutdown_grace_ms: u64,
+    /// Requests per second allowed per client; 0 turns rate limiting off [default: 50]
+    #[arg(long, env = "BSM_RATE_LIMIT")]
+    rate_limit: Option<u32>,
+    /// Burst allowed above the rate [default: 100]
+    #[arg(long, env = "BSM_RATE_BURST")]
+    rate_burst: Option<u32>,
+    /// Largest request body accepted, in bytes [default: 1048576]
+    #[arg(long, env = "BSM_BODY_LIMIT")]
+    body_limit: Option<usize>,
+    /// Longest time a request may take, in ms, orchestration `?wait=true`
+    /// included [default: 150000]
+    #[arg(long, env = "BSM_REQUEST_TIMEOUT_MS")]
+    request_timeout_ms: Option<u64>,
+    /// How long shutdown waits for running jobs, in ms [default: 30000]
+    #[arg(long, env = "BSM_SHUTDOWN_GRACE_MS")]
+    shutdown_grace_ms: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -208,18 +212,30 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from(bsm_host::SHIPPED_PLUGINS_DIR));
     let settings = HostSettings::load(cli.global.config.as_deref(), |k| std::env::var(k).ok())?;
     if let Command::Serve(args) = cli.command {
+        let file = settings.server.clone();
         return bsm_host::server::serve(bsm_host::server::ServeOptions {
-            addr: args.addr,
+            addr: args
+                .addr
+                .or(file.addr)
+                .unwrap_or_else(|| "127.0.0.1:3000".into()),
             data_dir: cli.global.data_dir,
             plugins_dir,
             admin_token: args.admin_token.filter(|t| !t.is_empty()),
-            bsm_dir: args.bsm_dir,
+            bsm_dir: args.bsm_dir.or(file.bsm_dir),
+            rate_limit_per_second: args.rate_limit.or(file.rate_limit).unwrap_or(50),
+            rate_limit_burst: args.rate_burst.or(file.rate_burst).unwrap_or(100),
+            body_limit_bytes: args.body_limit.or(file.body_limit).unwrap_or(1 << 20),
+            request_timeout: std::time::Duration::from_millis(
+                args.request_timeout_ms
+                    .or(file.request_timeout_ms)
+                    .unwrap_or(150_000),
+            ),
+            shutdown_grace: std::time::Duration::from_millis(
+                args.shutdown_grace_ms
+                    .or(file.shutdown_grace_ms)
+                    .unwrap_or(30_000),
+            ),
             settings,
-            rate_limit_per_second: args.rate_limit,
-            rate_limit_burst: args.rate_burst,
-            body_limit_bytes: args.body_limit,
-            request_timeout: std::time::Duration::from_millis(args.request_timeout_ms),
-            shutdown_grace: std::time::Duration::from_millis(args.shutdown_grace_ms),
         })
         .await;
     }

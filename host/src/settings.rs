@@ -16,8 +16,25 @@ pub struct HostSettings {
     pub llm: LlmSettings,
     pub cache: CacheSettings,
     pub reports: ReportSettings,
+    /// `bsm serve` settings; the command line and `BSM_*` variables win.
+    pub server: ServerSettings,
     /// Pipelines by event, replacing or adding to the original ones.
     pub pipelines: std::collections::BTreeMap<String, crate::orchestration::Pipeline>,
+}
+
+/// The `[server]` table. Unset values fall back to the command line's
+/// defaults (see `bsm serve --help`). The admin token is never read from the
+/// file: secrets come from the environment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+pub struct ServerSettings {
+    pub addr: Option<String>,
+    pub bsm_dir: Option<PathBuf>,
+    pub rate_limit: Option<u32>,
+    pub rate_burst: Option<u32>,
+    pub body_limit: Option<usize>,
+    pub request_timeout_ms: Option<u64>,
+    pub shutdown_grace_ms: Option<u64>,
 }
 
 /// The `[reports]` table.
