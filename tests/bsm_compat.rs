@@ -5,7 +5,7 @@ mod common;
 #[path = "common/llm_server.rs"]
 mod llm_server;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use bsm_host::bsm::agents::{ORIGINAL_ALLOW_LIST, manifest_for};
@@ -15,16 +15,6 @@ use bsm_host::capabilities::Capabilities;
 use bsm_host::llm::settings::ProviderSettings;
 use bsm_host::llm::{LlmClient, LlmSettings};
 use common::*;
-
-fn fixtures() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/bsm");
-    assert!(
-        dir.is_dir(),
-        "the BSM fixtures are expected at {}",
-        dir.display()
-    );
-    dir
-}
 
 fn allow_list() -> Vec<String> {
     ORIGINAL_ALLOW_LIST.iter().map(|s| s.to_string()).collect()

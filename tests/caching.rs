@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -256,10 +255,6 @@ async fn the_plugin_cache_is_namespaced_per_plugin_and_outlives_runs() {
     assert!(too_big.contains("TooLarge(2097152)"), "{too_big}");
     let stats = runtime.capabilities().cache.stats();
     assert_eq!((stats.hits, stats.misses), (2, 3), "{stats:?}");
-}
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/bsm")
 }
 
 #[tokio::test]

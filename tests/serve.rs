@@ -10,10 +10,11 @@ mod server;
 
 use std::time::Duration;
 
+use common::fixtures;
 use llm_server::{Fault, LlmServer};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use server::{ADMIN_TOKEN, BsmServer, fixtures};
+use server::{ADMIN_TOKEN, BsmServer};
 
 fn http() -> reqwest::Client {
     reqwest::Client::builder()

@@ -374,20 +374,7 @@ fn read_json(path: Option<&Path>) -> anyhow::Result<Option<serde_json::Value>> {
 
 fn print_plugins(plugins: &[Arc<Plugin>], json: bool) -> anyhow::Result<()> {
     if json {
-        let list: Vec<_> = plugins
-            .iter()
-            .map(|p| {
-                serde_json::json!({
-                    "id": p.id(),
-                    "version": p.manifest.version,
-                    "kind": p.kind(),
-                    "digest": p.digest,
-                    "description": p.described.description,
-                    "allowedActions": p.manifest.allowed_actions,
-                    "budget": p.manifest.budget,
-                })
-            })
-            .collect();
+        let list: Vec<_> = plugins.iter().map(|p| p.summary()).collect();
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
     }

@@ -76,6 +76,38 @@ impl Plugin {
     }
 }
 
+/// What listings show of a plugin (the CLI's `plugins list --json` and the
+/// API's `/api/plugins`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginSummary<'a> {
+    pub id: &'a str,
+    pub version: &'a str,
+    pub kind: PluginKind,
+    pub digest: &'a str,
+    pub description: &'a str,
+    pub allowed_actions: &'a [String],
+    pub budget: &'a crate::manifest::Budget,
+    pub in_flight: usize,
+    pub queued: usize,
+}
+
+impl Plugin {
+    pub fn summary(&self) -> PluginSummary<'_> {
+        PluginSummary {
+            id: self.id(),
+            version: &self.manifest.version,
+            kind: self.kind(),
+            digest: &self.digest,
+            description: &self.described.description,
+            allowed_actions: &self.manifest.allowed_actions,
+            budget: &self.manifest.budget,
+            in_flight: self.in_flight(),
+            queued: self.queued(),
+        }
+    }
+}
+
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Plugin")

@@ -21,6 +21,17 @@ pub fn test_plugins_dir() -> PathBuf {
     PathBuf::from(env!("BSM_TEST_PLUGINS_DIR"))
 }
 
+/// The original BSM fixtures beside the project (`../shared/fixtures/bsm`).
+pub fn fixtures() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/bsm");
+    assert!(
+        dir.is_dir(),
+        "the BSM fixtures are expected at {}",
+        dir.display()
+    );
+    dir
+}
+
 /// A compiled-artifact cache shared by the tests of one build, so each
 /// component is compiled once rather than once per test.
 pub fn artifact_dir() -> PathBuf {

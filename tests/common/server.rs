@@ -10,17 +10,6 @@ use std::time::Duration;
 /// A strong admin token for tests.
 pub const ADMIN_TOKEN: &str = "t0k3n-Zq8Xv2Lw9Pn4Rb7Ys1Ud6Hf3Kc";
 
-/// The BSM fixtures beside the project.
-pub fn fixtures() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/bsm");
-    assert!(
-        dir.is_dir(),
-        "the BSM fixtures are expected at {}",
-        dir.display()
-    );
-    dir
-}
-
 /// A running `bsm serve`.
 pub struct BsmServer {
     pub url: String,

@@ -111,17 +111,7 @@ pub async fn run_agent(
 }
 
 fn plugin_json(p: &Plugin) -> Value {
-    json!({
-        "id": p.id(),
-        "version": p.manifest.version,
-        "kind": p.kind(),
-        "digest": p.digest,
-        "description": p.described.description,
-        "allowedActions": p.manifest.allowed_actions,
-        "budget": p.manifest.budget,
-        "inFlight": p.in_flight(),
-        "queued": p.queued(),
-    })
+    serde_json::to_value(p.summary()).unwrap_or(Value::Null)
 }
 
 pub async fn list_plugins(State(state): State<AppState>) -> Json<Value> {
