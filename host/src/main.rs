@@ -16,6 +16,11 @@ use bsm_host::settings::HostSettings;
 use bsm_host::{Plugin, Runtime, RuntimeOptions};
 use clap::{Args, Parser, Subcommand};
 
+/// mimalloc instead of the system allocator: under load, glibc malloc was
+/// a tenth of the server's CPU time (see BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// BSM: sandboxed WebAssembly plugins for AI-agent orchestration.
 #[derive(Parser)]
 #[command(name = "bsm", version, about)]
