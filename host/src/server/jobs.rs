@@ -48,8 +48,8 @@ pub async fn run_job(
             "unknown context {context:?}"
         )));
     }
-    // Subscribing happens inside `submit` before the job starts, so a
-    // waiting caller cannot miss the end.
+    // The job's channel is opened (with its event history) before the job
+    // starts, so a caller that subscribes afterwards cannot miss the end.
     let job = state
         .orchestrator
         .submit(
