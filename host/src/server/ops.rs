@@ -67,7 +67,7 @@ pub async fn detailed_health(State(state): State<AppState>) -> impl IntoResponse
         .registry()
         .list()
         .iter()
-        .map(|p| json!({ "id": p.id(), "kind": p.kind(), "version": p.manifest.version, "inFlight": p.in_flight(), "queued": p.queued() }))
+        .map(|p| serde_json::to_value(p.summary()).unwrap_or(Value::Null))
         .collect();
     let healthy = database.is_ok() && reports_writable.is_ok();
     let body = json!({
