@@ -49,6 +49,22 @@ async fn post(s: &BsmServer, path: &str, body: Value) -> (StatusCode, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// Posts a body as it is (for malformed or non-JSON bodies).
+async fn post_raw(
+    s: &BsmServer,
+    path: &str,
+    content_type: Option<&str>,
+    body: &str,
+) -> (StatusCode, Value) {
+    let mut request = http().post(s.url(path)).body(body.to_string());
+    if let Some(ct) = content_type {
+        request = request.header("content-type", ct);
+    }
+    let r = request.send().await.unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
 async fn admin_post(s: &BsmServer, path: &str, body: Value) -> (StatusCode, Value) {
     let r = http()
         .post(s.url(path))
@@ -617,30 +633,18 @@ async fn rate_limits_and_bad_bodies_get_clear_4xx() {
         StatusCode::PAYLOAD_TOO_LARGE,
         "PAYLOAD_TOO_LARGE",
     );
-    let r = http()
-        .post(s.url("/api/agents/run"))
-        .header("content-type", "application/json")
-        .body("{\"agentId\": ")
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
+    let (status, body) = post_raw(
+        &s,
+        "/api/agents/run",
+        Some("application/json"),
+        "{\"agentId\": ",
+    )
+    .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "INVALID_JSON");
+    let (status, body) = post_raw(&s, "/api/agents/run", None, "agentId=x").await;
     assert_error(
         status,
-        &r.json().await.unwrap(),
-        StatusCode::BAD_REQUEST,
-        "INVALID_JSON",
-    );
-    let r = http()
-        .post(s.url("/api/agents/run"))
-        .body("agentId=x")
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    assert_error(
-        status,
-        &r.json().await.unwrap(),
+        &body,
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
         "UNSUPPORTED_MEDIA_TYPE",
     );

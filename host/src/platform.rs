@@ -88,12 +88,14 @@ impl Platform {
         agent: &str,
         request: AgentRequest,
     ) -> Result<GovernedRun, PlatformError> {
-        if self.runtime.registry().get(agent).is_none() {
-            return Err(RunError::PluginNotFound {
-                id: agent.to_string(),
-            }
-            .into());
-        }
+        // The version looked up here is the one that runs.
+        let plugin =
+            self.runtime
+                .registry()
+                .get(agent)
+                .ok_or_else(|| RunError::PluginNotFound {
+                    id: agent.to_string(),
+                })?;
         let policy = self.governance.policy(agent);
         let context = request.context.calling_context.clone();
         if let Some(policy) = policy
@@ -106,7 +108,7 @@ impl Platform {
             });
         }
         let job = request.context.correlation_id.clone();
-        let run = self.runtime.run_agent(agent, request).await;
+        let run = self.runtime.run_agent_plugin(&plugin, request).await;
         let outcome = match &run {
             Ok(_) => "ok",
             Err(e) => e.code(),

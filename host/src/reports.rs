@@ -46,6 +46,11 @@ pub trait ReportIndex: Send + Sync {
     async fn append(&self, record: &ReportRecord) -> Result<(), String>;
     /// Every record, oldest first.
     async fn all(&self) -> Vec<ReportRecord>;
+
+    /// One record by id (a scan unless the index can look it up).
+    async fn find(&self, id: &str) -> Option<ReportRecord> {
+        self.all().await.into_iter().find(|r| r.id == id)
+    }
 }
 
 /// `index.jsonl` in the report directory. Appends are serialised; a torn
@@ -170,7 +175,7 @@ impl ReportStore {
 
     /// A report's record and content.
     pub async fn get(&self, id: &str) -> Option<(ReportRecord, String)> {
-        let record = self.index.all().await.into_iter().find(|r| r.id == id)?;
+        let record = self.index.find(id).await?;
         let text = tokio::fs::read_to_string(self.dir.join(&record.file))
             .await
             .ok()?;

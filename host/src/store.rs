@@ -417,6 +417,21 @@ impl ReportIndex for Store {
         .map_err(|e| e.to_string())
     }
 
+    async fn find(&self, id: &str) -> Option<ReportRecord> {
+        let id = id.to_string();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT id, plugin, job, name, file, bytes, created_at FROM reports WHERE id = ?1",
+                params![id],
+                report_row,
+            )
+            .optional()
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
     async fn all(&self) -> Vec<ReportRecord> {
         self.with(|c| {
             let mut stmt = c.prepare("SELECT id, plugin, job, name, file, bytes, created_at FROM reports ORDER BY created_at, rowid")?;

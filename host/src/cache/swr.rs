@@ -71,14 +71,10 @@ where
             })
             .await?;
         if stamped.loaded_at.elapsed() >= self.soft_ttl {
-            self.entries_stats_stale();
+            self.entries.stats_handle().stale();
             self.refresh_in_background(key);
         }
         Ok(stamped.value)
-    }
-
-    fn entries_stats_stale(&self) {
-        self.entries.stats_handle().stale();
     }
 
     /// Starts one refresh of `key` unless one is already running.

@@ -67,13 +67,18 @@ pub struct LlmUsage {
     pub last_error: Option<Error>,
 }
 
+impl LlmUsage {
+    /// Prompt and completion tokens together, as the budget counts them.
+    pub fn tokens(&self) -> u32 {
+        self.prompt_tokens.saturating_add(self.completion_tokens)
+    }
+}
+
 /// Per-run state: the engine, who is calling it, and what the run has used.
 pub struct LlmState {
     engine: std::sync::Arc<dyn LlmEngine>,
     caller: Caller,
     budget: LlmBudget,
-    calls: u32,
-    tokens: u32,
     usage: LlmUsage,
 }
 
@@ -83,8 +88,6 @@ impl LlmState {
             engine,
             caller,
             budget,
-            calls: 0,
-            tokens: 0,
             usage: LlmUsage::default(),
         }
     }
@@ -96,20 +99,29 @@ impl LlmState {
 
     /// Counts a call against the budget, or refuses it.
     fn admit(&mut self) -> Result<(), Error> {
-        if self.calls >= self.budget.max_calls {
+        if self.usage.calls >= self.budget.max_calls {
             return Err(Error::BudgetExceeded(format!(
                 "this run already made its {} LLM calls (budget.llm-max-calls)",
                 self.budget.max_calls
             )));
         }
-        if self.tokens >= self.budget.max_tokens {
+        let tokens = self.usage.tokens();
+        if tokens >= self.budget.max_tokens {
             return Err(Error::BudgetExceeded(format!(
-                "this run already used {} of its {} LLM tokens (budget.llm-max-tokens)",
-                self.tokens, self.budget.max_tokens
+                "this run already used {tokens} of its {} LLM tokens (budget.llm-max-tokens)",
+                self.budget.max_tokens
             )));
         }
-        self.calls += 1;
+        self.usage.calls += 1;
         Ok(())
+    }
+
+    /// Remembers the error of a failed call, for the run's result.
+    fn noted<T>(&mut self, result: Result<T, Error>) -> Result<T, Error> {
+        if let Err(e) = &result {
+            self.usage.last_error = Some(e.clone());
+        }
+        result
     }
 }
 
@@ -120,21 +132,13 @@ impl Host for LlmState {
                 "a chat request needs at least one message".into(),
             ));
         }
-        if let Err(e) = self.admit() {
-            self.usage.last_error = Some(e.clone());
-            return Err(e);
-        }
+        let admitted = self.admit();
+        self.noted(admitted)?;
         // The completion may not outgrow what is left of the token budget.
-        let left = self.budget.max_tokens - self.tokens;
+        let left = self.budget.max_tokens - self.usage.tokens();
         request.max_tokens = Some(request.max_tokens.map_or(left, |asked| asked.min(left)));
-        self.usage.calls += 1;
-        let reply = match self.engine.chat(&self.caller, request).await {
-            Ok(reply) => reply,
-            Err(e) => {
-                self.usage.last_error = Some(e.clone());
-                return Err(e);
-            }
-        };
+        let reply = self.engine.chat(&self.caller, request).await;
+        let reply = self.noted(reply)?;
         self.usage.prompt_tokens = self
             .usage
             .prompt_tokens
@@ -142,10 +146,6 @@ impl Host for LlmState {
         self.usage.completion_tokens = self
             .usage
             .completion_tokens
-            .saturating_add(reply.usage.completion_tokens);
-        self.tokens = self
-            .tokens
-            .saturating_add(reply.usage.prompt_tokens)
             .saturating_add(reply.usage.completion_tokens);
         Ok(reply)
     }
@@ -158,7 +158,9 @@ impl Host for LlmState {
         if inputs.is_empty() {
             return Ok(Vec::new());
         }
-        self.admit()?;
-        self.engine.embed(&self.caller, model, inputs).await
+        let admitted = self.admit();
+        self.noted(admitted)?;
+        let vectors = self.engine.embed(&self.caller, model, inputs).await;
+        self.noted(vectors)
     }
 }

@@ -70,22 +70,13 @@ impl Orchestrator {
         payload: Value,
         context: String,
     ) -> Result<JobRecord, StoreError> {
-        let (pipeline_name, _) = self
+        // Without a matching or default pipeline the job fails when it runs,
+        // with the reason; it is still recorded.
+        let pipeline_name = self
             .pipelines
             .for_event(&event)
-            .map(|(n, p)| (n.to_string(), p.clone()))
-            .unwrap_or_else(|| {
-                (
-                    "none".into(),
-                    super::Pipeline {
-                        agents: vec![],
-                        mode: RunMode::Sequential,
-                        router: None,
-                        decision: None,
-                        report: true,
-                    },
-                )
-            });
+            .map_or("none", |(name, _)| name)
+            .to_string();
         let now = crate::store::now();
         let job = JobRecord {
             id: uuid::Uuid::new_v4().to_string(),

@@ -114,16 +114,20 @@ fn plugin_json(p: &Plugin) -> Value {
     serde_json::to_value(p.summary()).unwrap_or(Value::Null)
 }
 
-pub async fn list_plugins(State(state): State<AppState>) -> Json<Value> {
-    let plugins: Vec<Value> = state
+/// Every loaded plugin as listings show it (also used by the detailed health).
+pub fn plugin_summaries(state: &AppState) -> Vec<Value> {
+    state
         .platform
         .runtime
         .registry()
         .list()
         .iter()
         .map(|p| plugin_json(p))
-        .collect();
-    Json(json!({ "plugins": plugins }))
+        .collect()
+}
+
+pub async fn list_plugins(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({ "plugins": plugin_summaries(&state) }))
 }
 
 pub async fn get_plugin(

@@ -162,15 +162,7 @@ pub async fn build(options: &ServeOptions) -> anyhow::Result<(AppState, usize)> 
         platform.clone(),
         Pipelines::with_overrides(&options.settings.pipelines),
     );
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .or_else(|_| {
-            Ok::<_, anyhow::Error>(
-                metrics_exporter_prometheus::PrometheusBuilder::new()
-                    .build_recorder()
-                    .handle(),
-            )
-        })?;
+    let metrics = install_metrics_recorder();
     let state = AppState {
         platform,
         orchestrator,
@@ -184,6 +176,17 @@ pub async fn build(options: &ServeOptions) -> anyhow::Result<(AppState, usize)> 
         started_at: Instant::now(),
     };
     Ok((state, interrupted))
+}
+
+/// The process-wide Prometheus recorder. A second server in the same
+/// process (only in embedding code) keeps the first one's recorder: its
+/// `/metrics` then shows nothing, which is said once in the log.
+fn install_metrics_recorder() -> metrics_exporter_prometheus::PrometheusHandle {
+    use metrics_exporter_prometheus::PrometheusBuilder;
+    PrometheusBuilder::new().install_recorder().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "a metrics recorder is already installed; /metrics of this server stays empty");
+        PrometheusBuilder::new().build_recorder().handle()
+    })
 }
 
 /// The routes of the API.

@@ -61,14 +61,7 @@ pub async fn detailed_health(State(state): State<AppState>) -> impl IntoResponse
     let reports_writable = tokio::fs::write(&probe, b"ok")
         .await
         .and_then(|_| std::fs::remove_file(&probe));
-    let plugins: Vec<Value> = state
-        .platform
-        .runtime
-        .registry()
-        .list()
-        .iter()
-        .map(|p| serde_json::to_value(p.summary()).unwrap_or(Value::Null))
-        .collect();
+    let plugins = super::agents::plugin_summaries(&state);
     let healthy = database.is_ok() && reports_writable.is_ok();
     let body = json!({
         "status": if healthy { "ok" } else { "degraded" },
