@@ -1,5 +1,7 @@
-//! The original BSM layout (`shared/fixtures/bsm`, unedited) loads, its
-//! governance validates, and every agent runs as a `prompt-agent` instance.
+//! BSM layouts load, their governance validates, and every agent runs as a
+//! `prompt-agent` instance: the set shipped in `examples/bsm` always, the
+//! original BSM files (unedited) in the ignored compatibility tests that
+//! `.ci/run` runs with `--ignored`.
 
 mod common;
 #[path = "common/llm_server.rs"]
@@ -8,12 +10,12 @@ mod llm_server;
 use std::path::Path;
 use std::sync::Arc;
 
-use bsm_host::bsm::agents::{ORIGINAL_ALLOW_LIST, manifest_for};
-use bsm_host::bsm::governance::PolicySource;
-use bsm_host::bsm::{BsmLayout, Governance};
-use bsm_host::capabilities::Capabilities;
-use bsm_host::llm::settings::ProviderSettings;
-use bsm_host::llm::{LlmClient, LlmSettings};
+use bsm_llm::settings::ProviderSettings;
+use bsm_llm::{LlmClient, LlmSettings};
+use bsm_platform::bsm::agents::{ORIGINAL_ALLOW_LIST, manifest_for};
+use bsm_platform::bsm::governance::PolicySource;
+use bsm_platform::bsm::{BsmLayout, Governance};
+use bsm_runtime::capabilities::Capabilities;
 use common::*;
 
 fn allow_list() -> Vec<String> {
@@ -21,8 +23,9 @@ fn allow_list() -> Vec<String> {
 }
 
 #[test]
+#[ignore = "reads the original BSM files from BSM_ORIGINAL_FIXTURES; .ci/run runs it with --ignored"]
 fn the_original_layout_loads_as_it_is() {
-    let layout = BsmLayout::load(&fixtures()).unwrap();
+    let layout = BsmLayout::load(&original_fixtures()).unwrap();
     let ids: Vec<_> = layout.agents.iter().map(|a| a.id.as_str()).collect();
     assert_eq!(
         ids,
@@ -67,8 +70,9 @@ fn the_original_layout_loads_as_it_is() {
 }
 
 #[test]
+#[ignore = "reads the original BSM files from BSM_ORIGINAL_FIXTURES; .ci/run runs it with --ignored"]
 fn the_original_registry_passes_governance() {
-    let layout = BsmLayout::load(&fixtures()).unwrap();
+    let layout = BsmLayout::load(&original_fixtures()).unwrap();
     let gov = Governance::from_layout(&layout, &allow_list())
         .unwrap_or_else(|v| panic!("violations: {v:#?}"));
     let merge = gov.policy("pr-merge-agent").unwrap();
@@ -157,8 +161,101 @@ agents:
     assert!(violations.len() >= 12, "{violations:#?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_original_agent_runs_as_a_prompt_agent_instance() {
+#[test]
+fn the_shipped_layout_loads_and_passes_strict_governance() {
+    let layout = BsmLayout::load(&shipped_agents()).unwrap();
+    assert!(layout.broken.is_empty(), "{:?}", layout.broken);
+    let ids: Vec<_> = layout.agents.iter().map(|a| a.id.as_str()).collect();
+    for id in [
+        "governance-agent",
+        "governance-review-agent",
+        "code-review-agent",
+        "security-agent",
+        "integrity-agent",
+        "pr-merge-agent",
+    ] {
+        assert!(ids.contains(&id), "{id} missing from {ids:?}");
+    }
+    let gov = Governance::from_layout(&layout, &allow_list())
+        .unwrap_or_else(|v| panic!("violations: {v:#?}"));
+    assert!(gov.warnings.is_empty(), "{:?}", gov.warnings);
+    let merge = gov.policy("pr-merge-agent").unwrap();
+    assert!(merge.approval_required);
+    assert_eq!(merge.contexts, ["ci", "github"]);
+    for id in ids {
+        let policy = gov.policy(id).unwrap();
+        assert_eq!(policy.source, PolicySource::Registry, "{id}");
+    }
+    assert!(layout.knowledge_dir.is_some());
+}
+
+#[test]
+fn one_bad_agent_is_quarantined_and_the_others_are_governed() {
+    let dir = tempfile::tempdir().unwrap();
+    write_layout(
+        dir.path(),
+        r#"
+agents:
+  - id: good
+    contexts: { allowed: [api] }
+    risk: { level: low, rationale: "reads only" }
+    approval: { required: false, type: none, approvers: [] }
+    startup: { allowed_profiles: [production] }
+    healthcheck: { endpoint: /h, interval_seconds: 5 }
+  - id: wild
+    contexts: { allowed: [api] }
+    risk: { level: low, rationale: "reads only" }
+    approval: { required: false, type: none, approvers: [] }
+    startup: { allowed_profiles: [production] }
+    healthcheck: { endpoint: /h, interval_seconds: 5 }
+"#,
+        &[
+            ("good", "id: good\nname: Good\nactions: [review_pr]\n"),
+            (
+                "wild",
+                "id: wild\nname: Wild\nactions: [review_pr, launch_missiles]\n",
+            ),
+            ("torn", "id: [unterminated\n"),
+        ],
+    );
+    let layout = BsmLayout::load(dir.path()).unwrap();
+    assert_eq!(
+        layout.broken.len(),
+        1,
+        "an unreadable file is listed, not fatal"
+    );
+    let gov = Governance::assess(&layout, &allow_list());
+    assert!(gov.policy("good").is_some(), "the valid agent is governed");
+    assert!(gov.policy("wild").is_none());
+    let quarantined: Vec<&str> = gov.quarantined().keys().map(String::as_str).collect();
+    assert_eq!(quarantined, ["torn", "wild"]);
+    assert!(
+        gov.quarantined()["wild"][0]
+            .problem
+            .contains("launch_missiles"),
+        "{:?}",
+        gov.quarantined()
+    );
+    assert_eq!(gov.quarantined()["torn"][0].field, "definition");
+    assert!(
+        Governance::from_layout(&layout, &allow_list()).is_err(),
+        "strict mode still refuses the whole registry"
+    );
+
+    let mut extended = allow_list();
+    extended.push("launch_missiles".into());
+    let gov = Governance::assess(&layout, &extended);
+    assert!(
+        gov.policy("wild").is_some(),
+        "a deployment's extra action un-quarantines it"
+    );
+}
+
+/// Installs every agent of `dir` as a prompt-agent instance over a real
+/// LLM test server, runs each once, and checks what it emitted.
+async fn every_agent_runs_as_a_prompt_agent_instance(
+    dir: &Path,
+) -> (BsmLayout, Vec<llm_server::Seen>) {
     let server = llm_server::LlmServer::start().await;
     server.set_reply("Reviewed.\nACTION: review_pr");
     let llm = LlmClient::from_settings(&LlmSettings {
@@ -173,7 +270,7 @@ async fn every_original_agent_runs_as_a_prompt_agent_instance() {
     .unwrap();
     let runtime = runtime_with(Capabilities::with_llm(Arc::new(llm)));
     let bytes = std::fs::read(shipped_dir().join("prompt-agent.wasm")).unwrap();
-    let layout = BsmLayout::load(&fixtures()).unwrap();
+    let layout = BsmLayout::load(dir).unwrap();
     for def in &layout.agents {
         let plugin = runtime
             .build_plugin(
@@ -201,6 +298,33 @@ async fn every_original_agent_runs_as_a_prompt_agent_instance() {
     }
     let seen = server.seen();
     assert_eq!(seen.len(), layout.agents.len());
+    let stats: std::collections::HashMap<_, _> = runtime.cache_stats().into_iter().collect();
+    assert_eq!(stats["components"].loads, 1, "every agent, one compilation");
+    (layout, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_shipped_agent_runs_as_a_prompt_agent_instance() {
+    let (layout, seen) = every_agent_runs_as_a_prompt_agent_instance(&shipped_agents()).await;
+    let legal = layout
+        .agents
+        .iter()
+        .position(|a| a.id == "legal-agent")
+        .unwrap();
+    let system = &seen[legal].body["messages"][0]["content"];
+    assert!(
+        system
+            .as_str()
+            .unwrap()
+            .starts_with("You are Legal analysis agent."),
+        "{system}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "reads the original BSM files from BSM_ORIGINAL_FIXTURES; .ci/run runs it with --ignored"]
+async fn every_original_agent_runs_as_a_prompt_agent_instance() {
+    let (_, seen) = every_agent_runs_as_a_prompt_agent_instance(&original_fixtures()).await;
     let legal = &seen[2].body["messages"][0]["content"];
     assert!(
         legal
@@ -209,6 +333,4 @@ async fn every_original_agent_runs_as_a_prompt_agent_instance() {
             .starts_with("You are Legal analysis agent."),
         "{legal}"
     );
-    let stats: std::collections::HashMap<_, _> = runtime.cache_stats().into_iter().collect();
-    assert_eq!(stats["components"].loads, 1, "nine agents, one compilation");
 }

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bsm_host::cache::{LoadingCache, SwrCache, SwrSettings, SwrTtl};
-use bsm_host::capabilities::Capabilities;
-use bsm_host::knowledge_docs::KnowledgeLibrary;
+use bsm_cache::{LoadingCache, SwrCache, SwrSettings, SwrTtl};
+use bsm_platform::knowledge_docs::KnowledgeLibrary;
+use bsm_runtime::capabilities::Capabilities;
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,7 +198,7 @@ async fn concurrent_loads_of_one_plugin_compile_it_once() {
     assert_eq!(stats["manifests"].loads, 1, "{:?}", stats["manifests"]);
 }
 
-async fn run_text(runtime: &bsm_host::Runtime, id: &str, input: &str) -> String {
+async fn run_text(runtime: &bsm_runtime::Runtime, id: &str, input: &str) -> String {
     runtime
         .run_agent(id, request(input))
         .await
@@ -257,21 +257,15 @@ async fn the_plugin_cache_is_namespaced_per_plugin_and_outlives_runs() {
     assert_eq!((stats.hits, stats.misses), (2, 3), "{stats:?}");
 }
 
-#[tokio::test]
-async fn knowledge_documents_of_the_original_layout_load_once() {
-    let dir = fixtures().join("data/knowledge");
-    assert!(
-        dir.is_dir(),
-        "the BSM fixtures are expected at {}",
-        dir.display()
-    );
+/// Loads the knowledge of `dir` eleven times and checks it was read once.
+async fn knowledge_loads_once(dir: &std::path::Path, names: &[&str], phrase: &str) {
     let library = KnowledgeLibrary::new(&SwrSettings::default());
-    let docs = library.documents(&dir).await.unwrap();
-    assert_eq!(docs.len(), 1);
-    assert_eq!(docs[0].name, "example.md");
-    assert!(docs[0].text.contains("private knowledge document"));
+    let docs = library.documents(dir).await.unwrap();
+    let loaded: Vec<&str> = docs.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(loaded, names);
+    assert!(docs[0].text.contains(phrase));
     for _ in 0..10 {
-        library.joined(&dir).await.unwrap();
+        library.joined(dir).await.unwrap();
     }
     let s = library.stats();
     assert_eq!((s.loads, s.hits), (1, 10));
@@ -281,4 +275,25 @@ async fn knowledge_documents_of_the_original_layout_load_once() {
         .await
         .unwrap_err();
     assert!(missing.to_string().contains("index.json"), "{missing}");
+}
+
+#[tokio::test]
+async fn knowledge_documents_of_the_shipped_layout_load_once() {
+    knowledge_loads_once(
+        &shipped_agents().join("data/knowledge"),
+        &["governance-policy.md", "engineering-handbook.md"],
+        "Every pull request links an issue",
+    )
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "reads the original BSM files from BSM_ORIGINAL_FIXTURES; .ci/run runs it with --ignored"]
+async fn knowledge_documents_of_the_original_layout_load_once() {
+    knowledge_loads_once(
+        &original_fixtures().join("data/knowledge"),
+        &["example.md"],
+        "private knowledge document",
+    )
+    .await;
 }

@@ -20,6 +20,8 @@ fn bsm_with_env(args: &[&str], plugins_dir: Option<&Path>, env: &[(&str, &str)])
     cmd.args(args).env("BSM_DATA_DIR", data_dir);
     for var in [
         "BSM_PLUGINS_DIR",
+        "BSM_BSM_DIR",
+        "BSM_STRICT",
         "BSM_LOG",
         "BSM_CONFIG",
         "BSM_LLM_BASE_URL",
@@ -250,4 +252,127 @@ fn a_bad_configuration_file_is_named_with_the_offending_key() {
     );
     assert_one_line_error(&o, "bsm.toml");
     assert!(stderr(&o).contains("max-attempt"), "{}", stderr(&o));
+}
+
+/// Runs `bsm` against the test LLM server on a blocking thread.
+async fn bsm_with_llm(server: &llm_server::LlmServer, args: &[&str]) -> Output {
+    let base_url = server.base_url.clone();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        bsm_with_env(
+            &args,
+            None,
+            &[
+                ("BSM_LLM_BASE_URL", base_url.as_str()),
+                ("BSM_LLM_MODEL", "test-model"),
+            ],
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_a_bsm_agent_of_a_bsm_dir_through_its_governance() {
+    let server = llm_server::LlmServer::start().await;
+    server.set_reply("No secrets found.\nACTION: scan_vulnerabilities");
+    let dir = shipped_agents();
+    let dir = dir.to_str().unwrap();
+    let o = bsm_with_llm(
+        &server,
+        &[
+            "run",
+            "security-agent",
+            "--bsm-dir",
+            dir,
+            "--input",
+            "Scan PR #7",
+            "--json",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["pluginId"], "security-agent");
+    assert_eq!(v["governedActions"][0]["name"], "scan_vulnerabilities");
+    assert_eq!(v["governedActions"][0]["status"], "applied");
+    let seen = server.seen();
+    let system = seen[0].body["messages"][0]["content"].as_str().unwrap();
+    assert!(system.starts_with("You are Security Scanner."), "{system}");
+
+    // The CLI is governed like the server: the cli context is not one the
+    // merge agent allows.
+    let o = bsm_with_llm(
+        &server,
+        &[
+            "run",
+            "pr-merge-agent",
+            "--bsm-dir",
+            dir,
+            "--input",
+            "merge?",
+        ],
+    )
+    .await;
+    assert_one_line_error(&o, "may not be called from the \"cli\" context");
+    assert_eq!(server.seen().len(), 1, "refused before the agent ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_run_prints_progress_and_the_decision() {
+    let server = llm_server::LlmServer::start().await;
+    server.set_reply("Looks good to me.");
+    let dir = tempfile::tempdir().unwrap();
+    let payload = dir.path().join("pr.json");
+    std::fs::write(
+        &payload,
+        r#"{"pull_request": {"number": 42, "title": "Add login"}}"#,
+    )
+    .unwrap();
+    let payload = payload.to_str().unwrap();
+    let o = bsm_with_llm(
+        &server,
+        &["job", "run", "pull_request.opened", "--payload", payload],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for agent in [
+        "governance-review-agent",
+        "code-review-agent",
+        "security-agent",
+        "integrity-agent",
+    ] {
+        assert!(out.contains(&format!("  {agent} started")), "{out}");
+        assert!(out.contains(&format!("  {agent} finished")), "{out}");
+    }
+    assert!(out.contains("decision: approve"), "{out}");
+    assert!(
+        out.lines().last().unwrap().starts_with("job completed"),
+        "{out}"
+    );
+    assert_eq!(server.seen().len(), 4, "four agents, one LLM call each");
+
+    server.reply_when("Code Review Agent", "Verdict: REQUEST_CHANGES, add tests");
+    let o = bsm_with_llm(
+        &server,
+        &[
+            "job",
+            "run",
+            "pull_request.opened",
+            "--payload",
+            payload,
+            "--json",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let job: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["context"], "cli", "{job}");
+    assert_eq!(
+        job["result"]["decision"]["verdict"], "request_changes",
+        "{job}"
+    );
 }

@@ -9,13 +9,13 @@ mod llm_server;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bsm_host::api::{AgentRequest, RunContext};
-use bsm_host::bindings::llm::{ChatRequest, Error as LlmError, Message, Role};
-use bsm_host::capabilities::llm::LlmEngine;
-use bsm_host::capabilities::{Caller, Capabilities};
-use bsm_host::llm::breaker::{BreakerConfig, SlidingWindow, State};
-use bsm_host::llm::settings::{ProviderSettings, RetrySettings, TimeoutSettings};
-use bsm_host::llm::{LlmClient, LlmSettings};
+use bsm_llm::breaker::{BreakerConfig, SlidingWindow, State};
+use bsm_llm::settings::{ProviderSettings, RetrySettings, TimeoutSettings};
+use bsm_llm::{LlmClient, LlmSettings};
+use bsm_runtime::api::{AgentRequest, RunContext};
+use bsm_runtime::bindings::llm::{ChatRequest, Error as LlmError, Message, Role};
+use bsm_runtime::capabilities::llm::LlmEngine;
+use bsm_runtime::capabilities::{Caller, Capabilities};
 use common::*;
 use llm_server::{Fault, LlmServer, refused_base_url};
 use serde_json::json;
@@ -468,7 +468,7 @@ fn no_provider_means_no_client() {
 async fn prompt_agent_runtime(
     server: &LlmServer,
     budget: &str,
-) -> (bsm_host::Runtime, tempfile::TempDir) {
+) -> (bsm_runtime::Runtime, tempfile::TempDir) {
     let llm = client(settings(vec![provider("p", &server.base_url)]));
     let runtime = runtime_with(Capabilities::with_llm(Arc::new(llm)));
     let dir = tempfile::tempdir().unwrap();

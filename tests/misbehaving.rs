@@ -6,8 +6,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bsm_host::capabilities::Capabilities;
-use bsm_host::{RunError, Runtime};
+use bsm_runtime::capabilities::Capabilities;
+use bsm_runtime::{RunError, Runtime};
 use common::*;
 use serde_json::json;
 

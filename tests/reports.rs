@@ -5,9 +5,10 @@ mod common;
 
 use std::sync::Arc;
 
-use bsm_host::api::{AgentRequest, RunContext};
-use bsm_host::capabilities::Capabilities;
-use bsm_host::reports::{ReportError, ReportStore};
+use bsm_platform::reports::{ReportError, ReportStore};
+use bsm_runtime::api::{AgentRequest, RunContext};
+use bsm_runtime::capabilities::Capabilities;
+use bsm_runtime::capabilities::reports::ReportSink;
 use common::*;
 use serde_json::json;
 
@@ -107,9 +108,9 @@ async fn a_crash_before_the_rename_leaves_no_report_and_no_litter() {
     assert!(files[0].ends_with("-kept.md"));
 }
 
-async fn reporter_runtime(store: Option<Arc<ReportStore>>) -> bsm_host::Runtime {
+async fn reporter_runtime(store: Option<Arc<ReportStore>>) -> bsm_runtime::Runtime {
     let runtime = runtime_with(Capabilities {
-        reports: store,
+        reports: store.map(|s| s as Arc<dyn ReportSink>),
         ..Capabilities::default()
     });
     let plugin = runtime

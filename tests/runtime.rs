@@ -5,12 +5,12 @@ mod common;
 
 use std::sync::Arc;
 
-use bsm_host::api::{
+use bsm_runtime::api::{
     AgentOutput, AgentRequest, AgentResult, Contribution, RunContext, StepRequest, Verdict,
 };
-use bsm_host::bindings::llm::Role;
-use bsm_host::capabilities::Capabilities;
-use bsm_host::{Manifest, PluginKind, RunError};
+use bsm_runtime::bindings::llm::Role;
+use bsm_runtime::capabilities::Capabilities;
+use bsm_runtime::{Manifest, PluginKind, RunError};
 use common::*;
 use serde_json::json;
 
@@ -329,13 +329,13 @@ async fn a_broken_plugin_in_the_directory_does_not_stop_the_others() {
 #[tokio::test]
 async fn compiled_components_are_cached_on_disk_and_bad_artifacts_recompiled() {
     let cache = tempfile::tempdir().unwrap();
-    let options = || bsm_host::RuntimeOptions {
+    let options = || bsm_runtime::RuntimeOptions {
         artifact_dir: Some(cache.path().to_path_buf()),
         ..Default::default()
     };
     let manifest = shipped_dir().join("hello-agent.toml");
 
-    let first = bsm_host::Runtime::new(options()).unwrap();
+    let first = bsm_runtime::Runtime::new(options()).unwrap();
     first.load_plugin(&manifest).await.unwrap();
     let artifacts: Vec<_> = std::fs::read_dir(cache.path())
         .unwrap()
@@ -358,7 +358,7 @@ async fn compiled_components_are_cached_on_disk_and_bad_artifacts_recompiled() {
     // A restart loads the artifact instead of compiling; a damaged artifact
     // is replaced, never trusted.
     std::fs::write(&artifacts[0], b"not a compiled component").unwrap();
-    let second = bsm_host::Runtime::new(options()).unwrap();
+    let second = bsm_runtime::Runtime::new(options()).unwrap();
     let plugin = second.load_plugin(&manifest).await.unwrap();
     second.registry().install(plugin);
     assert_eq!(

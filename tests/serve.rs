@@ -1,6 +1,7 @@
 //! `bsm serve` end to end over real HTTP: a real server process on a free
-//! port, the local OpenAI-protocol server as the LLM, the original BSM
-//! fixtures as its agents.
+//! port, the local OpenAI-protocol server as the LLM, the agent set shipped
+//! in `examples/bsm` as its agents (served by default, as a new user gets
+//! it). The original BSM files are served in an ignored compatibility test.
 
 mod common;
 #[path = "common/llm_server.rs"]
@@ -10,7 +11,7 @@ mod server;
 
 use std::time::Duration;
 
-use common::fixtures;
+use common::{original_fixtures, shipped_agents};
 use llm_server::{Fault, LlmServer};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -23,11 +24,10 @@ fn http() -> reqwest::Client {
         .unwrap()
 }
 
-/// A server with the BSM fixtures, the test LLM and an admin token.
+/// A server with the shipped agent set (no BSM directory configured), the
+/// test LLM and an admin token.
 fn start(data: &std::path::Path, llm: &LlmServer, extra: &[(&str, &str)]) -> BsmServer {
-    let fixtures = fixtures();
     let mut env = vec![
-        ("BSM_BSM_DIR", fixtures.to_str().unwrap()),
         ("BSM_LLM_BASE_URL", llm.base_url.as_str()),
         ("BSM_LLM_MODEL", "test-model"),
         ("BSM_ADMIN_TOKEN", ADMIN_TOKEN),
@@ -129,7 +129,7 @@ async fn every_read_endpoint_answers() {
         "security-agent",
         "integrity-agent",
         "legal-agent",
-        "my-agent",
+        "release-notes-agent",
         "hello-agent",
     ] {
         assert!(ids.contains(&id), "{id} missing from {ids:?}");
@@ -412,7 +412,7 @@ async fn pull_request_opened_reaches_each_decision() {
     let knowledge_sent = llm.seen().iter().all(|r| {
         r.body["messages"]
             .to_string()
-            .contains("private knowledge document")
+            .contains("Every pull request links an issue")
     });
     assert!(
         knowledge_sent,
@@ -589,10 +589,11 @@ async fn weak_tokens_and_governance_violations_stop_the_start() {
         &[
             ("BSM_BSM_DIR", bad.path().to_str().unwrap()),
             ("BSM_LLM_BASE_URL", &llm.base_url),
+            ("BSM_STRICT", "true"),
         ],
     )
     .err()
-    .expect("refused");
+    .expect("refused in strict mode");
     assert!(err.contains("violation"), "{err}");
     for field in [
         "risk.level",
@@ -871,4 +872,295 @@ async fn the_configuration_file_sets_the_server_and_the_environment_overrides_it
     )
     .unwrap();
     assert_eq!(count_429(&s).await, 0, "the environment overrides the file");
+}
+
+/// A copy of the shipped agent set to edit.
+fn copy_of_shipped_agents() -> tempfile::TempDir {
+    fn copy(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    copy(&shipped_agents(), dir.path());
+    dir
+}
+
+/// Adds an agent (its YAML and a valid registry entry) to a layout copy.
+fn add_agent(layout: &std::path::Path, id: &str, yaml: &str) {
+    let index_path = layout.join("data/agents/index.json");
+    let mut index: Value =
+        serde_json::from_str(&std::fs::read_to_string(&index_path).unwrap()).unwrap();
+    index["agents"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!(format!("{id}.yaml")));
+    std::fs::write(&index_path, index.to_string()).unwrap();
+    std::fs::write(layout.join(format!("data/agents/{id}.yaml")), yaml).unwrap();
+    registry_entry(layout, id, false);
+}
+
+/// Appends a valid registry entry for `id`, approval-required or not.
+fn registry_entry(layout: &std::path::Path, id: &str, approval: bool) {
+    let approval = if approval {
+        "{ required: true, type: manual, approvers: [release-managers] }"
+    } else {
+        "{ required: false, type: none, approvers: [] }"
+    };
+    let entry = format!(
+        "  - id: {id}\n    contexts: {{ allowed: [api, cli] }}\n    risk: {{ level: medium, rationale: \"test\" }}\n    approval: {approval}\n    startup: {{ allowed_profiles: [production] }}\n    healthcheck: {{ endpoint: /h, interval_seconds: 5 }}\n"
+    );
+    let path = layout.join("agents/registry.yaml");
+    let mut registry = std::fs::read_to_string(&path).unwrap();
+    registry.push_str(&entry);
+    std::fs::write(path, registry).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_agent_is_quarantined_and_every_other_agent_served() {
+    let llm = LlmServer::start().await;
+    llm.set_reply("Ticket opened.\nACTION: open_ticket");
+    let layout = copy_of_shipped_agents();
+    add_agent(
+        layout.path(),
+        "ticket-agent",
+        "id: ticket-agent\nname: Ticket Agent\nactions: [open_ticket]\ninstructions: Open tickets.\n",
+    );
+    let data = tempfile::tempdir().unwrap();
+    let layout_dir = layout.path().to_str().unwrap();
+    let s = start(data.path(), &llm, &[("BSM_BSM_DIR", layout_dir)]);
+
+    let (_, agents) = get(&s, "/api/agents").await;
+    let status_of = |id: &str| {
+        agents["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["id"] == id)
+            .unwrap_or_else(|| panic!("{id} not listed: {agents}"))
+            .clone()
+    };
+    let ticket = status_of("ticket-agent");
+    assert_eq!(ticket["status"], "quarantined", "{ticket}");
+    assert_eq!(ticket["violations"][0]["field"], "actions", "{ticket}");
+    assert!(
+        ticket["violations"][0]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("open_ticket"),
+        "{ticket}"
+    );
+    assert_eq!(status_of("security-agent")["status"], "active");
+
+    let (status, body) = post(
+        &s,
+        "/api/agents/run",
+        json!({"agentId": "ticket-agent", "input": "x"}),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "AGENT_QUARANTINED");
+    assert_eq!(llm.hits(), 0, "a quarantined agent never runs");
+    let (status, body) = post(
+        &s,
+        "/api/agents/run",
+        json!({"agentId": "legal-agent", "input": "x"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "the others serve: {body}");
+
+    let (_, health) = get(&s, "/api/health/detailed").await;
+    assert_eq!(
+        health["agents"]["quarantined"][0]["id"], "ticket-agent",
+        "{health}"
+    );
+    let metrics = http()
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("bsm_agents_quarantined 1"), "{metrics}");
+    assert!(s.logs().contains("agent quarantined"), "{}", s.logs());
+    drop(s);
+
+    // The deployment extends the allow-list: the agent is served.
+    let config = data.path().join("bsm.toml");
+    std::fs::write(&config, "[governance]\nextra-actions = [\"open_ticket\"]\n").unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let s = start(
+        data.path(),
+        &llm,
+        &[
+            ("BSM_BSM_DIR", layout_dir),
+            ("BSM_CONFIG", config.to_str().unwrap()),
+        ],
+    );
+    let (status, body) = post(
+        &s,
+        "/api/agents/run",
+        json!({"agentId": "ticket-agent", "input": "x"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["actions"][0]["name"], "open_ticket");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_steps_actions_are_governed_and_its_runs_stored() {
+    let llm = LlmServer::start().await;
+    llm.set_reply("Looks good to me.");
+    let layout = copy_of_shipped_agents();
+    // The registry governs the decision step too: its actions need approval.
+    registry_entry(layout.path(), "pr-decision", true);
+    let data = tempfile::tempdir().unwrap();
+    let s = start(
+        data.path(),
+        &llm,
+        &[("BSM_BSM_DIR", layout.path().to_str().unwrap())],
+    );
+    let job = decision_for(&s).await;
+    let decision = &job["job"]["result"]["decision"];
+    assert_eq!(decision["verdict"], "approve", "{job}");
+    let actions = decision["actions"].as_array().unwrap();
+    let names: Vec<&str> = actions
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["approve_pr", "auto_merge"], "{decision}");
+    assert!(
+        actions.iter().all(|a| a["status"] == "pending_approval"),
+        "{decision}"
+    );
+    let r = http()
+        .get(s.url("/api/approvals?status=pending"))
+        .header("x-admin-token", ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let pending: Value = r.json().await.unwrap();
+    let pending = pending["approvals"].as_array().unwrap();
+    assert_eq!(pending.len(), 2, "{pending:?}");
+    for action in actions {
+        let approval = pending
+            .iter()
+            .find(|p| p["id"] == action["approvalId"])
+            .unwrap_or_else(|| panic!("{action} not pending: {pending:?}"));
+        assert_eq!(approval["agentId"], "pr-decision");
+        assert_eq!(approval["approvers"], json!(["release-managers"]));
+    }
+
+    let id = job["jobId"].as_str().unwrap();
+    let (_, stored) = get(&s, &format!("/api/orchestrator/jobs/{id}")).await;
+    assert_eq!(stored["agentRuns"].as_array().unwrap().len(), 4, "{stored}");
+    assert_eq!(stored["stepRuns"][0]["stepId"], "pr-decision", "{stored}");
+    assert_eq!(stored["stepRuns"][0]["ok"], true, "{stored}");
+
+    let metrics = http()
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("bsm_plugin_runs_total")
+                && l.contains("plugin=\"pr-decision\"")
+                && l.contains("outcome=\"ok\"")),
+        "step runs are counted: {metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_metrics_answers_a_json_summary() {
+    let llm = LlmServer::start().await;
+    llm.set_reply("Fine.");
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), &llm, &[]);
+    let (status, _) = post(
+        &s,
+        "/api/agents/run",
+        json!({"agentId": "legal-agent", "input": "x"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = post(
+        &s,
+        "/api/agents/run",
+        json!({"agentId": "nobody", "input": "x"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, m) = get(&s, "/api/metrics").await;
+    assert_eq!(status, StatusCode::OK, "{m}");
+    assert_eq!(m["runs"]["ok"], 1, "{m}");
+    assert_eq!(m["runs"]["failed"], 1, "{m}");
+    assert!(m["requests"]["total"].as_u64().unwrap() >= 2, "{m}");
+    assert!(m["requests"]["clientErrors"].as_u64().unwrap() >= 1, "{m}");
+    assert_eq!(
+        m["agents"]["active"], 11,
+        "nine shipped agents, hello-agent and prompt-agent: {m}"
+    );
+    assert_eq!(m["agents"]["quarantined"], 0, "{m}");
+    assert!(m["memory"]["rssBytes"].as_u64().unwrap() > 0, "{m}");
+    assert!(m["caches"]["components"].is_object(), "{m}");
+    assert_eq!(m["circuitBreakers"][0]["name"], "llm:default", "{m}");
+    assert!(m["timestamp"].as_str().is_some(), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "reads the original BSM files from BSM_ORIGINAL_FIXTURES; .ci/run runs it with --ignored"]
+async fn the_original_bsm_directory_is_served_as_it_is() {
+    let llm = LlmServer::start().await;
+    llm.set_reply("Reviewed.");
+    let data = tempfile::tempdir().unwrap();
+    let fixtures = original_fixtures();
+    let s = start(
+        data.path(),
+        &llm,
+        &[("BSM_BSM_DIR", fixtures.to_str().unwrap())],
+    );
+    let (_, agents) = get(&s, "/api/agents").await;
+    let list = agents["agents"].as_array().unwrap();
+    for id in [
+        "my-agent",
+        "agent-auto",
+        "legal-agent",
+        "governance-agent",
+        "governance-review-agent",
+        "code-review-agent",
+        "security-agent",
+        "pr-merge-agent",
+        "integrity-agent",
+    ] {
+        let agent = list
+            .iter()
+            .find(|a| a["id"] == id)
+            .unwrap_or_else(|| panic!("{id} missing: {agents}"));
+        assert_eq!(agent["status"], "active", "{agent}");
+    }
+    let (_, agent) = get(&s, "/api/agents/pr-merge-agent").await;
+    assert_eq!(agent["governance"]["contexts"], json!(["ci", "github"]));
+    let job = decision_for(&s).await;
+    assert_eq!(
+        job["job"]["result"]["decision"]["verdict"], "approve",
+        "{job}"
+    );
+    let knowledge_sent = llm.seen().iter().all(|r| {
+        r.body["messages"]
+            .to_string()
+            .contains("private knowledge document")
+    });
+    assert!(knowledge_sent, "the original knowledge reaches the agents");
 }

@@ -5,13 +5,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use bsm_host::api::{AgentRequest, RunContext};
-use bsm_host::bindings::llm::{ChatRequest, ChatResponse, Error as LlmError, Usage};
-use bsm_host::capabilities::llm::LlmEngine;
-use bsm_host::capabilities::{Caller, Capabilities};
-use bsm_host::{Runtime, RuntimeOptions};
+use bsm_runtime::api::{AgentRequest, RunContext};
+use bsm_runtime::bindings::llm::{ChatRequest, ChatResponse, Error as LlmError, Usage};
+use bsm_runtime::capabilities::llm::LlmEngine;
+use bsm_runtime::capabilities::{Caller, Capabilities};
+use bsm_runtime::{Runtime, RuntimeOptions};
 
-/// The plugins shipped in `plugins/`, built by host/build.rs.
+/// The plugins shipped in `plugins/`, built by host/cli/build.rs.
 pub fn shipped_dir() -> PathBuf {
     PathBuf::from(env!("BSM_SHIPPED_PLUGINS_DIR"))
 }
@@ -21,12 +21,21 @@ pub fn test_plugins_dir() -> PathBuf {
     PathBuf::from(env!("BSM_TEST_PLUGINS_DIR"))
 }
 
-/// The original BSM fixtures beside the project (`../shared/fixtures/bsm`).
-pub fn fixtures() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/bsm");
+/// The BSM agent set shipped in this repository (`examples/bsm`).
+pub fn shipped_agents() -> PathBuf {
+    PathBuf::from(bsm_platform::SHIPPED_AGENTS_DIR)
+}
+
+/// The original BSM files, unedited, for the compatibility tests (ignored
+/// by default: a fresh clone has no copy; `.ci/run` sets
+/// `BSM_ORIGINAL_FIXTURES` and runs them with `--ignored`).
+pub fn original_fixtures() -> PathBuf {
+    let dir = std::env::var_os("BSM_ORIGINAL_FIXTURES")
+        .map(PathBuf::from)
+        .expect("set BSM_ORIGINAL_FIXTURES to a copy of the original BSM layout");
     assert!(
         dir.is_dir(),
-        "the BSM fixtures are expected at {}",
+        "the original BSM fixtures are expected at {}",
         dir.display()
     );
     dir

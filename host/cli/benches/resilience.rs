@@ -1,0 +1,135 @@
+//! Resilience costs, side by side in one run:
+//! - an LLM call while the provider hangs: failing fast on an open breaker
+//!   against waiting out the configured attempt timeout;
+//! - the breaker's own overhead on the closed path against a bare call.
+//!
+//! Run: `cargo bench -p bsm-cli --bench resilience`
+
+#[path = "../../../tests/common/llm_server.rs"]
+mod llm_server;
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bsm_llm::breaker::{BreakerConfig, CircuitBreaker};
+use bsm_llm::settings::{ProviderSettings, RetrySettings, TimeoutSettings};
+use bsm_llm::{LlmClient, LlmSettings};
+use bsm_runtime::bindings::llm::{ChatRequest, Message, Role};
+use bsm_runtime::capabilities::Caller;
+use bsm_runtime::capabilities::llm::LlmEngine;
+use criterion::{Criterion, criterion_group, criterion_main};
+use llm_server::{Fault, LlmServer};
+
+const ATTEMPT_TIMEOUT_MS: u64 = 200;
+
+fn client(base_url: &str, breaker: BreakerConfig) -> LlmClient {
+    let mut p = ProviderSettings::new("hanging", base_url, "m");
+    p.timeouts = TimeoutSettings {
+        total_ms: 10_000,
+        attempt_ms: ATTEMPT_TIMEOUT_MS,
+        first_token_ms: ATTEMPT_TIMEOUT_MS,
+        connect_ms: 500,
+    };
+    let settings = LlmSettings {
+        providers: vec![p],
+        retry: RetrySettings {
+            max_attempts: 1,
+            ..RetrySettings::default()
+        },
+        breaker,
+        ..LlmSettings::default()
+    };
+    LlmClient::from_settings(&settings).unwrap().unwrap()
+}
+
+fn request() -> ChatRequest {
+    ChatRequest {
+        messages: vec![Message {
+            role: Role::User,
+            content: "hello".into(),
+        }],
+        model: None,
+        max_tokens: None,
+        temperature: Some(0.7),
+    }
+}
+
+fn hanging_upstream(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = rt.block_on(LlmServer::start());
+    server.set_default(Fault::Hang);
+    server.stop_recording();
+    let caller = Caller {
+        plugin_id: Arc::from("bench"),
+        correlation_id: Arc::from("bench"),
+    };
+
+    // Opened the way production opens it: failed calls past the minimum.
+    let open = client(
+        &server.base_url,
+        BreakerConfig {
+            minimum_calls: 2,
+            wait_in_open: Duration::from_secs(3600),
+            ..BreakerConfig::default()
+        },
+    );
+    rt.block_on(async {
+        for _ in 0..2 {
+            let _ = open.chat(&caller, request()).await;
+        }
+    });
+    let waiting = client(
+        &server.base_url,
+        BreakerConfig {
+            disabled: true,
+            ..BreakerConfig::default()
+        },
+    );
+
+    let mut group = c.benchmark_group("llm call, provider hanging");
+    group.bench_function("breaker open: fail fast", |b| {
+        b.to_async(&rt)
+            .iter(|| async { assert!(open.chat(&caller, request()).await.is_err()) })
+    });
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
+    group.bench_function(
+        format!("no breaker: wait out the {ATTEMPT_TIMEOUT_MS} ms timeout"),
+        |b| {
+            b.to_async(&rt)
+                .iter(|| async { assert!(waiting.chat(&caller, request()).await.is_err()) })
+        },
+    );
+    group.finish();
+}
+
+#[inline(never)]
+fn bare_call(x: u64) -> u64 {
+    x.wrapping_mul(31).wrapping_add(7)
+}
+
+fn breaker_overhead(c: &mut Criterion) {
+    let breaker = CircuitBreaker::new("bench", BreakerConfig::default());
+    let mut group = c.benchmark_group("breaker, closed path");
+    group.bench_function("bare call", |b| {
+        b.iter(|| black_box(bare_call(black_box(3))))
+    });
+    group.bench_function("call through the breaker", |b| {
+        b.iter(|| {
+            let permit = breaker.try_acquire().unwrap();
+            let v = black_box(bare_call(black_box(3)));
+            permit.success(Duration::from_millis(1));
+            v
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, breaker_overhead, hanging_upstream);
+criterion_main!(benches);

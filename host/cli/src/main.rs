@@ -1,0 +1,542 @@
+//! `bsm`: run agents, steps and jobs, serve the HTTP API, inspect plugins.
+//!
+//! Every command that runs something builds the platform through the one
+//! composition root ([`Platform::build`]) and runs through its governed
+//! path, in the `cli` calling context by default, exactly as the server
+//! would.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use bsm_platform::orchestration::JobEvent;
+use bsm_platform::runtime::api::{AgentRequest, AgentResult, RunContext, StepRequest};
+use bsm_platform::runtime::check::check_component;
+use bsm_platform::runtime::{Plugin, Runtime, RuntimeOptions};
+use bsm_platform::{AgentSet, HostSettings, Platform, PlatformOptions, PluginSelection};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+
+/// mimalloc instead of the system allocator: under load, glibc malloc was
+/// a tenth of the server's CPU time (see BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The plugins shipped with this build (`plugins/*`, compiled by the build
+/// script); the default plugins directory.
+const SHIPPED_PLUGINS_DIR: &str = env!("BSM_SHIPPED_PLUGINS_DIR");
+
+/// BSM: sandboxed WebAssembly plugins for AI-agent orchestration.
+#[derive(Parser)]
+#[command(name = "bsm", version, about)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Global {
+    /// Directory of plugins (`<id>.toml` manifests beside their `.wasm`).
+    /// Defaults to the plugins shipped with this build.
+    #[arg(long, env = "BSM_PLUGINS_DIR", global = true)]
+    plugins_dir: Option<PathBuf>,
+
+    /// Directory for the host's data: the database (`bsm.db`), reports,
+    /// compiled plugins (`cache/`).
+    #[arg(long, env = "BSM_DATA_DIR", default_value = "./data", global = true)]
+    data_dir: PathBuf,
+
+    /// An original BSM directory (data/agents, agents/registry.yaml,
+    /// data/knowledge) whose agents run as prompt-agent instances. Default:
+    /// the agent set shipped in this repository (examples/bsm).
+    #[arg(long, env = "BSM_BSM_DIR", global = true)]
+    bsm_dir: Option<PathBuf>,
+
+    /// Refuse to start when any agent of the BSM directory has governance
+    /// violations, instead of quarantining it (for CI).
+    #[arg(long, env = "BSM_STRICT", global = true)]
+    strict: bool,
+
+    /// Configuration file (TOML): `[llm]`, `[cache]`, `[reports]`,
+    /// `[governance]`, `[server]`, `[pipelines]`. Every setting has a
+    /// default; `BSM_LLM_BASE_URL`, `BSM_LLM_API_KEY` and `BSM_LLM_MODEL`
+    /// override the file's first LLM provider.
+    #[arg(long, env = "BSM_CONFIG", global = true)]
+    config: Option<PathBuf>,
+
+    /// Log filter (tracing's EnvFilter syntax); logs go to stderr.
+    #[arg(long, env = "BSM_LOG", global = true)]
+    log: Option<String>,
+
+    /// Log format: `text` or `json` (default: json for `serve`, text otherwise).
+    #[arg(long, env = "BSM_LOG_FORMAT", global = true)]
+    log_format: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an agent (a plugin or a BSM agent) on one input and print its answer.
+    Run {
+        /// Id of the agent.
+        agent_id: String,
+        /// The input text.
+        #[arg(long)]
+        input: String,
+        /// A JSON file with the event payload.
+        #[arg(long)]
+        payload: Option<PathBuf>,
+        /// Calling context the agent is governed in (`cli`, `api`, `ci`...).
+        #[arg(long, default_value = "cli")]
+        context: String,
+        /// Print the whole result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run an orchestration step over a pipeline state and print its contribution.
+    Step {
+        /// Id of the step plugin.
+        step_id: String,
+        /// The event being handled, e.g. `pull_request.opened`.
+        #[arg(long)]
+        event: String,
+        /// A JSON file with the event payload.
+        #[arg(long)]
+        payload: Option<PathBuf>,
+        /// A JSON file with the agent results so far: `[{"agentId", "output"|"error"}]`.
+        #[arg(long)]
+        results: Option<PathBuf>,
+        /// Calling context the step is governed in.
+        #[arg(long, default_value = "cli")]
+        context: String,
+        /// Print the whole result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Orchestration jobs: an event handled by its pipeline.
+    Job {
+        #[command(subcommand)]
+        command: JobCommand,
+    },
+    /// Serve the HTTP API: agents, orchestration jobs, reports, approvals,
+    /// operations and metrics.
+    #[command(
+        after_help = "LLM provider (environment, overriding the configuration file):\n  \
+        BSM_LLM_BASE_URL   OpenAI-compatible endpoint, e.g. http://127.0.0.1:11434/v1\n  \
+        BSM_LLM_API_KEY    its API key, if it needs one\n  \
+        BSM_LLM_MODEL      the default model\n\n\
+        Also: BSM_DATA_DIR, BSM_PLUGINS_DIR, BSM_BSM_DIR, BSM_STRICT, BSM_CONFIG, BSM_LOG, \
+        BSM_LOG_FORMAT (see `bsm --help`)."
+    )]
+    Serve(ServeArgs),
+    /// Inspect plugins.
+    Plugins {
+        #[command(subcommand)]
+        command: PluginsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobCommand {
+    /// Run the pipeline of an event, print its progress and its decision.
+    Run {
+        /// The event, e.g. `pull_request.opened`.
+        event: String,
+        /// A JSON file with the event payload.
+        #[arg(long)]
+        payload: Option<PathBuf>,
+        /// Calling context every agent of the job is governed in.
+        #[arg(long, default_value = "cli")]
+        context: String,
+        /// Print the finished job as JSON instead of progress lines.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `bsm serve` settings. Each comes from the command line, else its `BSM_*`
+/// variable, else the `[server]` table of the configuration file, else the
+/// default shown.
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the bound address is
+    /// printed on stdout) [default: 127.0.0.1:3000]
+    #[arg(long, env = "BSM_ADDR")]
+    addr: Option<String>,
+    /// Token for the mutating operations endpoints (at least 24 characters,
+    /// not a default). Without it those endpoints are disabled.
+    #[arg(long, env = "BSM_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Requests per second allowed per client; 0 turns rate limiting off [default: 50]
+    #[arg(long, env = "BSM_RATE_LIMIT")]
+    rate_limit: Option<u32>,
+    /// Burst allowed above the rate [default: 100]
+    #[arg(long, env = "BSM_RATE_BURST")]
+    rate_burst: Option<u32>,
+    /// Largest request body accepted, in bytes [default: 1048576]
+    #[arg(long, env = "BSM_BODY_LIMIT")]
+    body_limit: Option<usize>,
+    /// Longest time a request may take, in ms, orchestration `?wait=true`
+    /// included [default: 150000]
+    #[arg(long, env = "BSM_REQUEST_TIMEOUT_MS")]
+    request_timeout_ms: Option<u64>,
+    /// How long shutdown waits for running jobs, in ms [default: 30000]
+    #[arg(long, env = "BSM_SHUTDOWN_GRACE_MS")]
+    shutdown_grace_ms: Option<u64>,
+}
+
+#[derive(Subcommand)]
+enum PluginsCommand {
+    /// List the plugins of the plugins directory with their budgets.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that a .wasm file is a valid BSM plugin component.
+    Check {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let serving = matches!(cli.command, Command::Serve(_));
+    let filter = cli.global.log.clone().unwrap_or_else(|| {
+        if serving {
+            "info".into()
+        } else {
+            "warn".into()
+        }
+    });
+    let json = cli
+        .global
+        .log_format
+        .as_deref()
+        .map_or(serving, |f| f == "json");
+    init_logging(&filter, json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(anyhow::anyhow!("cannot start the async runtime: {e}")),
+    };
+    match runtime.block_on(execute(cli)) {
+        Ok(code) => code,
+        Err(e) => fail(e),
+    }
+}
+
+/// Errors are one line on stderr and a non-zero exit.
+fn fail(e: anyhow::Error) -> ExitCode {
+    let message = format!("{e:#}").replace('\n', " ");
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
+}
+
+fn init_logging(filter: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().with_current_span(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+    let global = cli.global;
+    let mut settings = HostSettings::load(global.config.as_deref(), |k| std::env::var(k).ok())?;
+    settings.governance.strict |= global.strict;
+    let plugins_dir = global
+        .plugins_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(SHIPPED_PLUGINS_DIR));
+    let agents = match global.bsm_dir.clone().or(settings.server.bsm_dir.clone()) {
+        Some(dir) => AgentSet::Dir(dir),
+        None => AgentSet::Shipped(PathBuf::from(bsm_platform::SHIPPED_AGENTS_DIR)),
+    };
+    let platform_options = |plugins: PluginSelection| PlatformOptions {
+        data_dir: global.data_dir.clone(),
+        plugins_dir: plugins_dir.clone(),
+        plugins,
+        agents: agents.clone(),
+        settings: settings.clone(),
+    };
+    match cli.command {
+        Command::Serve(args) => {
+            let file = settings.server.clone();
+            bsm_server::serve(bsm_server::ServeOptions {
+                addr: args
+                    .addr
+                    .or(file.addr)
+                    .unwrap_or_else(|| "127.0.0.1:3000".into()),
+                platform: platform_options(PluginSelection::All),
+                admin_token: args.admin_token.filter(|t| !t.is_empty()),
+                rate_limit_per_second: args.rate_limit.or(file.rate_limit).unwrap_or(50),
+                rate_limit_burst: args.rate_burst.or(file.rate_burst).unwrap_or(100),
+                body_limit_bytes: args.body_limit.or(file.body_limit).unwrap_or(1 << 20),
+                request_timeout: Duration::from_millis(
+                    args.request_timeout_ms
+                        .or(file.request_timeout_ms)
+                        .unwrap_or(150_000),
+                ),
+                shutdown_grace: Duration::from_millis(
+                    args.shutdown_grace_ms
+                        .or(file.shutdown_grace_ms)
+                        .unwrap_or(30_000),
+                ),
+            })
+            .await?;
+        }
+        Command::Run {
+            agent_id,
+            input,
+            payload,
+            context,
+            json,
+        } => {
+            let platform = Platform::build(platform_options(PluginSelection::Only(vec![
+                agent_id.clone(),
+            ])))
+            .await?;
+            require_known(&platform, &agent_id, &plugins_dir)?;
+            let request = AgentRequest {
+                input,
+                payload: read_json(payload.as_deref())?.unwrap_or_else(|| json!({})),
+                context: RunContext::new(context),
+            };
+            let governed = platform.run_agent(&agent_id, request).await?;
+            if json {
+                let mut v = serde_json::to_value(&governed.run)?;
+                v["governedActions"] = serde_json::to_value(&governed.actions)?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{}", governed.run.output.text);
+            }
+        }
+        Command::Step {
+            step_id,
+            event,
+            payload,
+            results,
+            context,
+            json,
+        } => {
+            let platform = Platform::build(platform_options(PluginSelection::Only(vec![
+                step_id.clone(),
+            ])))
+            .await?;
+            require_known(&platform, &step_id, &plugins_dir)?;
+            let results: Vec<AgentResult> = match read_json(results.as_deref())? {
+                Some(v) => serde_json::from_value(v)
+                    .context("the results file is not a list of agent results")?,
+                None => Vec::new(),
+            };
+            let mut run_context = RunContext::new(context);
+            run_context.event = Some(event.clone());
+            let request = StepRequest {
+                event,
+                payload: read_json(payload.as_deref())?.unwrap_or_else(|| json!({})),
+                context: run_context,
+                results,
+            };
+            let governed = platform.run_step(&step_id, request).await?;
+            if json {
+                let mut v = serde_json::to_value(&governed.run)?;
+                v["governedActions"] = serde_json::to_value(&governed.actions)?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{}", serde_json::to_string(&governed.run.contribution)?);
+            }
+        }
+        Command::Job {
+            command:
+                JobCommand::Run {
+                    event,
+                    payload,
+                    context,
+                    json,
+                },
+        } => {
+            let platform = Platform::build(platform_options(PluginSelection::All)).await?;
+            let payload = read_json(payload.as_deref())?.unwrap_or_else(|| json!({}));
+            return run_job(&platform, event, payload, context, json).await;
+        }
+        Command::Plugins {
+            command: PluginsCommand::List { json },
+        } => {
+            let runtime = inspection_runtime(&global.data_dir, &settings)?;
+            let report = runtime.load_dir(&plugins_dir).await?;
+            for failure in &report.failed {
+                eprintln!("warning: skipped {failure}");
+            }
+            print_plugins(&report.loaded, json)?;
+        }
+        Command::Plugins {
+            command: PluginsCommand::Check { file, json },
+        } => {
+            let runtime = inspection_runtime(&global.data_dir, &settings)?;
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let report = check_component(&runtime, &bytes)
+                .map_err(|m| anyhow::anyhow!("{}: {m}", file.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{}: valid {} plugin ({} bytes, sha256 {})",
+                    file.display(),
+                    report.world,
+                    report.bytes,
+                    &report.digest[..12]
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A bare runtime for the commands that only inspect components: no
+/// database, no LLM, no agents.
+fn inspection_runtime(data_dir: &Path, settings: &HostSettings) -> anyhow::Result<Runtime> {
+    Runtime::new(RuntimeOptions {
+        artifact_dir: Some(data_dir.join("cache").join("components")),
+        cache: settings.cache.clone(),
+        ..RuntimeOptions::default()
+    })
+}
+
+/// Says where the command looked when it does not know a plugin.
+fn require_known(platform: &Platform, id: &str, plugins_dir: &Path) -> anyhow::Result<()> {
+    if platform.knows(id) {
+        return Ok(());
+    }
+    bail!(
+        "no plugin {id:?} in {} (expected {}) nor in the BSM directory; `bsm plugins list` shows what is there",
+        plugins_dir.display(),
+        plugins_dir.join(format!("{id}.toml")).display()
+    )
+}
+
+/// Submits a job, prints its events as they happen (or the finished job as
+/// JSON), and exits non-zero when the job fails.
+async fn run_job(
+    platform: &Platform,
+    event: String,
+    payload: Value,
+    context: String,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let job = platform.submit_job(event, payload, context).await?;
+    let (history, rx) = platform
+        .subscribe_job(&job.id)
+        .context("the job's progress channel is gone")?;
+    if !json {
+        println!("job {} ({}, pipeline {})", job.id, job.event, job.pipeline);
+    }
+    let mut ok = true;
+    let mut print = |e: &JobEvent| {
+        if e.kind == "job.failed" {
+            ok = false;
+        }
+        if !json && let Some(line) = progress_line(e) {
+            println!("{line}");
+        }
+        e.is_terminal()
+    };
+    let mut ended = history.iter().any(&mut print);
+    if let Some(mut rx) = rx {
+        while !ended {
+            match rx.recv().await {
+                Ok(e) => ended = print(&e),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    }
+    // The job's end is stored before it is announced.
+    let finished = platform.job(&job.id).await?.unwrap_or(job);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&finished)?);
+    }
+    platform.shutdown(Duration::from_secs(5)).await?;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// One line per job event, for a person watching a job run.
+fn progress_line(e: &JobEvent) -> Option<String> {
+    let d = &e.data;
+    let text = |k: &str| d[k].as_str().unwrap_or_default().to_string();
+    Some(match e.kind.as_str() {
+        "route" => format!("route: {} ({})", d["agents"], text("mode")),
+        "agent.started" => format!("  {} started", text("agentId")),
+        "agent.finished" => format!(
+            "  {} finished in {:.0} ms",
+            text("agentId"),
+            d["durationMs"].as_f64().unwrap_or(0.0)
+        ),
+        "agent.failed" => format!(
+            "  {} failed: {} ({})",
+            text("agentId"),
+            text("error"),
+            text("errorCode")
+        ),
+        "decision" => format!("decision: {} ({})", text("verdict"), text("reason")),
+        "report" => format!("report: {} ({} bytes)", text("id"), d["bytes"]),
+        "job.finished" => format!(
+            "job completed in {:.0} ms",
+            d["durationMs"].as_f64().unwrap_or(0.0)
+        ),
+        "job.failed" => format!("job failed: {}", text("error")),
+        _ => return None,
+    })
+}
+
+fn read_json(path: Option<&Path>) -> anyhow::Result<Option<Value>> {
+    let Some(path) = path else { return Ok(None) };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    Ok(Some(value))
+}
+
+fn print_plugins(plugins: &[Arc<Plugin>], json: bool) -> anyhow::Result<()> {
+    if json {
+        let list: Vec<_> = plugins.iter().map(|p| p.summary()).collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<9} {:<6} {:<13} {:>8} {:>7} {:>6} {:>6}",
+        "ID", "VERSION", "KIND", "DIGEST", "TIMEOUT", "MEMORY", "CONC", "QUEUE"
+    );
+    for p in plugins {
+        let b = &p.manifest.budget;
+        println!(
+            "{:<24} {:<9} {:<6} {:<13} {:>6}ms {:>5}MB {:>6} {:>6}",
+            p.id(),
+            p.manifest.version,
+            p.kind().to_string(),
+            p.short_digest(),
+            b.timeout_ms,
+            b.memory_mb,
+            b.max_concurrent,
+            b.max_queued
+        );
+    }
+    Ok(())
+}

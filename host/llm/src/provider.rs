@@ -1,0 +1,306 @@
+//! One OpenAI-compatible provider behind its resilience stack, outermost
+//! first: bulkhead (max concurrent upstream calls), total timeout, retry
+//! (exponential backoff with full jitter; Retry-After honoured), circuit
+//! breaker, attempt timeout (first token, then whole answer).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, timeout, timeout_at};
+
+use super::breaker::{BreakerConfig, CircuitBreaker};
+use super::classify::{AttemptError, Class, retry_after};
+use super::settings::{ProviderSettings, RetrySettings};
+use super::wire::{self, StreamAccumulator, WireChatRequest, WireEmbeddingsRequest};
+use bsm_runtime::bindings::llm::{ChatRequest, ChatResponse, Error as LlmError};
+use bsm_runtime::capabilities::Caller;
+
+/// A configured provider with its own breaker and bulkhead.
+pub struct Provider {
+    settings: ProviderSettings,
+    retry: RetrySettings,
+    http: reqwest::Client,
+    breaker: CircuitBreaker,
+    bulkhead: Arc<Semaphore>,
+    chat_url: String,
+    embeddings_url: String,
+}
+
+impl Provider {
+    pub fn new(
+        settings: ProviderSettings,
+        retry: RetrySettings,
+        default_breaker: &BreakerConfig,
+    ) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(settings.timeouts.connect())
+            .pool_max_idle_per_host(settings.max_concurrent as usize)
+            .build()?;
+        let base = settings.base_url.trim_end_matches('/').to_string();
+        let breaker_config = settings
+            .breaker
+            .clone()
+            .unwrap_or_else(|| default_breaker.clone());
+        Ok(Self {
+            breaker: CircuitBreaker::new(format!("llm:{}", settings.name), breaker_config),
+            bulkhead: Arc::new(Semaphore::new(settings.max_concurrent.max(1) as usize)),
+            chat_url: format!("{base}/chat/completions"),
+            embeddings_url: format!("{base}/embeddings"),
+            http,
+            retry,
+            settings,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    pub fn settings(&self) -> &ProviderSettings {
+        &self.settings
+    }
+
+    pub fn breaker(&self) -> &CircuitBreaker {
+        &self.breaker
+    }
+
+    /// A chat completion through the whole stack.
+    pub async fn chat(
+        &self,
+        caller: &Caller,
+        request: &ChatRequest,
+    ) -> Result<ChatResponse, LlmError> {
+        let model = self.settings.resolve_model(request.model.as_deref());
+        let max_tokens = match (
+            request.max_tokens,
+            self.settings.max_tokens_for(request.model.as_deref()),
+        ) {
+            (Some(asked), Some(cap)) => Some(asked.min(cap)),
+            (asked, cap) => asked.or(cap),
+        };
+        let body = WireChatRequest::new(request, model.clone(), max_tokens, self.settings.stream);
+        let body =
+            serde_json::to_vec(&body).map_err(|e| LlmError::InvalidRequest(e.to_string()))?;
+        self.call(|| self.chat_attempt(caller, &body, &model)).await
+    }
+
+    /// Embeddings through the whole stack.
+    pub async fn embed(
+        &self,
+        caller: &Caller,
+        model: Option<&str>,
+        inputs: &[String],
+    ) -> Result<Vec<Vec<f32>>, LlmError> {
+        let model = self.settings.resolve_model(model);
+        let body = serde_json::to_vec(&WireEmbeddingsRequest {
+            model,
+            input: inputs,
+        })
+        .map_err(|e| LlmError::InvalidRequest(e.to_string()))?;
+        self.call(|| self.embed_attempt(caller, &body, inputs.len()))
+            .await
+    }
+
+    /// Bulkhead, total timeout and retry around breaker-guarded attempts.
+    async fn call<T, F, Fut>(&self, attempt: F) -> Result<T, LlmError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<(T, Duration), AttemptError>>,
+    {
+        let total = self.settings.timeouts.total();
+        let deadline = Instant::now() + total;
+        let guarded = async {
+            let _slot = self
+                .bulkhead
+                .acquire()
+                .await
+                .expect("the bulkhead is never closed");
+            let mut backoff = ExponentialBuilder::new()
+                .with_min_delay(Duration::from_millis(self.retry.initial_backoff_ms))
+                .with_max_delay(Duration::from_millis(self.retry.max_backoff_ms))
+                .with_max_times(self.retry.max_attempts.saturating_sub(1) as usize)
+                .build();
+            loop {
+                let permit = self.breaker.try_acquire().map_err(|refused| {
+                    LlmError::CircuitOpen(refused.retry_after.as_millis() as u64)
+                })?;
+                let started = Instant::now();
+                let outcome = timeout(self.settings.timeouts.attempt(), attempt())
+                    .await
+                    .unwrap_or(Err(AttemptError::Timeout));
+                let error = match outcome {
+                    Ok((value, first_token)) => {
+                        permit.success(first_token);
+                        return Ok(value);
+                    }
+                    Err(error) => error,
+                };
+                let class = error.class();
+                match class {
+                    Class::Failure => permit.failure(started.elapsed()),
+                    Class::RateLimited | Class::Permanent => permit.ignore(),
+                }
+                tracing::warn!(provider = %self.settings.name, ?class, error = ?error, "LLM attempt failed");
+                if class == Class::Permanent {
+                    return Err(error.into_llm_error(&self.settings.name));
+                }
+                let Some(step) = backoff.next() else {
+                    return Err(error.into_llm_error(&self.settings.name));
+                };
+                // Full jitter: anywhere between zero and the exponential step.
+                let mut delay = step.mul_f64(fastrand::f64());
+                if let AttemptError::Status {
+                    retry_after: Some(asked),
+                    ..
+                } = &error
+                {
+                    delay = delay
+                        .max((*asked).min(Duration::from_millis(self.retry.max_retry_after_ms)));
+                }
+                if Instant::now() + delay >= deadline {
+                    return Err(error.into_llm_error(&self.settings.name));
+                }
+                tokio::time::sleep(delay).await;
+            }
+        };
+        timeout_at(deadline, guarded)
+            .await
+            .unwrap_or(Err(LlmError::Timeout))
+    }
+
+    fn post(&self, url: &str, caller: &Caller, body: &[u8]) -> reqwest::RequestBuilder {
+        let mut request = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("x-correlation-id", &*caller.correlation_id)
+            .header("x-bsm-plugin", &*caller.plugin_id)
+            .body(body.to_vec());
+        if let Some(key) = &self.settings.api_key {
+            request = request.bearer_auth(key);
+        }
+        request
+    }
+
+    /// Sends a request and returns the response if its status is a success.
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        first_token_deadline: Instant,
+    ) -> Result<reqwest::Response, AttemptError> {
+        let response = timeout_at(first_token_deadline, request.send())
+            .await
+            .map_err(|_| AttemptError::Timeout)?
+            .map_err(|e| AttemptError::Connect(describe_reqwest(&e, &self.settings.base_url)))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let retry_after = retry_after(response.headers());
+        let body = timeout_at(first_token_deadline, response.bytes())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        Err(AttemptError::Status {
+            status: status.as_u16(),
+            retry_after,
+            error: wire::parse_error(status.as_u16(), &body),
+        })
+    }
+
+    async fn chat_attempt(
+        &self,
+        caller: &Caller,
+        body: &[u8],
+        model: &str,
+    ) -> Result<(ChatResponse, Duration), AttemptError> {
+        let started = Instant::now();
+        let first_token_deadline = started + self.settings.timeouts.first_token();
+        let response = self
+            .send(
+                self.post(&self.chat_url, caller, body),
+                first_token_deadline,
+            )
+            .await?;
+        let is_stream = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if !is_stream {
+            let bytes = timeout_at(first_token_deadline, response.bytes())
+                .await
+                .map_err(|_| AttemptError::Timeout)?
+                .map_err(|e| {
+                    AttemptError::Connect(describe_reqwest(&e, &self.settings.base_url))
+                })?;
+            let reply = wire::parse_chat(&bytes, model).map_err(AttemptError::Malformed)?;
+            return Ok((reply, started.elapsed()));
+        }
+        let mut events = response.bytes_stream().eventsource();
+        let mut acc = StreamAccumulator::new(model);
+        while !acc.done {
+            let next = if acc.first_token.is_none() {
+                timeout_at(first_token_deadline, events.next())
+                    .await
+                    .map_err(|_| AttemptError::Timeout)?
+            } else {
+                events.next().await
+            };
+            match next {
+                None => {
+                    return Err(AttemptError::StreamCut(
+                        "the stream ended before [DONE]".into(),
+                    ));
+                }
+                Some(Err(e)) => {
+                    return Err(AttemptError::StreamCut(format!("the stream broke: {e}")));
+                }
+                Some(Ok(event)) => acc
+                    .push(&event.data, started.elapsed())
+                    .map_err(AttemptError::Malformed)?,
+            }
+        }
+        let first_token = acc.first_token.unwrap_or_else(|| started.elapsed());
+        Ok((acc.finish(), first_token))
+    }
+
+    async fn embed_attempt(
+        &self,
+        caller: &Caller,
+        body: &[u8],
+        expected: usize,
+    ) -> Result<(Vec<Vec<f32>>, Duration), AttemptError> {
+        let started = Instant::now();
+        let deadline = started + self.settings.timeouts.first_token();
+        let response = self
+            .send(self.post(&self.embeddings_url, caller, body), deadline)
+            .await?;
+        let bytes = timeout_at(deadline, response.bytes())
+            .await
+            .map_err(|_| AttemptError::Timeout)?
+            .map_err(|e| AttemptError::Connect(describe_reqwest(&e, &self.settings.base_url)))?;
+        let vectors = wire::parse_embeddings(&bytes, expected).map_err(AttemptError::Malformed)?;
+        Ok((vectors, started.elapsed()))
+    }
+}
+
+fn describe_reqwest(e: &reqwest::Error, base_url: &str) -> String {
+    let mut message = if e.is_connect() {
+        format!("cannot connect to {base_url}")
+    } else {
+        format!("request to {base_url} failed")
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        message.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    message
+}

@@ -1,0 +1,98 @@
+//! Every original BSM agent becomes an instance of the `prompt-agent`
+//! component: same bytes (compiled once), its own manifest and config.
+
+use super::layout::AgentDefinition;
+use bsm_runtime::manifest::{Budget, Manifest, PluginKind};
+
+/// The original BSM action allow-list (see `shared/fixtures/bsm/README.md`).
+pub const ORIGINAL_ALLOW_LIST: &[&str] = &[
+    "create_file",
+    "review_pr",
+    "request_changes",
+    "approve_pr",
+    "create_review_comment",
+    "generate_fix_suggestion",
+    "scan_vulnerabilities",
+    "block_pr",
+    "alert_security_team",
+    "generate_security_report",
+    "suggest_fixes",
+    "auto_merge",
+    "manual_review_request",
+    "run_tests",
+    "deploy_staging",
+    "rollback_merge",
+    "validate_structure",
+    "cleanup_stale_prs",
+    "archive_old_issues",
+    "optimize_database",
+    "generate_health_report",
+    "audit_configuration",
+    "validate_guards",
+    "check_api_routes",
+    "verify_ui_config",
+    "generate_audit_report",
+    "audit_ios_ui",
+    "validate_mobile_api_contract",
+    "check_safe_area_support",
+    "test_keyboard_behavior",
+    "generate_ios_report",
+];
+
+/// Budget of an LLM-backed agent: the LLM call dominates its time.
+fn agent_budget() -> Budget {
+    Budget {
+        timeout_ms: 120_000,
+        memory_mb: 32,
+        max_concurrent: 64,
+        max_queued: 256,
+        max_queue_wait_ms: 5_000,
+        ..Budget::default()
+    }
+}
+
+/// The manifest of `prompt-agent` configured as `def`.
+pub fn manifest_for(def: &AgentDefinition) -> Manifest {
+    let mut config = toml::Table::new();
+    let mut set = |k: &str, v: &str| {
+        if !v.trim().is_empty() {
+            config.insert(k.to_string(), toml::Value::String(v.to_string()));
+        }
+    };
+    set("id", &def.id);
+    set("name", &def.name);
+    set("role", &def.role);
+    set("description", &def.description);
+    set("instructions", &def.instructions);
+    set("version", &def.version);
+    if let Some(model) = &def.model_name {
+        set("model", model);
+    }
+    config.insert(
+        "actions".into(),
+        toml::Value::Array(
+            def.actions
+                .iter()
+                .map(|a| toml::Value::String(a.clone()))
+                .collect(),
+        ),
+    );
+    Manifest {
+        id: def.id.clone(),
+        version: if def.version.is_empty() {
+            "0".into()
+        } else {
+            def.version.clone()
+        },
+        kind: PluginKind::Agent,
+        description: if def.description.is_empty() {
+            def.role.clone()
+        } else {
+            def.description.clone()
+        },
+        wasm: None,
+        allowed_actions: def.actions.clone(),
+        budget: agent_budget(),
+        config,
+    }
+}

@@ -1,0 +1,299 @@
+//! The composition root: the one place that builds the host from settings.
+//! `bsm serve` and every CLI command that runs something go through
+//! [`Platform::build`], so they load the same plugins, the same BSM agents
+//! under the same governance, and write to the same database and reports.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+
+use crate::bsm::agents::manifest_for;
+use crate::bsm::governance::KNOWN_CONTEXTS;
+use crate::bsm::{BsmLayout, Governance};
+use crate::governed::Governed;
+use crate::knowledge_docs::{KnowledgeLibrary, KnowledgeSource};
+use crate::orchestration::{Orchestrator, Pipelines};
+use crate::platform::{Activity, AgentView, Platform};
+use crate::reports::ReportStore;
+use crate::settings::HostSettings;
+use crate::store::Store;
+use bsm_cache::PluginCache;
+use bsm_llm::LlmClient;
+use bsm_runtime::capabilities::Capabilities;
+use bsm_runtime::capabilities::llm::{LlmShared, NOT_CONFIGURED};
+use bsm_runtime::{Runtime, RuntimeOptions};
+
+/// The agent set in the original BSM layout the platform serves.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentSet {
+    /// No BSM agents: only the plugins directory.
+    None,
+    /// The set shipped in this repository (`examples/bsm`): served when
+    /// nothing else is configured. Skipped with a log line when the plugins
+    /// directory has no `prompt-agent` to run it.
+    Shipped(PathBuf),
+    /// A directory the operator named: it must load (a missing
+    /// `prompt-agent` or an unreadable index is an error).
+    Dir(PathBuf),
+}
+
+/// Which plugins of the plugins directory to load.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PluginSelection {
+    /// Every plugin (the server, jobs).
+    All,
+    /// Only these ids, plus `prompt-agent` when one of them is a BSM agent
+    /// (a CLI run of one agent: a broken plugin elsewhere stays out of the way).
+    Only(Vec<String>),
+}
+
+/// Everything the platform is built from.
+#[derive(Debug, Clone)]
+pub struct PlatformOptions {
+    /// SQLite database (`bsm.db`), reports, compiled plugins.
+    pub data_dir: PathBuf,
+    /// `<id>.toml` manifests beside their components.
+    pub plugins_dir: PathBuf,
+    pub plugins: PluginSelection,
+    pub agents: AgentSet,
+    pub settings: HostSettings,
+}
+
+/// The plugin every BSM agent is an instance of.
+const PROMPT_AGENT: &str = "prompt-agent";
+
+impl Platform {
+    /// Builds the platform: database, reports, LLM client, runtime with its
+    /// capabilities, plugins, BSM agents under their governance (agents with
+    /// violations quarantined, or a refusal in strict mode), knowledge,
+    /// orchestration. Errors say what to fix.
+    pub async fn build(options: PlatformOptions) -> anyhow::Result<Platform> {
+        let settings = &options.settings;
+        let data_dir = &options.data_dir;
+        let (store, interrupted) =
+            Store::open(&data_dir.join("bsm.db")).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if interrupted > 0 {
+            tracing::warn!(
+                interrupted,
+                "jobs that were running when the host last stopped are marked interrupted"
+            );
+        }
+        let reports_dir = settings
+            .reports
+            .dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("reports"));
+        let reports = ReportStore::open_with_index(&reports_dir, Arc::new(store.clone()))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let llm = LlmClient::from_settings(&settings.llm)?.map(Arc::new);
+        let mut capabilities = Capabilities {
+            cache: Arc::new(PluginCache::new(settings.cache.plugin.clone())),
+            reports: Some(reports.clone()),
+            ..Capabilities::default()
+        };
+        match &llm {
+            Some(client) => capabilities.llm = LlmShared(client.clone()),
+            None => tracing::info!("{NOT_CONFIGURED}"),
+        }
+        let runtime = Arc::new(Runtime::new(RuntimeOptions {
+            artifact_dir: Some(data_dir.join("cache").join("components")),
+            capabilities,
+            cache: settings.cache.clone(),
+            ..RuntimeOptions::default()
+        })?);
+
+        let layout = read_layout(&options.agents)?;
+        load_plugins(&runtime, &options, layout.as_ref()).await?;
+        let layout = match layout {
+            Some(_)
+                if matches!(options.agents, AgentSet::Shipped(_))
+                    && runtime.registry().get(PROMPT_AGENT).is_none() =>
+            {
+                tracing::info!(
+                    "the plugins directory has no {PROMPT_AGENT}: the shipped BSM agents are not served"
+                );
+                None
+            }
+            layout => layout,
+        };
+
+        let allow_list = settings.governance.allow_list();
+        let mut governance = Governance::default();
+        let mut quarantined = Vec::new();
+        let mut knowledge_dir = None;
+        if let Some(layout) = &layout {
+            governance = Governance::assess(layout, &allow_list);
+            if settings.governance.strict && !governance.violations().is_empty() {
+                let list: Vec<String> = governance
+                    .violations()
+                    .iter()
+                    .map(|v| format!("  - {v}"))
+                    .collect();
+                bail!(
+                    "refusing to start (strict governance): the agent registry has {} violation(s):\n{}",
+                    list.len(),
+                    list.join("\n")
+                );
+            }
+            for warning in &governance.warnings {
+                tracing::warn!("{warning}");
+            }
+            quarantined = quarantine_views(layout, &governance);
+            for agent in &quarantined {
+                let reasons: Vec<String> = agent.violations.iter().map(|v| v.to_string()).collect();
+                tracing::error!(agent = %agent.id, violations = ?reasons, "agent quarantined: not served until its violations are fixed");
+            }
+            install_agents(&runtime, layout, &governance, &options.plugins).await?;
+            knowledge_dir = layout.knowledge_dir.clone();
+        }
+        for plugin in runtime.registry().list() {
+            governance.insert_default(plugin.id(), KNOWN_CONTEXTS);
+        }
+
+        let governed = Arc::new(Governed::new(runtime, governance, store));
+        let knowledge = Arc::new(KnowledgeSource::new(
+            KnowledgeLibrary::new(&settings.cache.knowledge),
+            knowledge_dir,
+        ));
+        let orchestrator = Orchestrator::new(
+            governed.clone(),
+            reports.clone(),
+            knowledge.clone(),
+            Pipelines::with_overrides(&settings.pipelines),
+        );
+        Ok(Platform {
+            governed,
+            orchestrator,
+            reports,
+            llm,
+            knowledge,
+            quarantined,
+            activity: Activity {
+                runs_ok: AtomicU64::new(0),
+                runs_failed: AtomicU64::new(0),
+                jobs_submitted: AtomicU64::new(0),
+            },
+            started_at: Instant::now(),
+        })
+    }
+}
+
+/// Reads the configured layout; the shipped set is optional, a named one not.
+fn read_layout(agents: &AgentSet) -> anyhow::Result<Option<BsmLayout>> {
+    match agents {
+        AgentSet::None => Ok(None),
+        AgentSet::Shipped(dir) => match BsmLayout::load(dir) {
+            Ok(layout) => Ok(Some(layout)),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %format!("{e:#}"), "the shipped BSM agents are not served");
+                Ok(None)
+            }
+        },
+        AgentSet::Dir(dir) => BsmLayout::load(dir)
+            .map(Some)
+            .with_context(|| format!("cannot load the BSM layout at {}", dir.display())),
+    }
+}
+
+/// Loads the selected plugins of the plugins directory. A broken plugin is
+/// logged and skipped; it never stops the others.
+async fn load_plugins(
+    runtime: &Runtime,
+    options: &PlatformOptions,
+    layout: Option<&BsmLayout>,
+) -> anyhow::Result<()> {
+    let dir = &options.plugins_dir;
+    let ids = match &options.plugins {
+        PluginSelection::All => {
+            let report = runtime
+                .load_dir(dir)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            for failure in &report.failed {
+                tracing::error!(error = %failure, "plugin not loaded");
+            }
+            return Ok(());
+        }
+        PluginSelection::Only(ids) => ids,
+    };
+    let needs_prompt_agent =
+        layout.is_some_and(|l| ids.iter().any(|id| l.agents.iter().any(|a| &a.id == id)));
+    let mut wanted: Vec<&str> = ids.iter().map(String::as_str).collect();
+    if needs_prompt_agent {
+        wanted.push(PROMPT_AGENT);
+    }
+    for id in wanted {
+        let manifest = dir.join(format!("{id}.toml"));
+        if !manifest.is_file() || runtime.registry().get(id).is_some() {
+            continue;
+        }
+        let plugin = runtime.load_plugin(&manifest).await?;
+        runtime.registry().install(plugin);
+    }
+    Ok(())
+}
+
+/// Installs every governed (not quarantined) agent of the layout as a
+/// `prompt-agent` instance: one compilation, one manifest each.
+async fn install_agents(
+    runtime: &Runtime,
+    layout: &BsmLayout,
+    governance: &Governance,
+    selection: &PluginSelection,
+) -> anyhow::Result<()> {
+    let wanted = |id: &str| match selection {
+        PluginSelection::All => true,
+        PluginSelection::Only(ids) => ids.iter().any(|i| i == id),
+    };
+    let agents: Vec<_> = layout
+        .agents
+        .iter()
+        .filter(|def| wanted(&def.id) && !governance.is_quarantined(&def.id))
+        .collect();
+    if agents.is_empty() {
+        return Ok(());
+    }
+    let Some(prompt_agent) = runtime.registry().get(PROMPT_AGENT) else {
+        bail!(
+            "the BSM agents of {} need the {PROMPT_AGENT} plugin, which is not in the plugins directory",
+            layout.root.display()
+        );
+    };
+    let bytes = tokio::fs::read(&prompt_agent.source).await?;
+    for def in agents {
+        let plugin = runtime
+            .build_plugin(
+                manifest_for(def),
+                bytes.clone(),
+                prompt_agent.source.clone(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("agent {}: {e}", def.id))?;
+        runtime.registry().install(plugin);
+    }
+    Ok(())
+}
+
+/// What listings show of each quarantined agent.
+fn quarantine_views(layout: &BsmLayout, governance: &Governance) -> Vec<AgentView> {
+    governance
+        .quarantined()
+        .iter()
+        .map(|(id, violations)| {
+            let def = layout.agents.iter().find(|a| &a.id == id);
+            AgentView {
+                id: id.clone(),
+                name: def.map_or_else(|| id.clone(), |d| d.name.clone()),
+                version: def.map(|d| d.version.clone()).unwrap_or_default(),
+                description: def.map(|d| d.description.clone()).unwrap_or_default(),
+                actions: def.map(|d| d.actions.clone()).unwrap_or_default(),
+                governance: None,
+                status: "quarantined",
+                violations: violations.clone(),
+            }
+        })
+        .collect()
+}

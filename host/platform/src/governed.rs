@@ -1,0 +1,243 @@
+//! Plugin runs with governance around them, the one path for agents and
+//! steps alike: the plugin must not be quarantined, the calling context
+//! must be one its policy allows, every run is counted in the metrics, and
+//! the actions it emits are applied or, where its policy requires approval,
+//! kept as pending approvals. Used by the facade and by orchestration jobs.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::bsm::Governance;
+use crate::bsm::governance::{Policy, Violation};
+use crate::store::{ApprovalRecord, ApprovalStatus, Store, StoreError};
+use bsm_runtime::api::{Action, AgentRequest, AgentRun, Contribution, StepRequest, StepRun};
+use bsm_runtime::error::RunError;
+use bsm_runtime::{Plugin, Runtime};
+
+/// What happens to an action a plugin emitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionStatus {
+    Applied,
+    PendingApproval,
+}
+
+/// An emitted action and its fate.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionOutcome {
+    pub name: String,
+    pub args: Value,
+    pub status: ActionStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
+}
+
+/// An agent run that passed governance.
+#[derive(Debug, Clone, Serialize)]
+pub struct GovernedRun {
+    pub run: AgentRun,
+    pub actions: Vec<ActionOutcome>,
+}
+
+/// A step run that passed governance; a decision's actions went through
+/// the same approvals as an agent's.
+#[derive(Debug, Clone, Serialize)]
+pub struct GovernedStep {
+    pub run: StepRun,
+    pub actions: Vec<ActionOutcome>,
+}
+
+/// Why a governed run did not happen or failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PlatformError {
+    #[error("agent {agent:?} may not be called from the {context:?} context (allowed: {allowed})")]
+    ContextNotAllowed {
+        agent: String,
+        context: String,
+        allowed: String,
+    },
+    #[error("unknown context {context:?} (known: {known})")]
+    UnknownContext { context: String, known: String },
+    #[error("agent {agent:?} is quarantined: {}", list(.violations))]
+    Quarantined {
+        agent: String,
+        violations: Vec<Violation>,
+    },
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn list(violations: &[Violation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.problem))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl PlatformError {
+    /// The stable code clients match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PlatformError::ContextNotAllowed { .. } => "CONTEXT_NOT_ALLOWED",
+            PlatformError::UnknownContext { .. } => "VALIDATION_ERROR",
+            PlatformError::Quarantined { .. } => "AGENT_QUARANTINED",
+            PlatformError::Run(e) => e.code(),
+            PlatformError::Store(_) => "STORAGE_ERROR",
+        }
+    }
+}
+
+/// Runs plugins under their governance.
+pub struct Governed {
+    runtime: Arc<Runtime>,
+    governance: Governance,
+    store: Store,
+}
+
+impl Governed {
+    pub fn new(runtime: Arc<Runtime>, governance: Governance, store: Store) -> Self {
+        Self {
+            runtime,
+            governance,
+            store,
+        }
+    }
+
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    pub fn governance(&self) -> &Governance {
+        &self.governance
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Runs an agent under its governance policy.
+    pub async fn run_agent(
+        &self,
+        agent: &str,
+        request: AgentRequest,
+    ) -> Result<GovernedRun, PlatformError> {
+        let (plugin, policy) = self.admit(agent, &request.context.calling_context)?;
+        let job = request.context.correlation_id.clone();
+        let run = counted(agent, self.runtime.run_agent_plugin(&plugin, request).await)?;
+        let actions = self
+            .govern_actions(agent, &job, policy, &run.output.actions)
+            .await?;
+        Ok(GovernedRun { run, actions })
+    }
+
+    /// Runs a step (routing or decision) under its governance policy; a
+    /// decision's actions are governed like an agent's.
+    pub async fn run_step(
+        &self,
+        step: &str,
+        request: StepRequest,
+    ) -> Result<GovernedStep, PlatformError> {
+        let (plugin, policy) = self.admit(step, &request.context.calling_context)?;
+        let job = request.context.correlation_id.clone();
+        let run = counted(step, self.runtime.run_step_plugin(&plugin, request).await)?;
+        let actions = match &run.contribution {
+            Contribution::Decision { actions, .. } => {
+                self.govern_actions(step, &job, policy, actions).await?
+            }
+            Contribution::Route { .. } => Vec::new(),
+        };
+        Ok(GovernedStep { run, actions })
+    }
+
+    /// The plugin version that will run (looked up once), if its governance
+    /// admits a call from `context`.
+    fn admit(
+        &self,
+        id: &str,
+        context: &str,
+    ) -> Result<(Arc<Plugin>, Option<&Policy>), PlatformError> {
+        if let Some(violations) = self.governance.quarantined().get(id) {
+            return Err(PlatformError::Quarantined {
+                agent: id.to_string(),
+                violations: violations.clone(),
+            });
+        }
+        let plugin = self
+            .runtime
+            .registry()
+            .get(id)
+            .ok_or_else(|| RunError::PluginNotFound { id: id.to_string() })?;
+        let policy = self.governance.policy(id);
+        if let Some(policy) = policy
+            && !policy.allows_context(context)
+        {
+            return Err(PlatformError::ContextNotAllowed {
+                agent: id.to_string(),
+                context: context.to_string(),
+                allowed: policy.contexts.join(", "),
+            });
+        }
+        Ok((plugin, policy))
+    }
+
+    /// Applies each action, or stores it as a pending approval when the
+    /// plugin's policy requires one.
+    async fn govern_actions(
+        &self,
+        plugin: &str,
+        job: &str,
+        policy: Option<&Policy>,
+        emitted: &[Action],
+    ) -> Result<Vec<ActionOutcome>, StoreError> {
+        let needs_approval = policy.is_some_and(|p| p.approval_required);
+        let mut actions = Vec::with_capacity(emitted.len());
+        for action in emitted {
+            let approval_id = if needs_approval {
+                let record = ApprovalRecord {
+                    id: uuid::Uuid::new_v4().simple().to_string(),
+                    agent_id: plugin.to_string(),
+                    job_id: job.to_string(),
+                    action: action.name.clone(),
+                    args: action.args.clone(),
+                    status: ApprovalStatus::Pending,
+                    approvers: policy.map(|p| p.approvers.clone()).unwrap_or_default(),
+                    created_at: crate::store::now(),
+                    decided_at: None,
+                    decided_by: None,
+                };
+                self.store.insert_approval(&record).await?;
+                Some(record.id)
+            } else {
+                None
+            };
+            actions.push(ActionOutcome {
+                name: action.name.clone(),
+                args: action.args.clone(),
+                status: if approval_id.is_some() {
+                    ActionStatus::PendingApproval
+                } else {
+                    ActionStatus::Applied
+                },
+                approval_id,
+            });
+        }
+        Ok(actions)
+    }
+}
+
+/// Counts a run by plugin and outcome (`bsm_plugin_runs_total`).
+fn counted<T>(plugin: &str, run: Result<T, RunError>) -> Result<T, RunError> {
+    let outcome = match &run {
+        Ok(_) => "ok",
+        Err(e) => e.code(),
+    };
+    metrics::counter!("bsm_plugin_runs_total", "plugin" => plugin.to_string(), "outcome" => outcome)
+        .increment(1);
+    run
+}

@@ -1,0 +1,37 @@
+//! # bsm-platform: the BSM application
+//!
+//! What turns the sandbox into BSM: the original agent layout and its
+//! governance (contexts, approvals, the action allow-list, quarantine of
+//! invalid agents), the embedded database (jobs, runs, approvals, report
+//! index), reports, knowledge documents, and orchestration (events →
+//! pipelines → agents → decision → report).
+//!
+//! Callers use one facade, [`Platform`], built by the one composition root,
+//! [`Platform::build`], from [`PlatformOptions`]: the HTTP server and the CLI
+//! both, so a run from either takes the same governed path.
+//!
+//! Depends on the runtime, the LLM client and the caches; it must not
+//! depend on the HTTP server or the CLI (they depend on it).
+
+pub mod bsm;
+pub mod compose;
+pub mod governed;
+pub mod knowledge_docs;
+pub mod orchestration;
+pub mod platform;
+pub mod reports;
+pub mod settings;
+pub mod store;
+
+pub use compose::{AgentSet, PlatformOptions, PluginSelection};
+pub use governed::{ActionOutcome, ActionStatus, GovernedRun, GovernedStep, PlatformError};
+pub use platform::{AgentView, JobRuns, Platform, RunRow, StorageHealth};
+pub use settings::HostSettings;
+
+/// The crates the facade's types come from, for callers that name them.
+pub use bsm_llm as llm;
+pub use bsm_runtime as runtime;
+
+/// The BSM agent set shipped in this repository (`examples/bsm`, the
+/// original layout): served when no other BSM directory is configured.
+pub const SHIPPED_AGENTS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/bsm");

@@ -1,0 +1,448 @@
+//! Jobs: one event handled by its pipeline. A job is stored when it starts,
+//! streams its progress through the [`JobHub`], records every agent run, and
+//! always reaches an end: a failing or timed-out agent is recorded as failed
+//! and the decision is still made.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio_util::task::TaskTracker;
+
+use super::hub::JobHub;
+use super::pipelines::Pipelines;
+use crate::governed::{ActionOutcome, Governed, GovernedStep, PlatformError};
+use crate::knowledge_docs::KnowledgeSource;
+use crate::reports::ReportStore;
+use crate::store::{JobRecord, JobStatus, StoreError};
+use bsm_runtime::api::{AgentRequest, AgentResult, Contribution, RunContext, RunMode, StepRequest};
+
+/// The outcome of one agent in a job.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentOutcome {
+    pub agent_id: String,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    pub actions: Vec<ActionOutcome>,
+    pub duration_ms: f64,
+}
+
+/// Runs jobs and keeps track of them.
+pub struct Orchestrator {
+    governed: Arc<Governed>,
+    reports: Arc<ReportStore>,
+    knowledge: Arc<KnowledgeSource>,
+    pipelines: Pipelines,
+    hub: JobHub,
+    tasks: TaskTracker,
+}
+
+impl Orchestrator {
+    /// Jobs run their agents and steps through `governed`, write their
+    /// report to `reports` and hand `knowledge` to every agent.
+    pub fn new(
+        governed: Arc<Governed>,
+        reports: Arc<ReportStore>,
+        knowledge: Arc<KnowledgeSource>,
+        pipelines: Pipelines,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            governed,
+            reports,
+            knowledge,
+            pipelines,
+            hub: JobHub::default(),
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    pub fn pipelines(&self) -> &Pipelines {
+        &self.pipelines
+    }
+
+    pub fn hub(&self) -> &JobHub {
+        &self.hub
+    }
+
+    /// Stores a new job for `event` and starts it in the background.
+    pub async fn submit(
+        self: &Arc<Self>,
+        event: String,
+        payload: Value,
+        context: String,
+    ) -> Result<JobRecord, StoreError> {
+        // Without a matching or default pipeline the job fails when it runs,
+        // with the reason; it is still recorded.
+        let pipeline_name = self
+            .pipelines
+            .for_event(&event)
+            .map_or("none", |(name, _)| name)
+            .to_string();
+        let now = crate::store::now();
+        let job = JobRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            event,
+            pipeline: pipeline_name,
+            context,
+            status: JobStatus::Running,
+            payload,
+            result: None,
+            error: None,
+            created_at: now.clone(),
+            updated_at: now,
+        };
+        self.governed.store().insert_job(&job).await?;
+        self.hub.open(&job.id);
+        let this = self.clone();
+        let record = job.clone();
+        self.tasks.spawn(async move { this.run(record).await });
+        Ok(job)
+    }
+
+    /// Stops taking jobs and waits up to `grace` for running ones; those
+    /// still running afterwards are marked interrupted.
+    pub async fn shutdown(&self, grace: Duration) -> usize {
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait()).await.is_ok() {
+            return 0;
+        }
+        let running = self.tasks.len();
+        tracing::warn!(
+            running,
+            "shutting down with jobs still running; they are marked interrupted"
+        );
+        running
+    }
+
+    /// Jobs running now.
+    pub fn running(&self) -> usize {
+        self.tasks.len()
+    }
+
+    async fn run(&self, job: JobRecord) {
+        let started = Instant::now();
+        let id = job.id.clone();
+        self.hub.emit(
+            &id,
+            "job.started",
+            json!({ "jobId": id, "event": job.event, "pipeline": job.pipeline }),
+        );
+        let outcome = self.execute(&job).await;
+        let store = self.governed.store();
+        let stored = match outcome {
+            Ok(result) => {
+                let r = store
+                    .finish_job(&id, JobStatus::Completed, Some(result.clone()), None)
+                    .await;
+                self.hub.emit(&id, "job.finished", json!({ "jobId": id, "status": "completed", "durationMs": started.elapsed().as_secs_f64() * 1e3, "result": result }));
+                r
+            }
+            Err(message) => {
+                let r = store
+                    .finish_job(&id, JobStatus::Failed, None, Some(message.clone()))
+                    .await;
+                self.hub.emit(
+                    &id,
+                    "job.failed",
+                    json!({ "jobId": id, "status": "failed", "error": message }),
+                );
+                r
+            }
+        };
+        if let Err(e) = stored {
+            tracing::error!(job = %id, error = %e, "could not store the job's outcome");
+        }
+    }
+
+    /// The pipeline itself; errors are failures of the job as a whole
+    /// (a routing or decision step that failed), not of single agents.
+    async fn execute(&self, job: &JobRecord) -> Result<Value, String> {
+        let Some((_, pipeline)) = self.pipelines.for_event(&job.event) else {
+            return Err(format!(
+                "no pipeline handles {:?} and there is no default pipeline",
+                job.event
+            ));
+        };
+        let context = RunContext {
+            correlation_id: job.id.clone(),
+            event: Some(job.event.clone()),
+            calling_context: job.context.clone(),
+        };
+        let (agents, mode) = match &pipeline.router {
+            Some(router) => self.route(router, job, &context).await?,
+            None => (pipeline.agents.clone(), pipeline.mode),
+        };
+
+        // Knowledge is loaded once for the whole job and handed to every agent.
+        let mut payload = job.payload.clone();
+        let knowledge = self.knowledge.text().await;
+        if !knowledge.is_empty()
+            && let Some(obj) = payload.as_object_mut()
+        {
+            obj.entry("knowledge").or_insert(Value::String(knowledge));
+        }
+
+        let input = job
+            .payload
+            .get("input")
+            .and_then(Value::as_str)
+            .map(String::from)
+            .unwrap_or_else(|| format!("Handle the event {} with this payload.", job.event));
+        let outcomes = match mode {
+            RunMode::Parallel => {
+                join_all(
+                    agents
+                        .iter()
+                        .map(|a| self.run_agent(job, a, &input, &payload, &context)),
+                )
+                .await
+            }
+            RunMode::Sequential => {
+                let mut out = Vec::new();
+                for a in &agents {
+                    out.push(self.run_agent(job, a, &input, &payload, &context).await);
+                }
+                out
+            }
+        };
+
+        let decision = match &pipeline.decision {
+            Some(step) => Some(self.decide(step, job, &outcomes, &context).await?),
+            None => None,
+        };
+        let mut result =
+            json!({ "agents": outcomes, "mode": mode, "decision": decision, "report": null });
+        if pipeline.report {
+            let markdown = render_report(job, &result);
+            match self
+                .reports
+                .write(
+                    "orchestrator",
+                    &job.id,
+                    &format!("job-{}", job.event),
+                    &markdown,
+                )
+                .await
+            {
+                Ok(r) => {
+                    let reference = json!({ "id": r.id, "name": r.name, "bytes": r.bytes });
+                    self.hub.emit(&job.id, "report", reference.clone());
+                    result["report"] = reference;
+                }
+                Err(e) => {
+                    tracing::warn!(job = %job.id, error = %e, "the job's report could not be written");
+                    result["reportError"] = Value::String(e.to_string());
+                }
+            }
+        }
+        Ok(result)
+    }
+
+    async fn route(
+        &self,
+        router: &str,
+        job: &JobRecord,
+        context: &RunContext,
+    ) -> Result<(Vec<String>, RunMode), String> {
+        let request = StepRequest {
+            event: job.event.clone(),
+            payload: job.payload.clone(),
+            context: context.clone(),
+            results: vec![],
+        };
+        match self
+            .run_step(job, router, request)
+            .await
+            .map_err(|e| format!("routing step {router:?} failed: {e}"))?
+            .run
+            .contribution
+        {
+            Contribution::Route { agents, mode } => {
+                self.hub
+                    .emit(&job.id, "route", json!({ "agents": agents, "mode": mode }));
+                Ok((agents, mode))
+            }
+            other => Err(format!(
+                "routing step {router:?} answered {other:?} instead of a route"
+            )),
+        }
+    }
+
+    async fn run_agent(
+        &self,
+        job: &JobRecord,
+        agent: &str,
+        input: &str,
+        payload: &Value,
+        context: &RunContext,
+    ) -> AgentOutcome {
+        self.hub
+            .emit(&job.id, "agent.started", json!({ "agentId": agent }));
+        let started = Instant::now();
+        let request = AgentRequest {
+            input: input.to_string(),
+            payload: payload.clone(),
+            context: context.clone(),
+        };
+        let result = self.governed.run_agent(agent, request).await;
+        let duration_ms = started.elapsed().as_secs_f64() * 1e3;
+        let outcome = match result {
+            Ok(governed) => AgentOutcome {
+                agent_id: agent.to_string(),
+                ok: true,
+                output: Some(
+                    json!({ "text": governed.run.output.text, "metadata": governed.run.output.metadata }),
+                ),
+                error: None,
+                error_code: None,
+                actions: governed.actions,
+                duration_ms,
+            },
+            Err(e) => AgentOutcome {
+                agent_id: agent.to_string(),
+                ok: false,
+                output: None,
+                error: Some(e.to_string()),
+                error_code: Some(e.code().to_string()),
+                actions: vec![],
+                duration_ms,
+            },
+        };
+        let store = self.governed.store();
+        if let Err(e) = store
+            .insert_agent_run(
+                &job.id,
+                agent,
+                outcome.output.clone(),
+                outcome.error.clone(),
+                duration_ms,
+            )
+            .await
+        {
+            tracing::error!(job = %job.id, agent, error = %e, "could not store the agent run");
+        }
+        let kind = if outcome.ok {
+            "agent.finished"
+        } else {
+            "agent.failed"
+        };
+        self.hub.emit(
+            &job.id,
+            kind,
+            serde_json::to_value(&outcome).unwrap_or(Value::Null),
+        );
+        outcome
+    }
+
+    async fn decide(
+        &self,
+        step: &str,
+        job: &JobRecord,
+        outcomes: &[AgentOutcome],
+        context: &RunContext,
+    ) -> Result<Value, String> {
+        let results = outcomes
+            .iter()
+            .map(|o| AgentResult {
+                agent_id: o.agent_id.clone(),
+                output: o.ok.then(|| bsm_runtime::api::AgentOutput {
+                    text: o
+                        .output
+                        .as_ref()
+                        .and_then(|v| v["text"].as_str())
+                        .unwrap_or_default()
+                        .to_string(),
+                    actions: vec![],
+                    metadata: json!({}),
+                }),
+                error: o.error.clone(),
+            })
+            .collect();
+        let request = StepRequest {
+            event: job.event.clone(),
+            payload: job.payload.clone(),
+            context: context.clone(),
+            results,
+        };
+        let governed = self
+            .run_step(job, step, request)
+            .await
+            .map_err(|e| format!("decision step {step:?} failed: {e}"))?;
+        let mut decision = serde_json::to_value(&governed.run.contribution).unwrap_or(Value::Null);
+        // The decision's actions as governance left them (applied or pending).
+        decision["actions"] = serde_json::to_value(&governed.actions).unwrap_or(Value::Null);
+        self.hub.emit(&job.id, "decision", decision.clone());
+        Ok(decision)
+    }
+
+    /// Runs a step of the job through governance and records the run.
+    async fn run_step(
+        &self,
+        job: &JobRecord,
+        step: &str,
+        request: StepRequest,
+    ) -> Result<GovernedStep, PlatformError> {
+        let started = Instant::now();
+        let result = self.governed.run_step(step, request).await;
+        let (output, error) = match &result {
+            Ok(g) => (serde_json::to_value(&g.run.contribution).ok(), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        let duration_ms = started.elapsed().as_secs_f64() * 1e3;
+        if let Err(e) = self
+            .governed
+            .store()
+            .insert_step_run(&job.id, step, output, error, duration_ms)
+            .await
+        {
+            tracing::error!(job = %job.id, step, error = %e, "could not store the step run");
+        }
+        result
+    }
+}
+
+/// A markdown summary of a job.
+fn render_report(job: &JobRecord, result: &Value) -> String {
+    let mut md = format!(
+        "# Job {}\n\n- Event: `{}`\n- Pipeline: `{}`\n- Context: `{}`\n- Started: {}\n\n## Agents\n\n| agent | result | duration |\n|---|---|---|\n",
+        job.id, job.event, job.pipeline, job.context, job.created_at
+    );
+    for a in result["agents"].as_array().into_iter().flatten() {
+        let status = if a["ok"].as_bool() == Some(true) {
+            "ok".to_string()
+        } else {
+            format!("failed: {}", a["error"].as_str().unwrap_or(""))
+        };
+        md.push_str(&format!(
+            "| {} | {} | {:.0} ms |\n",
+            a["agentId"].as_str().unwrap_or(""),
+            status.replace('|', "\\|"),
+            a["durationMs"].as_f64().unwrap_or(0.0)
+        ));
+    }
+    if let Some(d) = result["decision"].as_object() {
+        md.push_str(&format!(
+            "\n## Decision\n\n**{}**: {}\n",
+            d.get("verdict").and_then(Value::as_str).unwrap_or(""),
+            d.get("reason").and_then(Value::as_str).unwrap_or("")
+        ));
+    }
+    for a in result["agents"].as_array().into_iter().flatten() {
+        if let Some(text) = a["output"]["text"].as_str() {
+            md.push_str(&format!(
+                "\n## {}\n\n{}\n",
+                a["agentId"].as_str().unwrap_or(""),
+                text
+            ));
+        }
+    }
+    md
+}

@@ -1,0 +1,466 @@
+//! [`Platform`]: the application behind the HTTP API and the CLI, as a
+//! small set of methods. Callers never reach into its parts (runtime,
+//! governance, database, reports, LLM client, orchestrator): what they may
+//! do is what these methods offer, so the server's handlers stay thin and
+//! the CLI takes the same governed path as the server.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use crate::bsm::governance::{KNOWN_CONTEXTS, Policy, Violation};
+use crate::governed::{Governed, GovernedRun, GovernedStep, PlatformError};
+use crate::knowledge_docs::KnowledgeSource;
+use crate::orchestration::{JobEvent, Orchestrator, Pipelines};
+use crate::reports::{ReportRecord, ReportStore};
+use crate::store::{ApprovalRecord, ApprovalStatus, DecideError, JobRecord, StoreError};
+use bsm_cache::StatsSnapshot;
+use bsm_llm::LlmClient;
+use bsm_llm::breaker::{CircuitBreaker, Snapshot as BreakerSnapshot, State as BreakerState};
+use bsm_runtime::api::{AgentRequest, StepRequest};
+use bsm_runtime::{Plugin, PluginKind};
+
+/// An agent as listings show it: served, or quarantined with its violations.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentView {
+    pub id: String,
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub actions: Vec<String>,
+    pub governance: Option<Policy>,
+    /// `active` or `quarantined`.
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub violations: Vec<Violation>,
+}
+
+/// A job with the plugin runs recorded for it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRuns {
+    pub agent_runs: Vec<RunRow>,
+    pub step_runs: Vec<RunRow>,
+}
+
+/// One recorded plugin run of a job.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRow {
+    pub plugin_id: String,
+    pub ok: bool,
+    pub duration_ms: f64,
+}
+
+/// What the storage health check found.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageHealth {
+    /// "ok" or the database error.
+    pub database: String,
+    pub reports_writable: bool,
+}
+
+impl StorageHealth {
+    pub fn healthy(&self) -> bool {
+        self.database == "ok" && self.reports_writable
+    }
+}
+
+/// Counters the JSON metrics summary reports (Prometheus has the detail).
+#[derive(Default)]
+pub(crate) struct Activity {
+    pub runs_ok: AtomicU64,
+    pub runs_failed: AtomicU64,
+    pub jobs_submitted: AtomicU64,
+}
+
+/// The BSM application. Built by [`Platform::build`](crate::compose) from
+/// settings; shared behind an `Arc`.
+pub struct Platform {
+    pub(crate) governed: Arc<Governed>,
+    pub(crate) orchestrator: Arc<Orchestrator>,
+    pub(crate) reports: Arc<ReportStore>,
+    pub(crate) llm: Option<Arc<LlmClient>>,
+    pub(crate) knowledge: Arc<KnowledgeSource>,
+    pub(crate) quarantined: Vec<AgentView>,
+    pub(crate) activity: Activity,
+    pub(crate) started_at: Instant,
+}
+
+impl Platform {
+    // ---- runs ----
+
+    /// Runs an agent under its governance (context, quarantine, approvals).
+    pub async fn run_agent(
+        &self,
+        agent: &str,
+        request: AgentRequest,
+    ) -> Result<GovernedRun, PlatformError> {
+        self.counted(self.governed.run_agent(agent, request).await)
+    }
+
+    /// Runs a step under its governance; a decision's actions are governed
+    /// like an agent's.
+    pub async fn run_step(
+        &self,
+        step: &str,
+        request: StepRequest,
+    ) -> Result<GovernedStep, PlatformError> {
+        self.counted(self.governed.run_step(step, request).await)
+    }
+
+    fn counted<T>(&self, result: Result<T, PlatformError>) -> Result<T, PlatformError> {
+        let counter = if result.is_ok() {
+            &self.activity.runs_ok
+        } else {
+            &self.activity.runs_failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    /// Is `id` a plugin or BSM agent this platform knows (served or
+    /// quarantined)?
+    pub fn knows(&self, id: &str) -> bool {
+        self.governed.runtime().registry().get(id).is_some()
+            || self.governed.governance().is_quarantined(id)
+    }
+
+    /// Refuses a context no agent can be governed in.
+    pub fn check_context(&self, context: &str) -> Result<(), PlatformError> {
+        if KNOWN_CONTEXTS.contains(&context) {
+            Ok(())
+        } else {
+            Err(PlatformError::UnknownContext {
+                context: context.to_string(),
+                known: KNOWN_CONTEXTS.join(", "),
+            })
+        }
+    }
+
+    // ---- agents and plugins ----
+
+    /// Every agent: served ones first (by id), then the quarantined.
+    pub fn agents(&self) -> Vec<AgentView> {
+        let mut agents: Vec<AgentView> = self
+            .governed
+            .runtime()
+            .registry()
+            .list()
+            .iter()
+            .filter(|p| p.kind() == PluginKind::Agent)
+            .map(|p| self.agent_view(p))
+            .collect();
+        agents.extend(self.quarantined.iter().cloned());
+        agents
+    }
+
+    /// One agent, served or quarantined.
+    pub fn agent(&self, id: &str) -> Option<AgentView> {
+        match self.governed.runtime().registry().get(id) {
+            Some(p) if p.kind() == PluginKind::Agent => Some(self.agent_view(&p)),
+            Some(_) => None,
+            None => self.quarantined.iter().find(|a| a.id == id).cloned(),
+        }
+    }
+
+    /// Agents not served, with their violations.
+    pub fn quarantined(&self) -> &[AgentView] {
+        &self.quarantined
+    }
+
+    fn agent_view(&self, p: &Plugin) -> AgentView {
+        AgentView {
+            id: p.id().to_string(),
+            name: p.described.name.clone(),
+            version: p.manifest.version.clone(),
+            description: p.described.description.clone(),
+            actions: p.manifest.allowed_actions.clone(),
+            governance: self.governed.governance().policy(p.id()).cloned(),
+            status: "active",
+            violations: Vec::new(),
+        }
+    }
+
+    /// Every loaded plugin (agents, BSM agent instances and steps), by id.
+    pub fn plugins(&self) -> Vec<Arc<Plugin>> {
+        self.governed.runtime().registry().list()
+    }
+
+    /// The current version of one plugin.
+    pub fn plugin(&self, id: &str) -> Option<Arc<Plugin>> {
+        self.governed.runtime().registry().get(id)
+    }
+
+    // ---- jobs ----
+
+    /// Stores a job for `event` and starts it in the background. The job's
+    /// event channel is open before this returns, so a subscriber that
+    /// comes afterwards cannot miss its end.
+    pub async fn submit_job(
+        &self,
+        event: String,
+        payload: Value,
+        context: String,
+    ) -> Result<JobRecord, PlatformError> {
+        self.check_context(&context)?;
+        self.activity.jobs_submitted.fetch_add(1, Ordering::Relaxed);
+        Ok(self.orchestrator.submit(event, payload, context).await?)
+    }
+
+    pub async fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        self.governed.store().job(id).await
+    }
+
+    /// The agent and step runs recorded for a job.
+    pub async fn job_runs(&self, id: &str) -> Result<JobRuns, StoreError> {
+        let rows = |runs: Vec<(String, bool, f64)>| {
+            runs.into_iter()
+                .map(|(plugin_id, ok, duration_ms)| RunRow {
+                    plugin_id,
+                    ok,
+                    duration_ms,
+                })
+                .collect()
+        };
+        let store = self.governed.store();
+        Ok(JobRuns {
+            agent_runs: rows(store.agent_runs(id).await?),
+            step_runs: rows(store.step_runs(id).await?),
+        })
+    }
+
+    /// A job's events so far and, while it runs, a receiver of the next
+    /// ones. `None` when the job is not in memory (e.g. after a restart).
+    pub fn subscribe_job(
+        &self,
+        id: &str,
+    ) -> Option<(Vec<JobEvent>, Option<broadcast::Receiver<JobEvent>>)> {
+        self.orchestrator.hub().subscribe(id)
+    }
+
+    /// Waits until the job ends or `timeout` passes; true if it ended.
+    pub async fn wait_for_job(&self, id: &str, timeout: Duration) -> bool {
+        let Some((history, rx)) = self.subscribe_job(id) else {
+            return true;
+        };
+        if history.iter().any(JobEvent::is_terminal) {
+            return true;
+        }
+        let Some(mut rx) = rx else { return true };
+        let waiting = async {
+            loop {
+                match rx.recv().await {
+                    Ok(event) if event.is_terminal() => return,
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        };
+        tokio::time::timeout(timeout, waiting).await.is_ok()
+    }
+
+    pub fn pipelines(&self) -> &Pipelines {
+        self.orchestrator.pipelines()
+    }
+
+    /// Jobs running now.
+    pub fn jobs_running(&self) -> usize {
+        self.orchestrator.running()
+    }
+
+    /// Stops taking jobs, lets running ones finish within `grace`, and
+    /// marks the rest interrupted. Returns how many were marked.
+    pub async fn shutdown(&self, grace: Duration) -> Result<usize, StoreError> {
+        if self.orchestrator.shutdown(grace).await == 0 {
+            return Ok(0);
+        }
+        self.governed.store().interrupt_running().await
+    }
+
+    // ---- reports and approvals ----
+
+    pub async fn reports(&self) -> Vec<ReportRecord> {
+        self.reports.list().await
+    }
+
+    /// One report with its markdown.
+    pub async fn report(&self, id: &str) -> Option<(ReportRecord, String)> {
+        self.reports.get(id).await
+    }
+
+    pub async fn approvals(
+        &self,
+        status: Option<ApprovalStatus>,
+    ) -> Result<Vec<ApprovalRecord>, StoreError> {
+        self.governed.store().approvals(status).await
+    }
+
+    pub async fn decide_approval(
+        &self,
+        id: &str,
+        approve: bool,
+        by: &str,
+    ) -> Result<ApprovalRecord, DecideError> {
+        self.governed.store().decide_approval(id, approve, by).await
+    }
+
+    // ---- operations ----
+
+    /// Counters of every host cache, by name.
+    pub fn cache_stats(&self) -> BTreeMap<String, StatsSnapshot> {
+        let mut stats: BTreeMap<String, StatsSnapshot> = self
+            .governed
+            .runtime()
+            .cache_stats()
+            .into_iter()
+            .map(|(name, s)| (name.to_string(), s))
+            .collect();
+        stats.insert("knowledge".into(), self.knowledge.stats());
+        stats
+    }
+
+    /// Empties one cache by name, or all with `None`; false for an unknown name.
+    pub fn clear_cache(&self, name: Option<&str>) -> bool {
+        let knowledge = matches!(name, None | Some("knowledge"));
+        if knowledge {
+            self.knowledge.invalidate_all();
+        }
+        self.governed.runtime().clear_cache(name) || knowledge
+    }
+
+    /// The names of the caches [`Platform::clear_cache`] knows.
+    pub fn cache_names(&self) -> Vec<String> {
+        self.cache_stats().into_keys().collect()
+    }
+
+    pub fn llm_configured(&self) -> bool {
+        self.llm.is_some()
+    }
+
+    /// Every LLM provider's circuit breaker.
+    pub fn breakers(&self) -> Vec<BreakerSnapshot> {
+        self.llm
+            .iter()
+            .flat_map(|c| c.breakers().map(CircuitBreaker::snapshot))
+            .collect()
+    }
+
+    /// Closes a breaker and clears its window; `None` for an unknown name.
+    pub fn reset_breaker(&self, name: &str) -> Option<BreakerSnapshot> {
+        let breaker = self.llm.as_ref()?.breaker(name)?;
+        breaker.reset();
+        Some(breaker.snapshot())
+    }
+
+    /// Forces a breaker open (calls fail fast) until reset.
+    pub fn isolate_breaker(&self, name: &str) -> Option<BreakerSnapshot> {
+        let breaker = self.llm.as_ref()?.breaker(name)?;
+        breaker.isolate();
+        Some(breaker.snapshot())
+    }
+
+    /// Checks the database and that reports can be written.
+    pub async fn storage_health(&self) -> StorageHealth {
+        let database = match self.governed.store().ping().await {
+            Ok(()) => "ok".to_string(),
+            Err(e) => e.to_string(),
+        };
+        let probe = self.reports.dir().join(".health-probe");
+        let reports_writable = tokio::fs::write(&probe, b"ok")
+            .await
+            .and_then(|_| std::fs::remove_file(&probe))
+            .is_ok();
+        StorageHealth {
+            database,
+            reports_writable,
+        }
+    }
+
+    /// How long the platform has been up.
+    pub fn uptime(&self) -> Duration {
+        self.started_at.elapsed()
+    }
+
+    /// Sets the gauges a Prometheus scrape reads (in-flight and queued runs
+    /// per plugin, breaker states, cache counters, running jobs, quarantine).
+    pub fn publish_gauges(&self) {
+        for p in self.plugins() {
+            let id = p.id().to_string();
+            metrics::gauge!("bsm_plugin_in_flight", "plugin" => id.clone())
+                .set(p.in_flight() as f64);
+            metrics::gauge!("bsm_plugin_queue_depth", "plugin" => id).set(p.queued() as f64);
+        }
+        for s in self.breakers() {
+            let code = match s.state {
+                BreakerState::Closed => 0.0,
+                BreakerState::Open => 1.0,
+                BreakerState::HalfOpen => 2.0,
+                BreakerState::ForcedOpen => 3.0,
+                BreakerState::Disabled => 4.0,
+            };
+            metrics::gauge!("bsm_circuit_breaker_state", "breaker" => s.name.clone()).set(code);
+            metrics::gauge!("bsm_circuit_breaker_not_permitted_total", "breaker" => s.name)
+                .set(s.not_permitted_calls as f64);
+        }
+        for (name, s) in self.cache_stats() {
+            for (event, value) in [
+                ("hits", s.hits),
+                ("misses", s.misses),
+                ("loads", s.loads),
+                ("coalesced", s.coalesced),
+                ("evictions", s.evictions),
+            ] {
+                metrics::gauge!("bsm_cache_events", "cache" => name.clone(), "event" => event)
+                    .set(value as f64);
+            }
+        }
+        metrics::gauge!("bsm_jobs_running").set(self.jobs_running() as f64);
+        metrics::gauge!("bsm_agents_quarantined").set(self.quarantined.len() as f64);
+    }
+
+    /// The JSON summary of `/api/metrics` (the original BSM's monitoring
+    /// path): what runs, how it went, and what it costs.
+    pub fn summary(&self) -> Value {
+        let plugins = self.plugins();
+        let active_agents = plugins
+            .iter()
+            .filter(|p| p.kind() == PluginKind::Agent)
+            .count();
+        serde_json::json!({
+            "uptimeSeconds": self.uptime().as_secs(),
+            "memory": { "rssBytes": resident_bytes() },
+            "agents": { "active": active_agents, "quarantined": self.quarantined.len() },
+            "plugins": {
+                "loaded": plugins.len(),
+                "inFlight": plugins.iter().map(|p| p.in_flight()).sum::<usize>(),
+                "queued": plugins.iter().map(|p| p.queued()).sum::<usize>(),
+            },
+            "runs": {
+                "ok": self.activity.runs_ok.load(Ordering::Relaxed),
+                "failed": self.activity.runs_failed.load(Ordering::Relaxed),
+            },
+            "jobs": {
+                "submitted": self.activity.jobs_submitted.load(Ordering::Relaxed),
+                "running": self.jobs_running(),
+            },
+            "caches": self.cache_stats(),
+            "circuitBreakers": self.breakers(),
+        })
+    }
+}
+
+/// The process's resident memory (Linux; 0 elsewhere).
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}

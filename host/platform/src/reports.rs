@@ -1,0 +1,350 @@
+//! Markdown reports, written without blocking the async runtime's threads and
+//! atomically (temporary file, fsync, rename, fsync of the directory): a
+//! crash never leaves a half-written report. Names are sanitised; an
+//! append-only index records id, plugin, job, name, size and time.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bsm_runtime::bindings::reports::{Error as WitReportError, ReportRef};
+use bsm_runtime::capabilities::reports::ReportSink;
+use serde::{Deserialize, Serialize};
+
+/// Longest report name accepted.
+pub const MAX_NAME_BYTES: usize = 128;
+const INDEX_FILE: &str = "index.jsonl";
+const TMP_PREFIX: &str = ".tmp-";
+
+/// One entry of the report index.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportRecord {
+    pub id: String,
+    pub plugin: String,
+    /// The job (correlation id) the report belongs to.
+    pub job: String,
+    pub name: String,
+    /// Path relative to the report directory.
+    pub file: String,
+    pub bytes: u64,
+    /// RFC 3339 UTC.
+    pub created_at: String,
+}
+
+/// Why a report was not written.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ReportError {
+    #[error("invalid report name {name:?}: {reason}")]
+    InvalidName { name: String, reason: String },
+    #[error("{0}")]
+    Storage(String),
+}
+
+/// Where the report index lives: a JSON-lines file beside the reports
+/// (the CLI), or the embedded database (the server).
+#[async_trait::async_trait]
+pub trait ReportIndex: Send + Sync {
+    async fn append(&self, record: &ReportRecord) -> Result<(), String>;
+    /// Every record, oldest first.
+    async fn all(&self) -> Vec<ReportRecord>;
+
+    /// One record by id (a scan unless the index can look it up).
+    async fn find(&self, id: &str) -> Option<ReportRecord> {
+        self.all().await.into_iter().find(|r| r.id == id)
+    }
+}
+
+/// `index.jsonl` in the report directory. Appends are serialised; a torn
+/// last line (a crash during an append) is skipped when read.
+pub struct JsonlIndex {
+    path: PathBuf,
+    lock: tokio::sync::Mutex<()>,
+}
+
+#[async_trait::async_trait]
+impl ReportIndex for JsonlIndex {
+    async fn append(&self, record: &ReportRecord) -> Result<(), String> {
+        let mut line = serde_json::to_vec(record).expect("a record serialises");
+        line.push(b'\n');
+        let path = self.path.clone();
+        let _guard = self.lock.lock().await;
+        tokio::task::spawn_blocking(move || {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| storage_error(&path, "open the report index", &e).to_string())?;
+            f.write_all(&line)
+                .map_err(|e| storage_error(&path, "append to the report index", &e).to_string())?;
+            f.sync_data()
+                .map_err(|e| storage_error(&path, "sync the report index", &e).to_string())
+        })
+        .await
+        .map_err(|e| format!("report index task failed: {e}"))?
+    }
+
+    async fn all(&self) -> Vec<ReportRecord> {
+        let text = tokio::fs::read_to_string(&self.path)
+            .await
+            .unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+/// The report directory and its index.
+pub struct ReportStore {
+    dir: PathBuf,
+    index: Arc<dyn ReportIndex>,
+}
+
+impl ReportStore {
+    /// Opens (creating if needed) a report directory with its `index.jsonl`,
+    /// and removes temporary files left by a crash.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Arc<Self>, ReportError> {
+        let dir = dir.into();
+        let index = Arc::new(JsonlIndex {
+            path: dir.join(INDEX_FILE),
+            lock: tokio::sync::Mutex::new(()),
+        });
+        Self::open_with_index(dir, index)
+    }
+
+    /// Opens a report directory whose index lives elsewhere (the database).
+    pub fn open_with_index(
+        dir: impl Into<PathBuf>,
+        index: Arc<dyn ReportIndex>,
+    ) -> Result<Arc<Self>, ReportError> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| storage_error(&dir, "create the report directory", &e))?;
+        remove_leftovers(&dir);
+        Ok(Arc::new(Self { dir, index }))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes a report atomically and records it in the index.
+    pub async fn write(
+        &self,
+        plugin: &str,
+        job: &str,
+        name: &str,
+        markdown: &str,
+    ) -> Result<ReportRecord, ReportError> {
+        let name = sanitize_name(name)?;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let file = format!("{}/{id}-{name}", sanitize_segment(plugin));
+        let target = self.dir.join(&file);
+        let bytes = markdown.as_bytes().to_vec();
+        let size = bytes.len() as u64;
+        tokio::task::spawn_blocking(move || write_atomically(&target, &bytes))
+            .await
+            .map_err(|e| ReportError::Storage(format!("report writer task failed: {e}")))??;
+        let record = ReportRecord {
+            id,
+            plugin: plugin.to_string(),
+            job: job.to_string(),
+            name,
+            file,
+            bytes: size,
+            created_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        };
+        self.index
+            .append(&record)
+            .await
+            .map_err(ReportError::Storage)?;
+        Ok(record)
+    }
+
+    /// Every indexed report whose file exists, oldest first.
+    pub async fn list(&self) -> Vec<ReportRecord> {
+        let mut records = Vec::new();
+        for r in self.index.all().await {
+            if tokio::fs::try_exists(self.dir.join(&r.file))
+                .await
+                .unwrap_or(false)
+            {
+                records.push(r);
+            }
+        }
+        records
+    }
+
+    /// A report's record and content.
+    pub async fn get(&self, id: &str) -> Option<(ReportRecord, String)> {
+        let record = self.index.find(id).await?;
+        let text = tokio::fs::read_to_string(self.dir.join(&record.file))
+            .await
+            .ok()?;
+        Some((record, text))
+    }
+}
+
+/// Accepts a plain file name: no directories, no `..`, no absolute paths, no
+/// control characters; `.md` is added when missing.
+pub fn sanitize_name(name: &str) -> Result<String, ReportError> {
+    let invalid = |reason: &str| ReportError::InvalidName {
+        name: name.to_string(),
+        reason: reason.to_string(),
+    };
+    let trimmed = name.trim();
+    if trimmed.is_empty() {
+        return Err(invalid("the name is empty"));
+    }
+    if trimmed.starts_with('/') || trimmed.starts_with('\\') || trimmed.get(1..2) == Some(":") {
+        return Err(invalid("absolute paths are not allowed"));
+    }
+    if trimmed.contains('/') || trimmed.contains('\\') {
+        return Err(invalid("the name may not contain path separators"));
+    }
+    if trimmed == "." || trimmed == ".." || trimmed.starts_with('.') {
+        return Err(invalid("the name may not start with a dot"));
+    }
+    if trimmed.chars().any(|c| c.is_control()) {
+        return Err(invalid("control characters are not allowed"));
+    }
+    if trimmed.len() > MAX_NAME_BYTES {
+        return Err(invalid(&format!("longer than {MAX_NAME_BYTES} bytes")));
+    }
+    let mut clean: String = trimmed
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if !clean.ends_with(".md") {
+        clean.push_str(".md");
+    }
+    Ok(clean)
+}
+
+/// A directory name derived from a plugin id (ids are already restricted;
+/// this is a second fence).
+fn sanitize_segment(s: &str) -> String {
+    let clean: String = s
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        .collect();
+    if clean.is_empty() {
+        "unknown".into()
+    } else {
+        clean
+    }
+}
+
+fn storage_error(path: &Path, action: &str, e: &std::io::Error) -> ReportError {
+    let why = match e.raw_os_error() {
+        Some(28) => "the disk is full".to_string(),
+        Some(30) => "the file system is read-only".to_string(),
+        _ => e.to_string(),
+    };
+    ReportError::Storage(format!("cannot {action} at {}: {why}", path.display()))
+}
+
+/// Temporary file in the same directory, fsync, rename over the target,
+/// fsync of the directory so the rename itself is durable.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
+    let dir = path.parent().expect("report paths have a parent");
+    std::fs::create_dir_all(dir)
+        .map_err(|e| storage_error(dir, "create the report directory", &e))?;
+    let tmp = dir.join(format!("{TMP_PREFIX}{}", uuid::Uuid::new_v4().simple()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)
+            .map_err(|e| storage_error(&tmp, "create the report", &e))?;
+        f.write_all(bytes)
+            .map_err(|e| storage_error(&tmp, "write the report", &e))?;
+        f.sync_all()
+            .map_err(|e| storage_error(&tmp, "sync the report", &e))?;
+        std::fs::rename(&tmp, path)
+            .map_err(|e| storage_error(path, "move the report into place", &e))?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Removes `.tmp-*` files (reports whose write never finished) below `dir`.
+fn remove_leftovers(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            remove_leftovers(&path);
+        } else if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// The `reports` capability writes through the store: a bad name is the
+/// plugin's error, anything else a storage failure.
+#[async_trait::async_trait]
+impl ReportSink for ReportStore {
+    async fn write(
+        &self,
+        plugin_id: &str,
+        job_id: &str,
+        name: &str,
+        markdown: &str,
+    ) -> Result<ReportRef, WitReportError> {
+        let record = ReportStore::write(self, plugin_id, job_id, name, markdown)
+            .await
+            .map_err(|e| match e {
+                ReportError::InvalidName { .. } => WitReportError::InvalidName(e.to_string()),
+                ReportError::Storage(m) => WitReportError::Storage(m),
+            })?;
+        Ok(ReportRef {
+            id: record.id,
+            name: record.name,
+            bytes: record.bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_sanitised_and_traversal_refused() {
+        assert_eq!(sanitize_name("review").unwrap(), "review.md");
+        assert_eq!(
+            sanitize_name("PR 42: review.md").unwrap(),
+            "PR-42--review.md"
+        );
+        assert_eq!(sanitize_name("تقرير").unwrap(), "تقرير.md");
+        for bad in [
+            "",
+            "  ",
+            "../x",
+            "a/../../b",
+            "/etc/passwd",
+            "C:\\x",
+            "..",
+            ".hidden",
+            "a\nb",
+            &"x".repeat(200),
+        ] {
+            assert!(
+                matches!(sanitize_name(bad), Err(ReportError::InvalidName { .. })),
+                "{bad:?} accepted"
+            );
+        }
+    }
+}

@@ -1,0 +1,519 @@
+//! The embedded database (SQLite, one file): jobs, agent runs, decisions
+//! (with their job), the report index and approvals, so they survive a
+//! restart. No external service is needed.
+//!
+//! One connection behind a mutex, used on blocking threads: SQLite
+//! serialises writes anyway, and WAL mode keeps readers from waiting on them.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::reports::{ReportIndex, ReportRecord};
+
+/// A database failure, with what was being done.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("database: {0}")]
+pub struct StoreError(pub String);
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Running,
+    Completed,
+    Failed,
+    /// The process stopped while the job was running.
+    Interrupted,
+}
+
+impl JobStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Running => "running",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+            JobStatus::Interrupted => "interrupted",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "completed" => JobStatus::Completed,
+            "failed" => JobStatus::Failed,
+            "interrupted" => JobStatus::Interrupted,
+            _ => JobStatus::Running,
+        }
+    }
+
+    pub fn is_finished(self) -> bool {
+        self != JobStatus::Running
+    }
+}
+
+/// A stored job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRecord {
+    pub id: String,
+    pub event: String,
+    pub pipeline: String,
+    pub context: String,
+    pub status: JobStatus,
+    pub payload: Value,
+    /// Agent results, decision and report, once known.
+    pub result: Option<Value>,
+    pub error: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// Where an approval is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovalStatus {
+    Pending,
+    Approved,
+    Rejected,
+}
+
+impl ApprovalStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            ApprovalStatus::Pending => "pending",
+            ApprovalStatus::Approved => "approved",
+            ApprovalStatus::Rejected => "rejected",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "approved" => ApprovalStatus::Approved,
+            "rejected" => ApprovalStatus::Rejected,
+            _ => ApprovalStatus::Pending,
+        }
+    }
+}
+
+/// An action waiting for (or past) a human or automated approval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalRecord {
+    pub id: String,
+    pub agent_id: String,
+    /// The job or request (correlation id) the action came from.
+    pub job_id: String,
+    pub action: String,
+    pub args: Value,
+    pub status: ApprovalStatus,
+    pub approvers: Vec<String>,
+    pub created_at: String,
+    pub decided_at: Option<String>,
+    pub decided_by: Option<String>,
+}
+
+/// Why an approval decision was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecideError {
+    #[error("no approval with id {0:?}")]
+    NotFound(String),
+    #[error("approval {id:?} was already {status:?}")]
+    AlreadyDecided { id: String, status: ApprovalStatus },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub fn now() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+/// The database.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, event TEXT NOT NULL, pipeline TEXT NOT NULL, context TEXT NOT NULL,
+    status TEXT NOT NULL, payload TEXT NOT NULL, result TEXT, error TEXT,
+    created_at TEXT NOT NULL, updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
+CREATE TABLE IF NOT EXISTS agent_runs (
+    job_id TEXT NOT NULL, agent_id TEXT NOT NULL, ok INTEGER NOT NULL, output TEXT, error TEXT,
+    duration_ms REAL NOT NULL, created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS agent_runs_job ON agent_runs(job_id);
+CREATE TABLE IF NOT EXISTS step_runs (
+    job_id TEXT NOT NULL, step_id TEXT NOT NULL, ok INTEGER NOT NULL, output TEXT, error TEXT,
+    duration_ms REAL NOT NULL, created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS step_runs_job ON step_runs(job_id);
+CREATE TABLE IF NOT EXISTS reports (
+    id TEXT PRIMARY KEY, plugin TEXT NOT NULL, job TEXT NOT NULL, name TEXT NOT NULL, file TEXT NOT NULL,
+    bytes INTEGER NOT NULL, created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS approvals (
+    id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, job_id TEXT NOT NULL, action TEXT NOT NULL, args TEXT NOT NULL,
+    status TEXT NOT NULL, approvers TEXT NOT NULL, created_at TEXT NOT NULL, decided_at TEXT, decided_by TEXT
+);
+";
+
+impl Store {
+    /// Opens (creating) the database and marks jobs that were running when
+    /// the process last stopped as interrupted. Returns how many were.
+    pub fn open(path: &Path) -> Result<(Self, usize), StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let conn = Connection::open(path)
+            .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+        // Several processes may share a data directory (`bsm serve` and CLI
+        // runs): wait for each other's write locks instead of failing.
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(db_err)?;
+        conn.execute_batch(SCHEMA).map_err(db_err)?;
+        migrate(&conn).map_err(db_err)?;
+        let interrupted = interrupt_orphans(&conn).map_err(db_err)?;
+        Ok((
+            Self {
+                conn: Arc::new(Mutex::new(conn)),
+            },
+            interrupted,
+        ))
+    }
+
+    /// Marks every running job interrupted (at shutdown, after the grace
+    /// period). Returns how many were.
+    pub async fn interrupt_running(&self) -> Result<usize, StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE jobs SET status = 'interrupted', error = 'the server shut down before the job finished', updated_at = ?1 WHERE status = 'running' AND owner_pid = ?2",
+                params![now(), std::process::id()],
+            )
+        })
+        .await
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&conn).map_err(db_err)
+        })
+        .await
+        .map_err(db_err)?
+    }
+
+    /// Checks the database answers (for health endpoints).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.with(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
+    }
+
+    pub async fn insert_job(&self, job: &JobRecord) -> Result<(), StoreError> {
+        let j = job.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO jobs (id, event, pipeline, context, status, payload, result, error, created_at, updated_at, owner_pid) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![j.id, j.event, j.pipeline, j.context, j.status.as_str(), j.payload.to_string(), j.result.map(|r| r.to_string()), j.error, j.created_at, j.updated_at, std::process::id()],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    pub async fn finish_job(
+        &self,
+        id: &str,
+        status: JobStatus,
+        result: Option<Value>,
+        error: Option<String>,
+    ) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE jobs SET status = ?2, result = ?3, error = ?4, updated_at = ?5 WHERE id = ?1",
+                params![id, status.as_str(), result.map(|r| r.to_string()), error, now()],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    pub async fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        let id = id.to_string();
+        self.with(move |c| {
+            c.query_row("SELECT id, event, pipeline, context, status, payload, result, error, created_at, updated_at FROM jobs WHERE id = ?1", params![id], job_row)
+                .optional()
+        })
+        .await
+    }
+
+    /// The newest jobs first.
+    pub async fn jobs(&self, limit: u32) -> Result<Vec<JobRecord>, StoreError> {
+        self.with(move |c| {
+            let mut stmt = c.prepare("SELECT id, event, pipeline, context, status, payload, result, error, created_at, updated_at FROM jobs ORDER BY created_at DESC LIMIT ?1")?;
+            stmt.query_map(params![limit], job_row)?.collect()
+        })
+        .await
+    }
+
+    pub async fn insert_agent_run(
+        &self,
+        job_id: &str,
+        agent_id: &str,
+        output: Option<Value>,
+        error: Option<String>,
+        duration_ms: f64,
+    ) -> Result<(), StoreError> {
+        let (job_id, agent_id) = (job_id.to_string(), agent_id.to_string());
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO agent_runs (job_id, agent_id, ok, output, error, duration_ms, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![job_id, agent_id, error.is_none(), output.map(|o| o.to_string()), error, duration_ms, now()],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// Records a step run (routing or decision) of a job.
+    pub async fn insert_step_run(
+        &self,
+        job_id: &str,
+        step_id: &str,
+        output: Option<Value>,
+        error: Option<String>,
+        duration_ms: f64,
+    ) -> Result<(), StoreError> {
+        let (job_id, step_id) = (job_id.to_string(), step_id.to_string());
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO step_runs (job_id, step_id, ok, output, error, duration_ms, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![job_id, step_id, error.is_none(), output.map(|o| o.to_string()), error, duration_ms, now()],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// Step runs recorded for a job: (step, ok, duration ms).
+    pub async fn step_runs(&self, job_id: &str) -> Result<Vec<(String, bool, f64)>, StoreError> {
+        let job_id = job_id.to_string();
+        self.with(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT step_id, ok, duration_ms FROM step_runs WHERE job_id = ?1 ORDER BY rowid",
+            )?;
+            stmt.query_map(params![job_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
+        })
+        .await
+    }
+
+    /// Agent runs recorded for a job: (agent, ok, duration ms).
+    pub async fn agent_runs(&self, job_id: &str) -> Result<Vec<(String, bool, f64)>, StoreError> {
+        let job_id = job_id.to_string();
+        self.with(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT agent_id, ok, duration_ms FROM agent_runs WHERE job_id = ?1 ORDER BY rowid",
+            )?;
+            stmt.query_map(params![job_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
+        })
+        .await
+    }
+
+    pub async fn insert_approval(&self, a: &ApprovalRecord) -> Result<(), StoreError> {
+        let a = a.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO approvals (id, agent_id, job_id, action, args, status, approvers, created_at, decided_at, decided_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![a.id, a.agent_id, a.job_id, a.action, a.args.to_string(), a.status.as_str(), serde_json::to_string(&a.approvers).unwrap_or_default(), a.created_at, a.decided_at, a.decided_by],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// Approvals, optionally only those with `status`, newest first.
+    pub async fn approvals(
+        &self,
+        status: Option<ApprovalStatus>,
+    ) -> Result<Vec<ApprovalRecord>, StoreError> {
+        self.with(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT id, agent_id, job_id, action, args, status, approvers, created_at, decided_at, decided_by FROM approvals WHERE ?1 IS NULL OR status = ?1 ORDER BY created_at DESC",
+            )?;
+            stmt.query_map(params![status.map(ApprovalStatus::as_str)], approval_row)?.collect()
+        })
+        .await
+    }
+
+    /// Approves or rejects a pending approval, once.
+    pub async fn decide_approval(
+        &self,
+        id: &str,
+        approve: bool,
+        by: &str,
+    ) -> Result<ApprovalRecord, DecideError> {
+        let (id, by) = (id.to_string(), by.to_string());
+        self.with(move |c| {
+                let current = c
+                    .query_row("SELECT id, agent_id, job_id, action, args, status, approvers, created_at, decided_at, decided_by FROM approvals WHERE id = ?1", params![id], approval_row)
+                    .optional()?;
+                let Some(mut record) = current else { return Ok(Err(DecideError::NotFound(id))) };
+                if record.status != ApprovalStatus::Pending {
+                    return Ok(Err(DecideError::AlreadyDecided { id, status: record.status }));
+                }
+                record.status = if approve { ApprovalStatus::Approved } else { ApprovalStatus::Rejected };
+                record.decided_at = Some(now());
+                record.decided_by = Some(by);
+                c.execute(
+                    "UPDATE approvals SET status = ?2, decided_at = ?3, decided_by = ?4 WHERE id = ?1 AND status = 'pending'",
+                    params![record.id, record.status.as_str(), record.decided_at, record.decided_by],
+                )?;
+                Ok(Ok(record))
+            })
+            .await?
+    }
+}
+
+fn parse_json(text: Option<String>) -> Option<Value> {
+    text.and_then(|t| serde_json::from_str(&t).ok())
+}
+
+/// Brings a database made by an older version up to this schema.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_owner: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'owner_pid'")?
+        .exists([])?;
+    if !has_owner {
+        conn.execute_batch("ALTER TABLE jobs ADD COLUMN owner_pid INTEGER")?;
+    }
+    Ok(())
+}
+
+/// Marks interrupted the running jobs whose process is gone (a crash or a
+/// stop past the grace period). Jobs of a live process sharing the data
+/// directory (a server while a CLI run opens the database) are left alone.
+fn interrupt_orphans(conn: &Connection) -> rusqlite::Result<usize> {
+    let owners: Vec<(String, Option<u32>)> = conn
+        .prepare("SELECT id, owner_pid FROM jobs WHERE status = 'running'")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut marked = 0;
+    for (id, owner) in owners {
+        if owner.is_some_and(process_alive) {
+            continue;
+        }
+        marked += conn.execute(
+            "UPDATE jobs SET status = 'interrupted', error = 'the server stopped while the job was running', updated_at = ?1 WHERE id = ?2 AND status = 'running'",
+            params![now(), id],
+        )?;
+    }
+    Ok(marked)
+}
+
+/// Whether a process of this id runs now (another process than this one:
+/// a new process never owns jobs from before it opened the database).
+fn process_alive(pid: u32) -> bool {
+    pid != std::process::id() && std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
+    Ok(JobRecord {
+        id: r.get(0)?,
+        event: r.get(1)?,
+        pipeline: r.get(2)?,
+        context: r.get(3)?,
+        status: JobStatus::parse(&r.get::<_, String>(4)?),
+        payload: parse_json(r.get(5)?).unwrap_or(Value::Null),
+        result: parse_json(r.get(6)?),
+        error: r.get(7)?,
+        created_at: r.get(8)?,
+        updated_at: r.get(9)?,
+    })
+}
+
+fn approval_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApprovalRecord> {
+    Ok(ApprovalRecord {
+        id: r.get(0)?,
+        agent_id: r.get(1)?,
+        job_id: r.get(2)?,
+        action: r.get(3)?,
+        args: parse_json(r.get(4)?).unwrap_or(Value::Null),
+        status: ApprovalStatus::parse(&r.get::<_, String>(5)?),
+        approvers: parse_json(r.get(6)?)
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default(),
+        created_at: r.get(7)?,
+        decided_at: r.get(8)?,
+        decided_by: r.get(9)?,
+    })
+}
+
+fn report_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReportRecord> {
+    Ok(ReportRecord {
+        id: r.get(0)?,
+        plugin: r.get(1)?,
+        job: r.get(2)?,
+        name: r.get(3)?,
+        file: r.get(4)?,
+        bytes: r.get::<_, i64>(5)? as u64,
+        created_at: r.get(6)?,
+    })
+}
+
+#[async_trait::async_trait]
+impl ReportIndex for Store {
+    async fn append(&self, record: &ReportRecord) -> Result<(), String> {
+        let r = record.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO reports (id, plugin, job, name, file, bytes, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![r.id, r.plugin, r.job, r.name, r.file, r.bytes as i64, r.created_at],
+            )
+            .map(|_| ())
+        })
+        .await
+        .map_err(|e| e.to_string())
+    }
+
+    async fn find(&self, id: &str) -> Option<ReportRecord> {
+        let id = id.to_string();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT id, plugin, job, name, file, bytes, created_at FROM reports WHERE id = ?1",
+                params![id],
+                report_row,
+            )
+            .optional()
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    async fn all(&self) -> Vec<ReportRecord> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT id, plugin, job, name, file, bytes, created_at FROM reports ORDER BY created_at, rowid")?;
+            stmt.query_map([], report_row)?.collect()
+        })
+        .await
+        .unwrap_or_default()
+    }
+}

@@ -1,0 +1,79 @@
+//! `bsm:plugin/cache`: a plugin's own slice of the host's [`PluginCache`]
+//! (namespaced by plugin id, TTL per entry, bounded by total bytes).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bsm_cache::PluginCache;
+use bsm_cache::plugin_store::PluginCacheError;
+use wasmtime::component::{HasSelf, Linker};
+
+use super::{Caller, Capability, RunInfo};
+use crate::bindings::cache::{self, Error, Host};
+
+/// The `cache` capability: one [`PluginCache`] for the process, each plugin
+/// in its own namespace.
+pub struct Cache;
+
+impl Capability for Cache {
+    type Shared = Arc<PluginCache>;
+    type State = CacheState;
+
+    fn link<T: Send + 'static>(
+        linker: &mut Linker<T>,
+        get: fn(&mut T) -> &mut CacheState,
+    ) -> wasmtime::Result<()> {
+        cache::add_to_linker::<T, HasSelf<CacheState>>(linker, get)
+    }
+
+    fn for_run(store: &Arc<PluginCache>, run: &RunInfo<'_>) -> CacheState {
+        CacheState::new(store.clone(), run.caller.clone())
+    }
+}
+
+/// Per-run state: the shared store and the namespace of this plugin.
+pub struct CacheState {
+    store: Arc<PluginCache>,
+    caller: Caller,
+}
+
+impl CacheState {
+    pub fn new(store: Arc<PluginCache>, caller: Caller) -> Self {
+        Self { store, caller }
+    }
+}
+
+fn to_wit(e: PluginCacheError) -> Error {
+    match e {
+        PluginCacheError::TooLarge(n) => Error::TooLarge(n),
+        PluginCacheError::InvalidKey(m) => Error::InvalidKey(m),
+    }
+}
+
+impl Host for CacheState {
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, Error> {
+        self.store
+            .get(&self.caller.plugin_id, &key)
+            .await
+            .map_err(to_wit)
+    }
+
+    async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), Error> {
+        self.store
+            .set(
+                &self.caller.plugin_id,
+                &key,
+                &value,
+                ttl_ms.map(Duration::from_millis),
+            )
+            .await
+            .map_err(to_wit)
+    }
+
+    async fn delete(&mut self, key: String) -> Result<(), Error> {
+        self.store
+            .delete(&self.caller.plugin_id, &key)
+            .await
+            .map_err(to_wit)
+    }
+}

@@ -1,0 +1,604 @@
+//! The plugin runtime: one engine, one linker with every host capability,
+//! the plugin registry, and the code that runs a plugin inside its budget
+//! and names whatever went wrong.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+
+use crate::api::{self, AgentOutput, AgentRequest, AgentRun, Contribution, StepRequest, StepRun};
+use crate::artifact_cache::{self, ArtifactCache};
+use crate::bindings::agent::{Agent, AgentPre};
+use crate::bindings::step::StepPre;
+use crate::bindings::types as wit;
+use crate::bulkhead::{Bulkhead, Busy, Rejection};
+use crate::capabilities::llm::LlmUsage;
+use crate::capabilities::{self, Caller, Capabilities, RunInfo};
+use crate::engine::{self, EpochTicker, PoolSettings};
+use crate::error::LlmFailure;
+use crate::error::{LoadError, RunError};
+use crate::limits::{MemoryLimitExceeded, RunLimits};
+use crate::manifest::{Manifest, PluginKind};
+use crate::output_capture::panic_message;
+use crate::plugin::{Described, Exports, Plugin};
+use crate::registry::Registry;
+use crate::run_state::RunState;
+use bsm_cache::{CacheSettings, LoadingCache, StatsSnapshot};
+
+/// Extra time the host waits beyond a plugin's own deadline before it stops
+/// waiting on a run that is blocked in a host call (the epoch deadline only
+/// interrupts guest code).
+const HOST_GRACE: Duration = Duration::from_millis(50);
+
+/// How a [`Runtime`] is set up.
+#[derive(Clone, Default)]
+pub struct RuntimeOptions {
+    /// Directory for compiled components; `None` compiles on every load.
+    pub artifact_dir: Option<PathBuf>,
+    pub pool: PoolSettings,
+    pub capabilities: Capabilities,
+    /// TTLs and sizes of the host's caches.
+    pub cache: CacheSettings,
+}
+
+/// Compiled components kept in memory, keyed by digest.
+const COMPONENT_CACHE_ENTRIES: u64 = 256;
+
+/// The plugin runtime. Cheap to share behind an `Arc`; all methods take `&self`.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<RunState>,
+    capabilities: Capabilities,
+    artifacts: ArtifactCache,
+    registry: Registry,
+    manifests: LoadingCache<PathBuf, Arc<Manifest>>,
+    components: LoadingCache<String, Component>,
+    _ticker: EpochTicker,
+}
+
+/// Plugins loaded from a directory, and the files that failed.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub loaded: Vec<Arc<Plugin>>,
+    pub failed: Vec<LoadError>,
+}
+
+impl Runtime {
+    pub fn new(options: RuntimeOptions) -> anyhow::Result<Self> {
+        let engine = engine::build_engine(&options.pool)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        capabilities::link(&mut linker)?;
+        Ok(Self {
+            _ticker: EpochTicker::start(&engine),
+            engine,
+            linker,
+            capabilities: options.capabilities,
+            artifacts: ArtifactCache::new(options.artifact_dir),
+            registry: Registry::default(),
+            manifests: LoadingCache::new(
+                "manifests",
+                options.cache.manifests.max_entries,
+                Some(options.cache.manifests.ttl()),
+            ),
+            components: LoadingCache::new("components", COMPONENT_CACHE_ENTRIES, None),
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The linker holding every host capability; for embedders that
+    /// instantiate components themselves, and for measuring the bare floor.
+    pub fn linker(&self) -> &Linker<RunState> {
+        &self.linker
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The capabilities every run gets (e.g. to read cache statistics).
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    /// Counters of the host's caches, by name.
+    pub fn cache_stats(&self) -> Vec<(&'static str, StatsSnapshot)> {
+        vec![
+            ("manifests", self.manifests.stats()),
+            ("components", self.components.stats()),
+            ("plugin", self.capabilities.cache.stats()),
+        ]
+    }
+
+    /// Empties one cache by name, or all of them with `None`. Returns false
+    /// for an unknown name.
+    pub fn clear_cache(&self, name: Option<&str>) -> bool {
+        let all = name.is_none();
+        let wants = |n: &str| all || name == Some(n);
+        let mut known = all;
+        if wants("manifests") {
+            self.manifests.invalidate_all();
+            known = true;
+        }
+        if wants("components") {
+            self.components.invalidate_all();
+            known = true;
+        }
+        if wants("plugin") {
+            self.capabilities.cache.clear();
+            known = true;
+        }
+        known
+    }
+
+    /// Forgets a cached manifest so the next load reads the file again.
+    pub async fn invalidate_manifest(&self, path: &Path) {
+        self.manifests.invalidate(&path.to_path_buf()).await;
+    }
+
+    /// Loads every plugin of `dir` (each `<id>.toml` with its component) into
+    /// the registry. A broken plugin is reported and skipped; it never stops
+    /// the others from loading.
+    pub async fn load_dir(&self, dir: &Path) -> Result<LoadReport, LoadError> {
+        let entries = std::fs::read_dir(dir).map_err(|e| {
+            LoadError::new(
+                dir.display(),
+                format!("cannot read the plugins directory: {e}"),
+            )
+        })?;
+        let mut manifests: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        manifests.sort();
+        let mut report = LoadReport::default();
+        for manifest in manifests {
+            match self.load_plugin(&manifest).await {
+                Ok(plugin) => {
+                    self.registry.install(plugin.clone());
+                    report.loaded.push(plugin);
+                }
+                Err(e) => report.failed.push(e),
+            }
+        }
+        Ok(report)
+    }
+
+    /// Loads one plugin from its manifest without installing it: parses the
+    /// manifest, compiles (or loads from the artifact cache) the component,
+    /// checks it exports the world its manifest names, and calls `describe()`.
+    pub async fn load_plugin(&self, manifest_path: &Path) -> Result<Arc<Plugin>, LoadError> {
+        let manifest = self
+            .manifests
+            .get_or_load(manifest_path.to_path_buf(), || read_manifest(manifest_path))
+            .await
+            .map_err(|e: Arc<LoadError>| LoadError::clone(&e))?;
+        let manifest = Manifest::clone(&manifest);
+        let wasm_name = manifest
+            .wasm
+            .clone()
+            .unwrap_or_else(|| format!("{}.wasm", manifest.id));
+        let wasm_path = manifest_path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(wasm_name);
+        let bytes = tokio::fs::read(&wasm_path).await.map_err(|e| {
+            LoadError::new(
+                wasm_path.display(),
+                format!("cannot read the component: {e}"),
+            )
+        })?;
+        self.build_plugin(manifest, bytes, wasm_path).await
+    }
+
+    /// Builds a plugin from a manifest and component bytes (used for files
+    /// and, later, for uploads).
+    pub async fn build_plugin(
+        &self,
+        manifest: Manifest,
+        bytes: Vec<u8>,
+        source: PathBuf,
+    ) -> Result<Arc<Plugin>, LoadError> {
+        let origin = source.display().to_string();
+        manifest
+            .validate()
+            .map_err(|m| LoadError::new(&origin, format!("manifest of {:?}: {m}", manifest.id)))?;
+        crate::header::check_header(&bytes).map_err(|m| LoadError::new(&origin, m))?;
+        let digest = artifact_cache::digest(&bytes);
+        // Single-flight: concurrent loads of the same bytes compile once.
+        let component = self
+            .components
+            .get_or_load(digest.clone(), || {
+                let engine = self.engine.clone();
+                let artifacts = self.artifacts.clone();
+                let digest = digest.clone();
+                let origin = origin.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || artifacts.load(&engine, &bytes, &digest))
+                        .await
+                        .map_err(|e| {
+                            LoadError::new(&origin, format!("compilation task failed: {e}"))
+                        })?
+                        .map_err(|e| {
+                            LoadError::new(&origin, format!("not a valid component: {e:#}"))
+                        })
+                }
+            })
+            .await
+            .map_err(|e: Arc<LoadError>| LoadError::clone(&e))?;
+        let exports = self
+            .pre_instantiate(&component, manifest.kind)
+            .map_err(|m| LoadError::new(&origin, m))?;
+        let budget = &manifest.budget;
+        let id: Arc<str> = Arc::from(manifest.id.as_str());
+        let mut plugin = Plugin {
+            digest,
+            described: Described {
+                id: manifest.id.clone(),
+                name: manifest.id.clone(),
+                version: manifest.version.clone(),
+                description: manifest.description.clone(),
+                actions: Vec::new(),
+            },
+            source,
+            id,
+            exports,
+            bulkhead: Bulkhead::new(
+                budget.max_concurrent as usize,
+                budget.max_queued as usize,
+                budget.max_queue_wait(),
+            ),
+            config: Arc::new(manifest.config_pairs()),
+            allowed_actions: manifest
+                .allowed_actions
+                .iter()
+                .cloned()
+                .collect::<HashSet<_>>(),
+            manifest,
+        };
+        plugin.described = self
+            .describe(&plugin)
+            .await
+            .map_err(|e| LoadError::new(&origin, format!("describe() failed: {e}")))?;
+        if plugin.described.id != plugin.manifest.id {
+            tracing::warn!(
+                manifest_id = %plugin.manifest.id,
+                described_id = %plugin.described.id,
+                "plugin describes itself under another id; the manifest's id is used"
+            );
+        }
+        Ok(Arc::new(plugin))
+    }
+
+    /// Links the component against the host and checks its exports match the
+    /// world of `kind`.
+    fn pre_instantiate(&self, component: &Component, kind: PluginKind) -> Result<Exports, String> {
+        let pre = self.linker.instantiate_pre(component).map_err(|e| {
+            format!("the component imports something this host does not provide: {e:#}")
+        })?;
+        match kind {
+            PluginKind::Agent => AgentPre::new(pre)
+                .map(Exports::Agent)
+                .map_err(|e| format!("the manifest says `kind = \"agent\"` but the component does not export the agent world: {e:#}")),
+            PluginKind::Step => StepPre::new(pre)
+                .map(Exports::Step)
+                .map_err(|e| format!("the manifest says `kind = \"step\"` but the component does not export the step world: {e:#}")),
+        }
+    }
+
+    async fn describe(&self, plugin: &Plugin) -> Result<Described, RunError> {
+        let correlation_id = format!("load-{}", plugin.id());
+        match &plugin.exports {
+            Exports::Agent(pre) => {
+                let info = self
+                    .sandboxed(plugin, &correlation_id, async |store| {
+                        let agent = pre.instantiate_async(&mut *store).await?;
+                        agent.call_describe(&mut *store).await
+                    })
+                    .await
+                    .0?;
+                Ok(Described {
+                    id: info.id,
+                    name: info.name,
+                    version: info.version,
+                    description: info.description,
+                    actions: info.actions,
+                })
+            }
+            Exports::Step(pre) => {
+                let info = self
+                    .sandboxed(plugin, &correlation_id, async |store| {
+                        let step = pre.instantiate_async(&mut *store).await?;
+                        step.call_describe(&mut *store).await
+                    })
+                    .await
+                    .0?;
+                Ok(Described {
+                    id: info.id,
+                    name: info.name,
+                    version: info.version,
+                    description: info.description,
+                    actions: Vec::new(),
+                })
+            }
+        }
+    }
+
+    fn plugin_of_kind(&self, id: &str, kind: PluginKind) -> Result<Arc<Plugin>, RunError> {
+        let plugin = self
+            .registry
+            .get(id)
+            .ok_or_else(|| RunError::PluginNotFound { id: id.to_string() })?;
+        if plugin.kind() != kind {
+            return Err(RunError::WrongPluginKind {
+                id: id.to_string(),
+                expected: kind,
+                actual: plugin.kind(),
+            });
+        }
+        Ok(plugin)
+    }
+
+    /// Runs an agent on one input, within the plugin's budget.
+    pub async fn run_agent(&self, id: &str, request: AgentRequest) -> Result<AgentRun, RunError> {
+        let plugin = self.plugin_of_kind(id, PluginKind::Agent)?;
+        self.run_agent_plugin(&plugin, request).await
+    }
+
+    /// Runs a specific plugin version (e.g. one held since before a swap).
+    pub async fn run_agent_plugin(
+        &self,
+        plugin: &Arc<Plugin>,
+        request: AgentRequest,
+    ) -> Result<AgentRun, RunError> {
+        let Exports::Agent(pre) = &plugin.exports else {
+            return Err(RunError::WrongPluginKind {
+                id: plugin.id().to_string(),
+                expected: PluginKind::Agent,
+                actual: plugin.kind(),
+            });
+        };
+        let started = Instant::now();
+        let input = wit::AgentInput {
+            input: request.input,
+            payload: request.payload.to_string(),
+            context: (&request.context).into(),
+        };
+        let _slot = plugin
+            .bulkhead
+            .acquire()
+            .await
+            .map_err(|b| busy(plugin, b))?;
+        let (result, usage) = self
+            .sandboxed(plugin, &request.context.correlation_id, async |store| {
+                let agent: Agent = pre.instantiate_async(&mut *store).await?;
+                agent.call_run(&mut *store, &input).await
+            })
+            .await;
+        let output = result?.map_err(|e| RunError::PluginFailed {
+            plugin: plugin.id().to_string(),
+            failure: e.into(),
+            llm_error: usage.last_error.as_ref().map(LlmFailure::from),
+        })?;
+        let output = self.validate_agent_output(plugin, output)?;
+        Ok(AgentRun {
+            usage,
+            plugin_id: plugin.id().to_string(),
+            plugin_version: plugin.manifest.version.clone(),
+            correlation_id: request.context.correlation_id,
+            output,
+            duration_ms: started.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    fn validate_agent_output(
+        &self,
+        plugin: &Plugin,
+        output: wit::AgentOutput,
+    ) -> Result<AgentOutput, RunError> {
+        let bytes = api::wit_output_bytes(&output) as u64;
+        let limit = plugin.manifest.budget.max_output_bytes;
+        if bytes > limit {
+            return Err(RunError::PluginOutputTooLarge {
+                plugin: plugin.id().to_string(),
+                bytes,
+                limit_bytes: limit,
+            });
+        }
+        if let Some(action) = output
+            .actions
+            .iter()
+            .find(|a| !plugin.allowed_actions.contains(&a.name))
+        {
+            return Err(RunError::ActionNotAllowed {
+                plugin: plugin.id().to_string(),
+                action: action.name.clone(),
+            });
+        }
+        AgentOutput::from_wit(output).map_err(|message| RunError::PluginInvalidOutput {
+            plugin: plugin.id().to_string(),
+            message,
+        })
+    }
+
+    /// Runs an orchestration step over a pipeline state, within its budget.
+    pub async fn run_step(&self, id: &str, request: StepRequest) -> Result<StepRun, RunError> {
+        let plugin = self.plugin_of_kind(id, PluginKind::Step)?;
+        self.run_step_plugin(&plugin, request).await
+    }
+
+    /// Runs a specific step version (e.g. one held since before a swap).
+    pub async fn run_step_plugin(
+        &self,
+        plugin: &Arc<Plugin>,
+        request: StepRequest,
+    ) -> Result<StepRun, RunError> {
+        let Exports::Step(pre) = &plugin.exports else {
+            return Err(RunError::WrongPluginKind {
+                id: plugin.id().to_string(),
+                expected: PluginKind::Step,
+                actual: plugin.kind(),
+            });
+        };
+        let started = Instant::now();
+        let state = wit::PipelineState {
+            event: request.event,
+            payload: request.payload.to_string(),
+            context: (&request.context).into(),
+            results: request.results.iter().map(wit::AgentResult::from).collect(),
+        };
+        let _slot = plugin
+            .bulkhead
+            .acquire()
+            .await
+            .map_err(|b| busy(plugin, b))?;
+        let (result, usage) = self
+            .sandboxed(plugin, &request.context.correlation_id, async |store| {
+                let step = pre.instantiate_async(&mut *store).await?;
+                step.call_run(&mut *store, &state).await
+            })
+            .await;
+        let contribution = result?.map_err(|e| RunError::PluginFailed {
+            plugin: plugin.id().to_string(),
+            failure: e.into(),
+            llm_error: usage.last_error.as_ref().map(LlmFailure::from),
+        })?;
+        if let wit::Contribution::Decision(d) = &contribution
+            && let Some(action) = d
+                .actions
+                .iter()
+                .find(|a| !plugin.allowed_actions.contains(&a.name))
+        {
+            return Err(RunError::ActionNotAllowed {
+                plugin: plugin.id().to_string(),
+                action: action.name.clone(),
+            });
+        }
+        let contribution = Contribution::from_wit(contribution).map_err(|message| {
+            RunError::PluginInvalidOutput {
+                plugin: plugin.id().to_string(),
+                message,
+            }
+        })?;
+        Ok(StepRun {
+            plugin_id: plugin.id().to_string(),
+            plugin_version: plugin.manifest.version.clone(),
+            correlation_id: request.context.correlation_id,
+            contribution,
+            duration_ms: started.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    /// A fresh store for one run: its own limits, deadline and capabilities.
+    fn new_store(&self, plugin: &Plugin, correlation_id: &str) -> Store<RunState> {
+        let budget = &plugin.manifest.budget;
+        let caller = Caller {
+            plugin_id: plugin.id.clone(),
+            correlation_id: Arc::from(correlation_id),
+        };
+        let caps = self.capabilities.for_run(&RunInfo {
+            caller,
+            manifest: &plugin.manifest,
+            config: &plugin.config,
+        });
+        let deadline = Instant::now() + budget.timeout();
+        let state = RunState::new(RunLimits::new(budget.memory_bytes()), deadline, caps);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        // At every epoch tick: past the deadline, interrupt the guest;
+        // otherwise yield to tokio so a busy guest never hogs a worker thread.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store
+    }
+
+    /// Runs `call` in a fresh store under the plugin's deadline and turns
+    /// every way it can fail into a named [`RunError`].
+    async fn sandboxed<T>(
+        &self,
+        plugin: &Plugin,
+        correlation_id: &str,
+        call: impl AsyncFnOnce(&mut Store<RunState>) -> wasmtime::Result<T>,
+    ) -> (Result<T, RunError>, LlmUsage) {
+        let mut store = self.new_store(plugin, correlation_id);
+        let budget = &plugin.manifest.budget;
+        let outcome = tokio::time::timeout(budget.timeout() + HOST_GRACE, call(&mut store)).await;
+        let usage = store.data().caps.llm.usage();
+        let result = match outcome {
+            Ok(Ok(value)) => Ok(value),
+            Err(_elapsed) => Err(RunError::PluginTimeout {
+                plugin: plugin.id().to_string(),
+                timeout_ms: budget.timeout_ms,
+            }),
+            Ok(Err(error)) => Err(classify_failure(plugin, &store, error)),
+        };
+        (result, usage)
+    }
+}
+
+async fn read_manifest(path: &Path) -> Result<Arc<Manifest>, LoadError> {
+    let origin = path.display();
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| LoadError::new(&origin, format!("cannot read the manifest: {e}")))?;
+    Manifest::from_toml(&text, path)
+        .map(Arc::new)
+        .map_err(|m| LoadError::new(&origin, m))
+}
+
+/// Names a failed call: deadline, memory cap, guest trap (with the panic
+/// message when the guest printed one) or failure to start.
+fn classify_failure(plugin: &Plugin, store: &Store<RunState>, error: wasmtime::Error) -> RunError {
+    let id = plugin.id().to_string();
+    let budget = &plugin.manifest.budget;
+    let memory_hit = store.data().limits.memory_exceeded;
+    if error.downcast_ref::<MemoryLimitExceeded>().is_some() || memory_hit.is_some() {
+        return RunError::PluginMemoryLimit {
+            plugin: id,
+            limit_bytes: budget.memory_bytes() as u64,
+            requested_bytes: memory_hit.unwrap_or_default() as u64,
+        };
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => RunError::PluginTimeout {
+            plugin: id,
+            timeout_ms: budget.timeout_ms,
+        },
+        Some(trap) => {
+            let stderr = store.data().stderr.text();
+            let message = panic_message(&stderr).unwrap_or_else(|| format!("{trap} ({error})"));
+            RunError::PluginTrap {
+                plugin: id,
+                message,
+            }
+        }
+        None => RunError::PluginStartFailed {
+            plugin: id,
+            message: format!("{error:#}"),
+        },
+    }
+}
+
+fn busy(plugin: &Plugin, busy: Busy) -> RunError {
+    RunError::PluginBusy {
+        plugin: plugin.id().to_string(),
+        reason: match busy.reason {
+            Rejection::QueueFull => "all run slots and queue places are taken".into(),
+            Rejection::QueueTimeout => "no run slot freed up within the queue wait".into(),
+        },
+        retry_after_ms: busy.retry_after.as_millis() as u64,
+    }
+}

@@ -1,0 +1,121 @@
+//! `/api/agents` and `/api/plugins`.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use bsm_platform::runtime::Plugin;
+use bsm_platform::runtime::api::{AgentRequest, RunContext};
+
+use crate::error::{ApiError, ApiJson, correlation_id};
+use crate::state::AppState;
+
+/// Served agents and quarantined ones (`status`, with their violations).
+pub async fn list_agents(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({ "agents": state.platform.agents() }))
+}
+
+pub async fn get_agent(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let agent = state
+        .platform
+        .agent(&id)
+        .ok_or_else(|| ApiError::not_found("AGENT_NOT_FOUND", format!("no agent {id:?}")))?;
+    Ok(Json(json!(agent)))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RunBody {
+    agent_id: String,
+    #[serde(default)]
+    input: String,
+    #[serde(default)]
+    payload: Option<Value>,
+    /// A context name (`ci`...) or an object with `callingContext`/`event`.
+    #[serde(default)]
+    context: Option<Value>,
+}
+
+pub async fn run_agent(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<RunBody>,
+) -> Result<Json<Value>, ApiError> {
+    if body.agent_id.trim().is_empty() {
+        return Err(ApiError::bad_request("agentId is required"));
+    }
+    let (calling_context, event) = match &body.context {
+        None | Some(Value::Null) => ("api".to_string(), None),
+        Some(Value::String(s)) => (s.clone(), None),
+        Some(Value::Object(o)) => (
+            o.get("callingContext")
+                .or_else(|| o.get("context"))
+                .and_then(Value::as_str)
+                .unwrap_or("api")
+                .to_string(),
+            o.get("event").and_then(Value::as_str).map(String::from),
+        ),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "context must be a string or an object",
+            ));
+        }
+    };
+    let request = AgentRequest {
+        input: body.input,
+        payload: body.payload.unwrap_or_else(|| json!({})),
+        context: RunContext {
+            correlation_id: correlation_id(),
+            event,
+            calling_context,
+        },
+    };
+    let governed = state.platform.run_agent(&body.agent_id, request).await?;
+    let run = governed.run;
+    Ok(Json(json!({
+        "agentId": run.plugin_id,
+        "version": run.plugin_version,
+        "output": run.output.text,
+        "actions": governed.actions,
+        "metadata": run.output.metadata,
+        "usage": run.usage,
+        "durationMs": run.duration_ms,
+        "correlationId": run.correlation_id,
+    })))
+}
+
+fn plugin_json(p: &Plugin) -> Value {
+    serde_json::to_value(p.summary()).unwrap_or(Value::Null)
+}
+
+/// Every loaded plugin as listings show it (also used by the detailed health).
+pub fn plugin_summaries(state: &AppState) -> Vec<Value> {
+    state
+        .platform
+        .plugins()
+        .iter()
+        .map(|p| plugin_json(p))
+        .collect()
+}
+
+pub async fn list_plugins(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({ "plugins": plugin_summaries(&state) }))
+}
+
+pub async fn get_plugin(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let p = state.platform.plugin(&id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "PLUGIN_NOT_FOUND",
+            format!("no plugin {id:?}"),
+        )
+    })?;
+    Ok(Json(plugin_json(&p)))
+}

@@ -1,0 +1,225 @@
+//! `/api/orchestrator`, `/api/reports` and `/api/approvals`.
+
+use std::convert::Infallible;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use bsm_platform::orchestration::JobEvent;
+use bsm_platform::store::{ApprovalStatus, JobRecord};
+
+use crate::admin::require_admin;
+use crate::error::{ApiError, ApiJson};
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JobBody {
+    event: String,
+    #[serde(default)]
+    payload: Option<Value>,
+    /// The calling context every agent of the job runs in (default `api`).
+    #[serde(default)]
+    context: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct WaitQuery {
+    #[serde(default)]
+    wait: bool,
+}
+
+pub async fn run_job(
+    State(state): State<AppState>,
+    Query(q): Query<WaitQuery>,
+    ApiJson(body): ApiJson<JobBody>,
+) -> Result<Response, ApiError> {
+    if body.event.trim().is_empty() {
+        return Err(ApiError::bad_request("event is required"));
+    }
+    let context = body.context.unwrap_or_else(|| "api".into());
+    // The job's channel is opened (with its event history) before the job
+    // starts, so a caller that subscribes afterwards cannot miss the end.
+    let job = state
+        .platform
+        .submit_job(
+            body.event,
+            body.payload.unwrap_or_else(|| json!({})),
+            context,
+        )
+        .await?;
+    if !q.wait {
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "jobId": job.id, "status": job.status, "job": job })),
+        )
+            .into_response());
+    }
+    let finished = state
+        .platform
+        .wait_for_job(&job.id, state.wait_timeout)
+        .await;
+    let job = state.platform.job(&job.id).await?.unwrap_or(job);
+    if !finished {
+        return Ok((StatusCode::ACCEPTED, Json(json!({ "jobId": job.id, "status": job.status, "job": job, "note": "still running; poll the job or follow its events" }))).into_response());
+    }
+    Ok(Json(job_json(&job)).into_response())
+}
+
+fn job_json(job: &JobRecord) -> Value {
+    json!({ "jobId": job.id, "status": job.status, "job": job })
+}
+
+pub async fn get_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let job = state
+        .platform
+        .job(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("JOB_NOT_FOUND", format!("no job {id:?}")))?;
+    let runs = state.platform.job_runs(&id).await?;
+    let rows = |rows: Vec<bsm_platform::RunRow>, key: &str| -> Vec<Value> {
+        rows.into_iter()
+            .map(|r| json!({ key: r.plugin_id, "ok": r.ok, "durationMs": r.duration_ms }))
+            .collect()
+    };
+    let mut v = job_json(&job);
+    v["agentRuns"] = rows(runs.agent_runs, "agentId").into();
+    v["stepRuns"] = rows(runs.step_runs, "stepId").into();
+    Ok(Json(v))
+}
+
+/// Server-sent events of a job: its history, then live events until it ends.
+pub async fn job_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let to_sse = |e: JobEvent| {
+        Ok(Event::default()
+            .event(e.kind.clone())
+            .id(e.seq.to_string())
+            .json_data(&e)
+            .unwrap_or_default())
+    };
+    let stream: std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>> =
+        match state.platform.subscribe_job(&id) {
+            Some((history, rx)) => {
+                let ended = history.iter().any(JobEvent::is_terminal);
+                let past = stream::iter(history.into_iter().map(to_sse));
+                match rx {
+                    Some(rx) if !ended => {
+                        let live = stream::unfold((rx, false), |(mut rx, done)| async move {
+                            if done {
+                                return None;
+                            }
+                            loop {
+                                match rx.recv().await {
+                                    Ok(e) => {
+                                        let end = e.is_terminal();
+                                        return Some((e, (rx, end)));
+                                    }
+                                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                                        continue;
+                                    }
+                                    Err(_) => return None,
+                                }
+                            }
+                        })
+                        .map(to_sse);
+                        Box::pin(past.chain(live))
+                    }
+                    _ => Box::pin(past),
+                }
+            }
+            None => {
+                // Not in memory (e.g. after a restart): one snapshot from the database.
+                let job = state.platform.job(&id).await?.ok_or_else(|| {
+                    ApiError::not_found("JOB_NOT_FOUND", format!("no job {id:?}"))
+                })?;
+                let event = Event::default()
+                    .event("job.snapshot")
+                    .json_data(&job)
+                    .unwrap_or_default();
+                Box::pin(stream::iter([Ok(event)]))
+            }
+        };
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+pub async fn pipelines(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({ "pipelines": state.platform.pipelines() }))
+}
+
+pub async fn list_reports(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({ "reports": state.platform.reports().await }))
+}
+
+pub async fn get_report(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (record, content) = state
+        .platform
+        .report(&id)
+        .await
+        .ok_or_else(|| ApiError::not_found("REPORT_NOT_FOUND", format!("no report {id:?}")))?;
+    Ok(Json(json!({ "report": record, "content": content })))
+}
+
+#[derive(Deserialize)]
+pub struct ApprovalQuery {
+    status: Option<String>,
+}
+
+pub async fn list_approvals(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<ApprovalQuery>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(state.admin_token.as_ref(), &headers)?;
+    let status = match q.status.as_deref() {
+        None => None,
+        Some("pending") => Some(ApprovalStatus::Pending),
+        Some("approved") => Some(ApprovalStatus::Approved),
+        Some("rejected") => Some(ApprovalStatus::Rejected),
+        Some(other) => return Err(ApiError::bad_request(format!("unknown status {other:?}"))),
+    };
+    Ok(Json(
+        json!({ "approvals": state.platform.approvals(status).await? }),
+    ))
+}
+
+async fn decide(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+    approve: bool,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(state.admin_token.as_ref(), headers)?;
+    let record = state.platform.decide_approval(id, approve, "admin").await?;
+    Ok(Json(json!({ "approval": record })))
+}
+
+pub async fn approve(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    decide(&state, &headers, &id, true).await
+}
+
+pub async fn reject(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    decide(&state, &headers, &id, false).await
+}

@@ -1,0 +1,205 @@
+//! # bsm-server: `bsm serve`
+//!
+//! The HTTP API (axum) over the BSM platform: routes composed per area,
+//! one error type that renders every failure as
+//! `{"error": {"code", "message", "correlationId"}}`, and the cross-cutting
+//! layers (correlation ids, metrics, per-client rate limit, request
+//! timeout, body limit, admin token). Handlers are thin: each calls the
+//! [`Platform`] facade and shapes its answer.
+//!
+//! Depends on the platform only (and through it on the types of the
+//! runtime and LLM crates); nothing depends on it but the `bsm` binary.
+
+pub mod admin;
+pub mod agents;
+pub mod error;
+pub mod jobs;
+pub mod middleware;
+pub mod ops;
+pub mod rate_limit;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::StatusCode;
+use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::routing::{get, post};
+use bsm_platform::{Platform, PlatformOptions};
+
+use crate::admin::AdminToken;
+use crate::error::ApiError;
+use crate::middleware::RequestCounters;
+use crate::state::AppState;
+
+/// Everything `bsm serve` needs to start: the platform's options and the
+/// HTTP layer's own settings.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub addr: String,
+    pub platform: PlatformOptions,
+    pub admin_token: Option<String>,
+    /// Requests per second per client; 0 disables rate limiting.
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
+    pub body_limit_bytes: usize,
+    pub request_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// Builds the platform and the handlers' state, or says why the server
+/// cannot start (a weak admin token, governance violations in strict
+/// mode, an unreadable layout...).
+pub async fn build(options: &ServeOptions) -> anyhow::Result<AppState> {
+    let admin_token = match &options.admin_token {
+        Some(token) => Some(AdminToken::new(token.clone()).map_err(|reason| {
+            anyhow::anyhow!(
+                "refusing to start: BSM_ADMIN_TOKEN is too weak ({reason}); use a long random value, e.g. `openssl rand -hex 32`"
+            )
+        })?),
+        None => None,
+    };
+    let platform = Arc::new(Platform::build(options.platform.clone()).await?);
+    Ok(AppState {
+        platform,
+        admin_token,
+        metrics: install_metrics_recorder(),
+        requests: Arc::new(RequestCounters::default()),
+        wait_timeout: Duration::from_secs(120),
+    })
+}
+
+/// The process-wide Prometheus recorder. A second server in the same
+/// process (only in embedding code) keeps the first one's recorder: its
+/// `/metrics` then shows nothing, which is said once in the log.
+fn install_metrics_recorder() -> metrics_exporter_prometheus::PrometheusHandle {
+    use metrics_exporter_prometheus::PrometheusBuilder;
+    PrometheusBuilder::new().install_recorder().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "a metrics recorder is already installed; /metrics of this server stays empty");
+        PrometheusBuilder::new().build_recorder().handle()
+    })
+}
+
+/// The routes of the API, one group per area.
+fn routes() -> Router<AppState> {
+    let health = Router::new()
+        .route("/health", get(ops::health))
+        .route("/api/health", get(ops::api_health))
+        .route("/api/health/detailed", get(ops::detailed_health))
+        .route("/api/health/circuit-breakers", get(ops::circuit_breakers));
+    let agents = Router::new()
+        .route("/api/agents", get(agents::list_agents))
+        .route("/api/agents/run", post(agents::run_agent))
+        .route("/api/agents/{id}", get(agents::get_agent))
+        .route("/api/plugins", get(agents::list_plugins))
+        .route("/api/plugins/{id}", get(agents::get_plugin));
+    let jobs = Router::new()
+        .route("/api/orchestrator/run", post(jobs::run_job))
+        .route("/api/orchestrator/jobs/{id}", get(jobs::get_job))
+        .route("/api/orchestrator/jobs/{id}/events", get(jobs::job_events))
+        .route("/api/orchestrator/pipelines", get(jobs::pipelines))
+        .route("/api/reports", get(jobs::list_reports))
+        .route("/api/reports/{id}", get(jobs::get_report))
+        .route("/api/approvals", get(jobs::list_approvals))
+        .route("/api/approvals/{id}/approve", post(jobs::approve))
+        .route("/api/approvals/{id}/reject", post(jobs::reject));
+    let operations = Router::new()
+        .route("/api/cache/stats", get(ops::cache_stats))
+        .route("/api/cache/clear", post(ops::clear_cache))
+        .route(
+            "/api/circuit-breakers/{name}/reset",
+            post(ops::reset_breaker),
+        )
+        .route(
+            "/api/circuit-breakers/{name}/isolate",
+            post(ops::isolate_breaker),
+        )
+        .route("/api/metrics", get(ops::metrics_summary))
+        .route("/metrics", get(ops::metrics));
+    health.merge(agents).merge(jobs).merge(operations)
+}
+
+/// The API with its layers.
+pub fn router(state: AppState, options: &ServeOptions) -> Router {
+    let timeout = options.request_timeout;
+    let mut app = routes()
+        .fallback(|| async { ApiError::not_found("NOT_FOUND", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "METHOD_NOT_ALLOWED",
+                "this endpoint does not take that method",
+            )
+        })
+        .route_layer(from_fn_with_state(
+            state.requests.clone(),
+            middleware::metrics,
+        ))
+        .layer(DefaultBodyLimit::max(options.body_limit_bytes))
+        .layer(from_fn(move |req: Request, next: Next| {
+            middleware::request_timeout(timeout, req, next)
+        }));
+    if let Some(limiter) =
+        rate_limit::client_limiter(options.rate_limit_per_second, options.rate_limit_burst)
+    {
+        app = app.layer(from_fn_with_state(limiter, rate_limit::rate_limit));
+    }
+    app.layer(from_fn(middleware::correlation))
+        .with_state(state)
+}
+
+/// Runs the server until ctrl-c or SIGTERM, then lets running jobs finish
+/// (up to the shutdown grace) and marks the rest interrupted.
+pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
+    let state = build(&options).await?;
+    let platform = state.platform.clone();
+    let app = router(state, &options);
+    let listener = tokio::net::TcpListener::bind(&options.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", options.addr))?;
+    let addr = listener.local_addr()?;
+    // The one line on stdout: scripts and tests read the bound address here.
+    println!("listening on http://{addr}");
+    tracing::info!(%addr, "bsm serve started");
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
+    tracing::info!("shutting down: waiting for running jobs");
+    let marked = platform
+        .shutdown(options.shutdown_grace)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if marked > 0 {
+        tracing::warn!(
+            marked,
+            "jobs still running after the shutdown grace are marked interrupted"
+        );
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

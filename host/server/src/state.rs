@@ -1,0 +1,23 @@
+//! What every handler shares.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bsm_platform::Platform;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::admin::AdminToken;
+use crate::middleware::RequestCounters;
+
+/// The application state handed to handlers: the platform facade plus what
+/// only the HTTP layer needs.
+#[derive(Clone)]
+pub struct AppState {
+    pub platform: Arc<Platform>,
+    /// `None`: the admin endpoints are disabled.
+    pub admin_token: Option<AdminToken>,
+    pub metrics: PrometheusHandle,
+    pub requests: Arc<RequestCounters>,
+    /// How long `?wait=true` waits for a job.
+    pub wait_timeout: Duration,
+}
