@@ -17,7 +17,7 @@ async fn main() {
     let server = llm_server::LlmServer::start().await;
     server.stop_recording();
     server.set_latency(Duration::from_millis(latency_ms));
-    server.set_reply("Reviewed: no blocking issues.\nACTION: review_pr");
+    server.set_reply("Reviewed: looks good to me.\nACTION: review_pr");
     println!("{}", server.base_url);
     let _ = tokio::signal::ctrl_c().await;
 }
