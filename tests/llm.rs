@@ -39,6 +39,7 @@ fn settings(providers: Vec<ProviderSettings>) -> LlmSettings {
             initial_backoff_ms: 10,
             max_backoff_ms: 50,
             max_retry_after_ms: 2_000,
+            ..RetrySettings::default()
         },
         breaker: BreakerConfig {
             minimum_calls: 100,
@@ -571,4 +572,116 @@ async fn the_plugins_llm_budget_caps_tokens_and_calls() {
         .unwrap_err();
     assert_eq!(err.code(), "PLUGIN_FAILED");
     assert!(err.to_string().contains("BudgetExceeded"), "{err}");
+}
+
+/// Log lines written while `body` runs, counted by a subscriber of this
+/// thread only (the test's runtime is current-thread).
+async fn log_lines_during<F: std::future::Future>(body: F) -> (F::Output, Vec<String>) {
+    #[derive(Clone, Default)]
+    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = Lines::default();
+    let sink = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    let output = body.await;
+    drop(guard);
+    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    (output, text.lines().map(String::from).collect())
+}
+
+#[tokio::test]
+async fn an_outage_writes_a_bounded_number_of_log_lines() {
+    let server = LlmServer::start().await;
+    server.set_default(Fault::Status(503));
+    let mut s = settings(vec![provider("p", &server.base_url)]);
+    s.retry.max_attempts = 1;
+    s.breaker = BreakerConfig {
+        sliding_window: SlidingWindow::CountBased { size: 4 },
+        minimum_calls: 2,
+        wait_in_open: Duration::from_secs(600),
+        ..BreakerConfig::default()
+    };
+    let client = client(s);
+    let (refused, lines) = log_lines_during(async {
+        let mut refused = 0;
+        for _ in 0..10_002 {
+            if let Err(LlmError::CircuitOpen(_)) = client.chat(&caller(), ask("hi")).await {
+                refused += 1;
+            }
+        }
+        refused
+    })
+    .await;
+    assert_eq!(refused, 10_000, "two failures open the breaker");
+    assert!(
+        lines.len() <= 5,
+        "the first failure, the state change and the first refusal, not a line per call: {} lines: {lines:#?}",
+        lines.len()
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("refused by the open circuit breaker")),
+        "{lines:#?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("falling back")),
+        "a single provider has nothing to fall back to: {lines:#?}"
+    );
+    assert_eq!(
+        client.breaker("p").unwrap().snapshot().not_permitted_calls,
+        10_000,
+        "the counts stay exact in the breaker's metrics"
+    );
+}
+
+#[tokio::test]
+async fn a_hanging_provider_is_retried_once_and_fails_within_the_total() {
+    let server = LlmServer::start().await;
+    server.set_default(Fault::Hang);
+    let mut p = provider("p", &server.base_url);
+    p.timeouts.first_token_ms = 200;
+    let client = client(settings(vec![p]));
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        client.chat(&caller(), ask("hi")).await.unwrap_err(),
+        LlmError::Timeout
+    ));
+    assert_eq!(
+        server.hits(),
+        2,
+        "max-attempts is 3, but a timed-out attempt is retried only once"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(10_000),
+        "well within total-ms"
+    );
+
+    // A total shorter than one first-token wait ends the call at the total.
+    let mut p = provider("q", &server.base_url);
+    p.timeouts.first_token_ms = 60_000;
+    p.timeouts.attempt_ms = 60_000;
+    p.timeouts.total_ms = 300;
+    let client = self::client(settings(vec![p]));
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        client.chat(&caller(), ask("hi")).await.unwrap_err(),
+        LlmError::Timeout
+    ));
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "bounded by total-ms (300 ms), not by the 60 s first-token timeout: {:?}",
+        started.elapsed()
+    );
 }

@@ -1164,3 +1164,53 @@ async fn the_original_bsm_directory_is_served_as_it_is() {
     });
     assert!(knowledge_sent, "the original knowledge reaches the agents");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_health_checks_do_not_race_on_a_probe_file() {
+    let llm = LlmServer::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), &llm, &[]);
+    let checks = (0..32).map(|_| get(&s, "/api/health/detailed"));
+    for (status, body) in futures_util::future::join_all(checks).await {
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["status"], "ok", "{body}");
+        assert_eq!(body["storage"]["reportsWritable"], true, "{body}");
+    }
+    let left: Vec<_> = std::fs::read_dir(data.path().join("reports"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with(".tmp-"))
+        .collect();
+    assert!(left.is_empty(), "probe files left behind: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_a_job_follows_the_settings_and_never_ends_in_a_timeout() {
+    let llm = LlmServer::start().await;
+    llm.set_latency(Duration::from_millis(1500));
+    let job = json!({"event": "pull_request.opened", "payload": {}});
+
+    // A request timeout shorter than the job: the wait ends first, with the
+    // job id to poll, not with 503 REQUEST_TIMEOUT.
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), &llm, &[("BSM_REQUEST_TIMEOUT_MS", "1000")]);
+    let (status, body) = post(&s, "/api/orchestrator/run?wait=true", job.clone()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["status"], "running", "{body}");
+    assert!(body["jobId"].as_str().is_some(), "{body}");
+    drop(s);
+
+    // A configured wait shorter than the job: 202 when it passes.
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), &llm, &[("BSM_WAIT_TIMEOUT_MS", "300")]);
+    let (status, body) = post(&s, "/api/orchestrator/run?wait=true", job.clone()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    drop(s);
+
+    // The defaults wait as long as the request timeout allows: the job ends.
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), &llm, &[]);
+    let (status, body) = post(&s, "/api/orchestrator/run?wait=true", job).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "completed", "{body}");
+}

@@ -183,6 +183,11 @@ struct ServeArgs {
     /// included [default: 150000]
     #[arg(long, env = "BSM_REQUEST_TIMEOUT_MS")]
     request_timeout_ms: Option<u64>,
+    /// How long `POST /api/orchestrator/run?wait=true` waits for the job
+    /// before answering 202 with its id, in ms; always less than the
+    /// request timeout [default: the request timeout less a tenth, at most 1 s]
+    #[arg(long, env = "BSM_WAIT_TIMEOUT_MS")]
+    wait_timeout_ms: Option<u64>,
     /// How long shutdown waits for running jobs, in ms [default: 30000]
     #[arg(long, env = "BSM_SHUTDOWN_GRACE_MS")]
     shutdown_grace_ms: Option<u64>,
@@ -289,6 +294,10 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                         .or(file.request_timeout_ms)
                         .unwrap_or(150_000),
                 ),
+                wait_timeout: args
+                    .wait_timeout_ms
+                    .or(file.wait_timeout_ms)
+                    .map(Duration::from_millis),
                 shutdown_grace: Duration::from_millis(
                     args.shutdown_grace_ms
                         .or(file.shutdown_grace_ms)

@@ -7,6 +7,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::breaker::CircuitBreaker;
+use super::log_throttle::LogThrottle;
 use super::provider::Provider;
 use super::settings::LlmSettings;
 use bsm_runtime::bindings::llm::{ChatRequest, ChatResponse, Error as LlmError};
@@ -17,6 +18,7 @@ use bsm_runtime::capabilities::llm::LlmEngine;
 pub struct LlmClient {
     providers: Vec<Provider>,
     responses: Option<moka::future::Cache<[u8; 32], ChatResponse>>,
+    fallback_log: LogThrottle,
 }
 
 impl LlmClient {
@@ -42,6 +44,7 @@ impl LlmClient {
         Ok(Some(Self {
             providers,
             responses,
+            fallback_log: LogThrottle::default(),
         }))
     }
 
@@ -65,14 +68,21 @@ impl LlmClient {
         caller: &Caller,
         request: &ChatRequest,
     ) -> Result<ChatResponse, LlmError> {
+        // Each provider logs its own failures (throttled); falling back is
+        // logged here only when there is a next provider to fall back to,
+        // and throttled too: an outage must not write a line per call.
         let mut last = None;
-        for provider in &self.providers {
+        for (i, provider) in self.providers.iter().enumerate() {
             match provider.chat(caller, request).await {
                 Ok(reply) => return Ok(reply),
                 // A bad request is bad everywhere: no point in falling back.
                 Err(e @ LlmError::InvalidRequest(_)) => return Err(e),
                 Err(e) => {
-                    tracing::warn!(provider = provider.name(), error = ?e, correlation_id = %caller.correlation_id, "LLM provider failed; trying the next");
+                    if let Some(next) = self.providers.get(i + 1)
+                        && let Some(suppressed) = self.fallback_log.admit()
+                    {
+                        tracing::warn!(provider = provider.name(), next = next.name(), error = ?e, suppressed, "LLM provider failed; falling back to the next (one line per interval)");
+                    }
                     last = Some(e);
                 }
             }

@@ -14,6 +14,7 @@
 pub mod breaker;
 pub mod classify;
 pub mod client;
+pub mod log_throttle;
 pub mod provider;
 pub mod settings;
 pub mod wire;

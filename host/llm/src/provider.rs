@@ -1,7 +1,14 @@
 //! One OpenAI-compatible provider behind its resilience stack, outermost
 //! first: bulkhead (max concurrent upstream calls), total timeout, retry
-//! (exponential backoff with full jitter; Retry-After honoured), circuit
-//! breaker, attempt timeout (first token, then whole answer).
+//! (exponential backoff with full jitter; Retry-After honoured; timed-out
+//! attempts retried at most `max-timeout-retries` times), circuit breaker,
+//! attempt timeout (first token, then whole answer).
+//!
+//! Worst case of one call against a provider that accepts and never
+//! answers: `min(total-ms, (1 + max-timeout-retries) × first-token-ms +
+//! the backoff between)`, 30.2 s at most with the defaults (15 s first
+//! token, one timeout retry, 200 ms first backoff), never more than
+//! `total-ms` (60 s).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,6 +22,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 
 use super::breaker::{BreakerConfig, CircuitBreaker};
 use super::classify::{AttemptError, Class, retry_after};
+use super::log_throttle::LogThrottle;
 use super::settings::{ProviderSettings, RetrySettings};
 use super::wire::{self, StreamAccumulator, WireChatRequest, WireEmbeddingsRequest};
 use bsm_runtime::bindings::llm::{ChatRequest, ChatResponse, Error as LlmError};
@@ -29,6 +37,10 @@ pub struct Provider {
     bulkhead: Arc<Semaphore>,
     chat_url: String,
     embeddings_url: String,
+    /// Failed attempts and refusals by the open breaker are logged through
+    /// these, so an outage does not flood the log.
+    failures_log: LogThrottle,
+    refusals_log: LogThrottle,
 }
 
 impl Provider {
@@ -54,6 +66,8 @@ impl Provider {
             http,
             retry,
             settings,
+            failures_log: LogThrottle::default(),
+            refusals_log: LogThrottle::default(),
         })
     }
 
@@ -125,10 +139,28 @@ impl Provider {
                 .with_max_delay(Duration::from_millis(self.retry.max_backoff_ms))
                 .with_max_times(self.retry.max_attempts.saturating_sub(1) as usize)
                 .build();
+            let mut timeouts = 0;
             loop {
-                let permit = self.breaker.try_acquire().map_err(|refused| {
-                    LlmError::CircuitOpen(refused.retry_after.as_millis() as u64)
-                })?;
+                let permit = match self.breaker.try_acquire() {
+                    Ok(permit) => {
+                        self.refusals_log.reset();
+                        permit
+                    }
+                    Err(refused) => {
+                        if let Some(suppressed) = self.refusals_log.admit() {
+                            tracing::warn!(
+                                provider = %self.settings.name,
+                                breaker = %self.breaker.name(),
+                                retry_after_ms = refused.retry_after.as_millis() as u64,
+                                suppressed,
+                                "LLM calls refused by the open circuit breaker (one line per interval; `suppressed` refusals since the last)"
+                            );
+                        }
+                        return Err(LlmError::CircuitOpen(
+                            refused.retry_after.as_millis() as u64
+                        ));
+                    }
+                };
                 let started = Instant::now();
                 let outcome = timeout(self.settings.timeouts.attempt(), attempt())
                     .await
@@ -136,6 +168,7 @@ impl Provider {
                 let error = match outcome {
                     Ok((value, first_token)) => {
                         permit.success(first_token);
+                        self.failures_log.reset();
                         return Ok(value);
                     }
                     Err(error) => error,
@@ -145,9 +178,17 @@ impl Provider {
                     Class::Failure => permit.failure(started.elapsed()),
                     Class::RateLimited | Class::Permanent => permit.ignore(),
                 }
-                tracing::warn!(provider = %self.settings.name, ?class, error = ?error, "LLM attempt failed");
+                if let Some(suppressed) = self.failures_log.admit() {
+                    tracing::warn!(provider = %self.settings.name, ?class, error = ?error, suppressed, "LLM attempt failed (one line per interval; `suppressed` failures since the last)");
+                }
                 if class == Class::Permanent {
                     return Err(error.into_llm_error(&self.settings.name));
+                }
+                if matches!(error, AttemptError::Timeout) {
+                    timeouts += 1;
+                    if timeouts > self.retry.max_timeout_retries {
+                        return Err(error.into_llm_error(&self.settings.name));
+                    }
                 }
                 let Some(step) = backoff.next() else {
                     return Err(error.into_llm_error(&self.settings.name));

@@ -124,6 +124,10 @@ pub struct RetrySettings {
     pub max_backoff_ms: u64,
     /// Longest `Retry-After` honoured; a longer one is cut to this.
     pub max_retry_after_ms: u64,
+    /// Retries after an attempt timed out (no first token, or no whole
+    /// answer, in time). A provider that hangs usually keeps hanging: each
+    /// such retry costs a whole first-token timeout, so one by default.
+    pub max_timeout_retries: u32,
 }
 
 impl Default for RetrySettings {
@@ -133,6 +137,7 @@ impl Default for RetrySettings {
             initial_backoff_ms: 200,
             max_backoff_ms: 5_000,
             max_retry_after_ms: 20_000,
+            max_timeout_retries: 1,
         }
     }
 }

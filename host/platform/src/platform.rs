@@ -367,13 +367,20 @@ impl Platform {
         Some(breaker.snapshot())
     }
 
-    /// Checks the database and that reports can be written.
+    /// Checks the database and that reports can be written. Each check
+    /// writes and removes a probe file of its own name, so concurrent
+    /// checks never see each other's file (a crash leftover is removed at
+    /// the next open, like any temporary file of the report store).
     pub async fn storage_health(&self) -> StorageHealth {
         let database = match self.governed.store().ping().await {
             Ok(()) => "ok".to_string(),
             Err(e) => e.to_string(),
         };
-        let probe = self.reports.dir().join(".health-probe");
+        let probe = self.reports.dir().join(format!(
+            "{}health-{}",
+            crate::reports::TMP_PREFIX,
+            uuid::Uuid::new_v4().simple()
+        ));
         let reports_writable = tokio::fs::write(&probe, b"ok")
             .await
             .and_then(|_| std::fs::remove_file(&probe))

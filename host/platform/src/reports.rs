@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 /// Longest report name accepted.
 pub const MAX_NAME_BYTES: usize = 128;
 const INDEX_FILE: &str = "index.jsonl";
-const TMP_PREFIX: &str = ".tmp-";
+/// Prefix of temporary files: removed at open (crash leftovers).
+pub const TMP_PREFIX: &str = ".tmp-";
 
 /// One entry of the report index.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -36,6 +36,7 @@ pub struct ServerSettings {
     pub rate_burst: Option<u32>,
     pub body_limit: Option<usize>,
     pub request_timeout_ms: Option<u64>,
+    pub wait_timeout_ms: Option<u64>,
     pub shutdown_grace_ms: Option<u64>,
 }
 

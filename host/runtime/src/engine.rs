@@ -53,7 +53,10 @@ pub fn build_engine(pool: &PoolSettings) -> wasmtime::Result<Engine> {
         // IPIs were the largest cost of a run under load (see BENCHMARKS.md).
         .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
         .table_keep_resident(64 << 10)
-        .async_stack_keep_resident(64 << 10)
+        // Async stacks are not zeroed between runs (wasmtime's default:
+        // guests cannot read the native stack, and reuse then costs no
+        // memset and no madvise); `async_stack_keep_resident` only applies
+        // with zeroing on, so it is not set.
         // The rest is decommitted in batches: fewer, larger madvise calls.
         .decommit_batch_size(16)
         .pagemap_scan(wasmtime::Enabled::Auto);

@@ -48,7 +48,21 @@ pub struct ServeOptions {
     pub rate_limit_burst: u32,
     pub body_limit_bytes: usize,
     pub request_timeout: Duration,
+    /// How long `?wait=true` waits for a job; `None`: as long as the
+    /// request timeout allows (see [`wait_timeout`]).
+    pub wait_timeout: Option<Duration>,
     pub shutdown_grace: Duration,
+}
+
+/// How long `?wait=true` waits before answering 202 with the job id: the
+/// configured wait, but always less than the request timeout, so a wait
+/// ends as an answer the client can poll from, never as a 503
+/// `REQUEST_TIMEOUT`. The margin is a tenth of the request timeout, at most
+/// a second.
+pub fn wait_timeout(request_timeout: Duration, configured: Option<Duration>) -> Duration {
+    let margin = (request_timeout / 10).min(Duration::from_secs(1));
+    let longest = request_timeout.saturating_sub(margin);
+    configured.map_or(longest, |wait| wait.min(longest))
 }
 
 /// Builds the platform and the handlers' state, or says why the server
@@ -69,7 +83,7 @@ pub async fn build(options: &ServeOptions) -> anyhow::Result<AppState> {
         admin_token,
         metrics: install_metrics_recorder(),
         requests: Arc::new(RequestCounters::default()),
-        wait_timeout: Duration::from_secs(120),
+        wait_timeout: wait_timeout(options.request_timeout, options.wait_timeout),
     })
 }
 
@@ -201,5 +215,22 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_always_ends_before_the_request_timeout() {
+        let s = Duration::from_secs;
+        assert_eq!(wait_timeout(s(150), None), s(149), "default: the request timeout");
+        assert_eq!(wait_timeout(s(150), Some(s(30))), s(30), "a shorter wait is kept");
+        assert_eq!(wait_timeout(s(150), Some(s(600))), s(149), "a longer one is cut");
+        assert_eq!(
+            wait_timeout(Duration::from_millis(2000), None),
+            Duration::from_millis(1800)
+        );
     }
 }
