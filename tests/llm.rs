@@ -632,7 +632,9 @@ async fn an_outage_writes_a_bounded_number_of_log_lines() {
         lines.len()
     );
     assert!(
-        lines.iter().any(|l| l.contains("refused by the open circuit breaker")),
+        lines
+            .iter()
+            .any(|l| l.contains("refused by the open circuit breaker")),
         "{lines:#?}"
     );
     assert!(

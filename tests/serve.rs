@@ -11,7 +11,7 @@ mod server;
 
 use std::time::Duration;
 
-use common::{original_fixtures, shipped_agents};
+use common::{copy_of_shipped_agents, original_fixtures};
 use llm_server::{Fault, LlmServer};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -872,25 +872,6 @@ async fn the_configuration_file_sets_the_server_and_the_environment_overrides_it
     )
     .unwrap();
     assert_eq!(count_429(&s).await, 0, "the environment overrides the file");
-}
-
-/// A copy of the shipped agent set to edit.
-fn copy_of_shipped_agents() -> tempfile::TempDir {
-    fn copy(from: &std::path::Path, to: &std::path::Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let entry = entry.unwrap();
-            let target = to.join(entry.file_name());
-            if entry.file_type().unwrap().is_dir() {
-                copy(&entry.path(), &target);
-            } else {
-                std::fs::copy(entry.path(), target).unwrap();
-            }
-        }
-    }
-    let dir = tempfile::tempdir().unwrap();
-    copy(&shipped_agents(), dir.path());
-    dir
 }
 
 /// Adds an agent (its YAML and a valid registry entry) to a layout copy.

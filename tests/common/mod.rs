@@ -26,6 +26,25 @@ pub fn shipped_agents() -> PathBuf {
     PathBuf::from(bsm_platform::SHIPPED_AGENTS_DIR)
 }
 
+/// A copy of the shipped agent set to edit.
+pub fn copy_of_shipped_agents() -> tempfile::TempDir {
+    fn copy(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    copy(&shipped_agents(), dir.path());
+    dir
+}
+
 /// The original BSM files, unedited, for the compatibility tests (ignored
 /// by default: a fresh clone has no copy; `.ci/run` sets
 /// `BSM_ORIGINAL_FIXTURES` and runs them with `--ignored`).

@@ -15,9 +15,12 @@ use bsm_platform::orchestration::JobEvent;
 use bsm_platform::runtime::api::{AgentRequest, AgentResult, RunContext, StepRequest};
 use bsm_platform::runtime::check::check_component;
 use bsm_platform::runtime::{Plugin, Runtime, RuntimeOptions};
+use bsm_platform::signing;
 use bsm_platform::{AgentSet, HostSettings, Platform, PlatformOptions, PluginSelection};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
+
+mod remote;
 
 /// mimalloc instead of the system allocator: under load, glibc malloc was
 /// a tenth of the server's CPU time (see BENCHMARKS.md).
@@ -137,6 +140,22 @@ enum Command {
         #[command(subcommand)]
         command: PluginsCommand,
     },
+    /// Keys for signed plugins.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make an ed25519 key pair: the private key goes to a file (mode 0600),
+    /// the public key (for `[plugins] trusted-keys`) is printed.
+    Generate {
+        /// Where to write the private key.
+        #[arg(long, default_value = "bsm-signing.key")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -188,6 +207,9 @@ struct ServeArgs {
     /// request timeout [default: the request timeout less a tenth, at most 1 s]
     #[arg(long, env = "BSM_WAIT_TIMEOUT_MS")]
     wait_timeout_ms: Option<u64>,
+    /// Largest plugin upload (`PUT /api/plugins/{id}`), in bytes [default: 67108864]
+    #[arg(long, env = "BSM_UPLOAD_LIMIT")]
+    upload_limit: Option<usize>,
     /// How long shutdown waits for running jobs, in ms [default: 30000]
     #[arg(long, env = "BSM_SHUTDOWN_GRACE_MS")]
     shutdown_grace_ms: Option<u64>,
@@ -206,6 +228,64 @@ enum PluginsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Sign a component: writes FILE.sig, a detached signature over its digest.
+    Sign {
+        file: PathBuf,
+        /// The private key file (`bsm keys generate`).
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Install a version into a running server (hot swap). FILE.sig, when
+    /// present, is sent as its signature.
+    Install {
+        /// The component.
+        file: PathBuf,
+        /// Its manifest [default: the .toml beside the component]
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// Install as a canary taking this percentage of new runs.
+        #[arg(long)]
+        canary: Option<u8>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List the versions a running server keeps of a plugin.
+    Versions {
+        id: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Make an earlier version current again (or drop the canary).
+    Rollback {
+        id: String,
+        /// The version to go back to [default: the one before the current]
+        version: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Make the canary of a plugin current.
+    Promote {
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Unload a plugin from a running server (runs in flight finish).
+    Remove {
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+/// Where the running server is, and the admin token (never on the command
+/// line: from BSM_ADMIN_TOKEN).
+#[derive(Args)]
+struct ServerArgs {
+    /// The server's base URL.
+    #[arg(long, env = "BSM_SERVER", default_value = "http://127.0.0.1:3000")]
+    server: String,
 }
 
 fn main() -> ExitCode {
@@ -275,16 +355,22 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         plugins,
         agents: agents.clone(),
         settings: settings.clone(),
+        watch: false,
     };
     match cli.command {
         Command::Serve(args) => {
             let file = settings.server.clone();
+            let mut platform = platform_options(PluginSelection::All);
+            platform.watch = true;
+            if let Some(limit) = args.upload_limit {
+                platform.settings.plugins.upload_limit = limit;
+            }
             bsm_server::serve(bsm_server::ServeOptions {
                 addr: args
                     .addr
                     .or(file.addr)
                     .unwrap_or_else(|| "127.0.0.1:3000".into()),
-                platform: platform_options(PluginSelection::All),
+                platform,
                 admin_token: args.admin_token.filter(|t| !t.is_empty()),
                 rate_limit_per_second: args.rate_limit.or(file.rate_limit).unwrap_or(50),
                 rate_limit_burst: args.rate_burst.or(file.rate_burst).unwrap_or(100),
@@ -391,6 +477,44 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             print_plugins(&report.loaded, json)?;
         }
         Command::Plugins {
+            command:
+                command @ (PluginsCommand::Install { .. }
+                | PluginsCommand::Versions { .. }
+                | PluginsCommand::Rollback { .. }
+                | PluginsCommand::Promote { .. }
+                | PluginsCommand::Remove { .. }),
+        } => {
+            return remote::plugins(command).await;
+        }
+        Command::Plugins {
+            command: PluginsCommand::Sign { file, key },
+        } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let key = std::fs::read_to_string(&key)
+                .with_context(|| format!("cannot read the key {}", key.display()))?;
+            let digest = bsm_platform::runtime::artifact_cache::digest(&bytes);
+            let signature = signing::sign_digest(&key, &digest)?;
+            let out = PathBuf::from(format!("{}.sig", file.display()));
+            std::fs::write(&out, format!("{signature}\n"))
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!(
+                "signed {} (sha256 {}): {}",
+                file.display(),
+                &digest[..12],
+                out.display()
+            );
+        }
+        Command::Keys {
+            command: KeysCommand::Generate { out },
+        } => {
+            let (private, public) = signing::generate_key();
+            write_private(&out, &private)?;
+            println!("private key: {} (keep it secret)", out.display());
+            println!("public key:  {public}");
+            println!("trust it with: [plugins] trusted-keys = [\"{public}\"]");
+        }
+        Command::Plugins {
             command: PluginsCommand::Check { file, json },
         } => {
             let runtime = inspection_runtime(&global.data_dir, &settings)?;
@@ -412,6 +536,20 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a private key readable by its owner only.
+fn write_private(path: &Path, key: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
+    writeln!(file, "{key}")?;
+    Ok(())
 }
 
 /// A bare runtime for the commands that only inspect components: no

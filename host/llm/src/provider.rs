@@ -156,9 +156,7 @@ impl Provider {
                                 "LLM calls refused by the open circuit breaker (one line per interval; `suppressed` refusals since the last)"
                             );
                         }
-                        return Err(LlmError::CircuitOpen(
-                            refused.retry_after.as_millis() as u64
-                        ));
+                        return Err(LlmError::CircuitOpen(refused.retry_after.as_millis() as u64));
                     }
                 };
                 let started = Instant::now();

@@ -3,6 +3,7 @@
 //! [`Platform::build`], so they load the same plugins, the same BSM agents
 //! under the same governance, and write to the same database and reports.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -10,16 +11,20 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 
+use crate::agent_reload::AgentReload;
 use crate::bsm::agents::manifest_for;
 use crate::bsm::governance::KNOWN_CONTEXTS;
 use crate::bsm::{BsmLayout, Governance};
+use crate::deploy::Deployer;
 use crate::governed::Governed;
 use crate::knowledge_docs::{KnowledgeLibrary, KnowledgeSource};
 use crate::orchestration::{Orchestrator, Pipelines};
-use crate::platform::{Activity, AgentView, Platform};
+use crate::platform::{Activity, Platform};
 use crate::reports::ReportStore;
 use crate::settings::HostSettings;
+use crate::signing::TrustedKeys;
 use crate::store::Store;
+use crate::watch::{watch_dir, watch_plugins_dir};
 use bsm_cache::PluginCache;
 use bsm_llm::LlmClient;
 use bsm_runtime::capabilities::Capabilities;
@@ -60,6 +65,9 @@ pub struct PlatformOptions {
     pub plugins: PluginSelection,
     pub agents: AgentSet,
     pub settings: HostSettings,
+    /// Install what changes in the plugins directory while running (the
+    /// server; `[plugins] watch` can turn it off).
+    pub watch: bool,
 }
 
 /// The plugin every BSM agent is an instance of.
@@ -105,8 +113,12 @@ impl Platform {
             ..RuntimeOptions::default()
         })?);
 
+        let trusted = TrustedKeys::parse(&settings.plugins.trusted_keys)?;
         let layout = read_layout(&options.agents)?;
         load_plugins(&runtime, &options, layout.as_ref()).await?;
+        if trusted.required() {
+            refuse_unsigned(&runtime, &trusted).await;
+        }
         let layout = match layout {
             Some(_)
                 if matches!(options.agents, AgentSet::Shipped(_))
@@ -122,7 +134,6 @@ impl Platform {
 
         let allow_list = settings.governance.allow_list();
         let mut governance = Governance::default();
-        let mut quarantined = Vec::new();
         let mut knowledge_dir = None;
         if let Some(layout) = &layout {
             governance = Governance::assess(layout, &allow_list);
@@ -141,19 +152,72 @@ impl Platform {
             for warning in &governance.warnings {
                 tracing::warn!("{warning}");
             }
-            quarantined = quarantine_views(layout, &governance);
-            for agent in &quarantined {
-                let reasons: Vec<String> = agent.violations.iter().map(|v| v.to_string()).collect();
-                tracing::error!(agent = %agent.id, violations = ?reasons, "agent quarantined: not served until its violations are fixed");
+            for (agent, violations) in governance.quarantined() {
+                let reasons: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
+                tracing::error!(agent = %agent, violations = ?reasons, "agent quarantined: not served until its violations are fixed");
             }
             install_agents(&runtime, layout, &governance, &options.plugins).await?;
             knowledge_dir = layout.knowledge_dir.clone();
+        }
+        // Versions installed in a running host (and removals) survive a restart.
+        let deployer = Deployer::new(
+            runtime.clone(),
+            store.clone(),
+            data_dir.join("plugins"),
+            settings.plugins.clone(),
+            trusted.clone(),
+        );
+        if matches!(options.plugins, PluginSelection::All) {
+            let restored = deployer
+                .restore()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if restored > 0 {
+                tracing::info!(restored, "installed plugin versions restored");
+            }
         }
         for plugin in runtime.registry().list() {
             governance.insert_default(plugin.id(), KNOWN_CONTEXTS);
         }
 
-        let governed = Arc::new(Governed::new(runtime, governance, store));
+        let served_agents: BTreeSet<String> = layout
+            .as_ref()
+            .map(|l| {
+                l.agents
+                    .iter()
+                    .filter(|d| !governance.is_quarantined(&d.id))
+                    .map(|d| d.id.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let governed = Arc::new(Governed::new(runtime, governance, store, deployer.clone()));
+        let mut watches = Vec::new();
+        if options.watch && settings.plugins.watch {
+            match watch_plugins_dir(&options.plugins_dir, deployer) {
+                Ok(watch) => watches.push(watch),
+                Err(e) => {
+                    tracing::warn!(dir = %options.plugins_dir.display(), error = %e, "the plugins directory is not watched; install versions through the API")
+                }
+            }
+            if let Some(layout) = &layout {
+                let reload = Arc::new(AgentReload::new(
+                    layout.root.clone(),
+                    allow_list.clone(),
+                    governed.clone(),
+                    served_agents,
+                ));
+                let watched = watch_dir(&layout.root, true, move |_| {
+                    let reload = reload.clone();
+                    async move { reload.reload_logged().await }
+                });
+                match watched {
+                    Ok(watch) => watches.push(watch),
+                    Err(e) => {
+                        tracing::warn!(dir = %layout.root.display(), error = %e, "the BSM directory is not watched; restart to apply edits")
+                    }
+                }
+            }
+        }
         let knowledge = Arc::new(KnowledgeSource::new(
             KnowledgeLibrary::new(&settings.cache.knowledge),
             knowledge_dir,
@@ -170,7 +234,7 @@ impl Platform {
             reports,
             llm,
             knowledge,
-            quarantined,
+            _watches: watches,
             activity: Activity {
                 runs_ok: AtomicU64::new(0),
                 runs_failed: AtomicU64::new(0),
@@ -236,6 +300,19 @@ async fn load_plugins(
     Ok(())
 }
 
+/// With trusted keys configured, unloads every plugin of the plugins
+/// directory without a valid `<file>.sig` beside its component.
+async fn refuse_unsigned(runtime: &Runtime, trusted: &TrustedKeys) {
+    for plugin in runtime.registry().list() {
+        let sig_path = format!("{}.sig", plugin.source.display());
+        let signature = tokio::fs::read_to_string(&sig_path).await.ok();
+        if let Err(e) = trusted.verify(&plugin.digest, signature.as_deref()) {
+            tracing::error!(plugin = %plugin.id(), code = e.code, error = %e.message, "plugin not loaded: unsigned or badly signed");
+            runtime.registry().remove(plugin.id());
+        }
+    }
+}
+
 /// Installs every governed (not quarantined) agent of the layout as a
 /// `prompt-agent` instance: one compilation, one manifest each.
 async fn install_agents(
@@ -275,25 +352,4 @@ async fn install_agents(
         runtime.registry().install(plugin);
     }
     Ok(())
-}
-
-/// What listings show of each quarantined agent.
-fn quarantine_views(layout: &BsmLayout, governance: &Governance) -> Vec<AgentView> {
-    governance
-        .quarantined()
-        .iter()
-        .map(|(id, violations)| {
-            let def = layout.agents.iter().find(|a| &a.id == id);
-            AgentView {
-                id: id.clone(),
-                name: def.map_or_else(|| id.clone(), |d| d.name.clone()),
-                version: def.map(|d| d.version.clone()).unwrap_or_default(),
-                description: def.map(|d| d.description.clone()).unwrap_or_default(),
-                actions: def.map(|d| d.actions.clone()).unwrap_or_default(),
-                governance: None,
-                status: "quarantined",
-                violations: violations.clone(),
-            }
-        })
-        .collect()
 }

@@ -6,11 +6,14 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::bsm::Governance;
 use crate::bsm::governance::{Policy, Violation};
+use crate::deploy::Deployer;
 use crate::store::{ApprovalRecord, ApprovalStatus, Store, StoreError};
 use bsm_runtime::api::{Action, AgentRequest, AgentRun, Contribution, StepRequest, StepRun};
 use bsm_runtime::error::RunError;
@@ -96,25 +99,44 @@ impl PlatformError {
 /// Runs plugins under their governance.
 pub struct Governed {
     runtime: Arc<Runtime>,
-    governance: Governance,
+    /// Replaced as a whole when the agent set is reloaded.
+    governance: ArcSwap<Governance>,
     store: Store,
+    /// Watches new versions' runs (automatic rollback).
+    deployer: Arc<Deployer>,
 }
 
 impl Governed {
-    pub fn new(runtime: Arc<Runtime>, governance: Governance, store: Store) -> Self {
+    pub fn new(
+        runtime: Arc<Runtime>,
+        governance: Governance,
+        store: Store,
+        deployer: Arc<Deployer>,
+    ) -> Self {
         Self {
             runtime,
-            governance,
+            governance: ArcSwap::from_pointee(governance),
             store,
+            deployer,
         }
+    }
+
+    pub fn deployer(&self) -> &Arc<Deployer> {
+        &self.deployer
     }
 
     pub fn runtime(&self) -> &Arc<Runtime> {
         &self.runtime
     }
 
-    pub fn governance(&self) -> &Governance {
-        &self.governance
+    /// The governance in force now.
+    pub fn governance(&self) -> Arc<Governance> {
+        self.governance.load_full()
+    }
+
+    /// Puts a re-validated governance in force for new runs.
+    pub fn set_governance(&self, governance: Governance) {
+        self.governance.store(Arc::new(governance));
     }
 
     pub fn store(&self) -> &Store {
@@ -127,9 +149,17 @@ impl Governed {
         agent: &str,
         request: AgentRequest,
     ) -> Result<GovernedRun, PlatformError> {
-        let (plugin, policy) = self.admit(agent, &request.context.calling_context)?;
+        let governance = self.governance.load_full();
+        let (plugin, policy) = admit(
+            &self.runtime,
+            &governance,
+            agent,
+            &request.context.calling_context,
+        )?;
         let job = request.context.correlation_id.clone();
-        let run = counted(agent, self.runtime.run_agent_plugin(&plugin, request).await)?;
+        let run = self.runtime.run_agent_plugin(&plugin, request).await;
+        self.deployer.after_run(&plugin);
+        let run = counted(agent, run)?;
         let actions = self
             .govern_actions(agent, &job, policy, &run.output.actions)
             .await?;
@@ -143,9 +173,17 @@ impl Governed {
         step: &str,
         request: StepRequest,
     ) -> Result<GovernedStep, PlatformError> {
-        let (plugin, policy) = self.admit(step, &request.context.calling_context)?;
+        let governance = self.governance.load_full();
+        let (plugin, policy) = admit(
+            &self.runtime,
+            &governance,
+            step,
+            &request.context.calling_context,
+        )?;
         let job = request.context.correlation_id.clone();
-        let run = counted(step, self.runtime.run_step_plugin(&plugin, request).await)?;
+        let run = self.runtime.run_step_plugin(&plugin, request).await;
+        self.deployer.after_run(&plugin);
+        let run = counted(step, run)?;
         let actions = match &run.contribution {
             Contribution::Decision { actions, .. } => {
                 self.govern_actions(step, &job, policy, actions).await?
@@ -153,37 +191,6 @@ impl Governed {
             Contribution::Route { .. } => Vec::new(),
         };
         Ok(GovernedStep { run, actions })
-    }
-
-    /// The plugin version that will run (looked up once), if its governance
-    /// admits a call from `context`.
-    fn admit(
-        &self,
-        id: &str,
-        context: &str,
-    ) -> Result<(Arc<Plugin>, Option<&Policy>), PlatformError> {
-        if let Some(violations) = self.governance.quarantined().get(id) {
-            return Err(PlatformError::Quarantined {
-                agent: id.to_string(),
-                violations: violations.clone(),
-            });
-        }
-        let plugin = self
-            .runtime
-            .registry()
-            .get(id)
-            .ok_or_else(|| RunError::PluginNotFound { id: id.to_string() })?;
-        let policy = self.governance.policy(id);
-        if let Some(policy) = policy
-            && !policy.allows_context(context)
-        {
-            return Err(PlatformError::ContextNotAllowed {
-                agent: id.to_string(),
-                context: context.to_string(),
-                allowed: policy.contexts.join(", "),
-            });
-        }
-        Ok((plugin, policy))
     }
 
     /// Applies each action, or stores it as a pending approval when the
@@ -229,6 +236,37 @@ impl Governed {
         }
         Ok(actions)
     }
+}
+
+/// The plugin version that will run (looked up once), if its governance
+/// admits a call from `context`.
+fn admit<'g>(
+    runtime: &Runtime,
+    governance: &'g Governance,
+    id: &str,
+    context: &str,
+) -> Result<(Arc<Plugin>, Option<&'g Policy>), PlatformError> {
+    if let Some(violations) = governance.quarantined().get(id) {
+        return Err(PlatformError::Quarantined {
+            agent: id.to_string(),
+            violations: violations.clone(),
+        });
+    }
+    let plugin = runtime
+        .registry()
+        .get(id)
+        .ok_or_else(|| RunError::PluginNotFound { id: id.to_string() })?;
+    let policy = governance.policy(id);
+    if let Some(policy) = policy
+        && !policy.allows_context(context)
+    {
+        return Err(PlatformError::ContextNotAllowed {
+            agent: id.to_string(),
+            context: context.to_string(),
+            allowed: policy.contexts.join(", "),
+        });
+    }
+    Ok((plugin, policy))
 }
 
 /// Counts a run by plugin and outcome (`bsm_plugin_runs_total`).

@@ -13,17 +13,22 @@
 //! Depends on the runtime, the LLM client and the caches; it must not
 //! depend on the HTTP server or the CLI (they depend on it).
 
+pub mod agent_reload;
 pub mod bsm;
 pub mod compose;
+pub mod deploy;
 pub mod governed;
 pub mod knowledge_docs;
 pub mod orchestration;
 pub mod platform;
 pub mod reports;
 pub mod settings;
+pub mod signing;
 pub mod store;
+pub mod watch;
 
 pub use compose::{AgentSet, PlatformOptions, PluginSelection};
+pub use deploy::{DeployError, Route, Upload, VersionView};
 pub use governed::{ActionOutcome, ActionStatus, GovernedRun, GovernedStep, PlatformError};
 pub use platform::{AgentView, JobRuns, Platform, RunRow, StorageHealth};
 pub use settings::HostSettings;

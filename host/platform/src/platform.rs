@@ -14,6 +14,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::bsm::governance::{KNOWN_CONTEXTS, Policy, Violation};
+use crate::deploy::{DeployError, Upload, VersionView};
 use crate::governed::{Governed, GovernedRun, GovernedStep, PlatformError};
 use crate::knowledge_docs::KnowledgeSource;
 use crate::orchestration::{JobEvent, Orchestrator, Pipelines};
@@ -89,7 +90,8 @@ pub struct Platform {
     pub(crate) reports: Arc<ReportStore>,
     pub(crate) llm: Option<Arc<LlmClient>>,
     pub(crate) knowledge: Arc<KnowledgeSource>,
-    pub(crate) quarantined: Vec<AgentView>,
+    /// Keeps the plugins and BSM directories watched while the platform lives.
+    pub(crate) _watches: Vec<crate::watch::DirWatch>,
     pub(crate) activity: Activity,
     pub(crate) started_at: Instant,
 }
@@ -158,7 +160,7 @@ impl Platform {
             .filter(|p| p.kind() == PluginKind::Agent)
             .map(|p| self.agent_view(p))
             .collect();
-        agents.extend(self.quarantined.iter().cloned());
+        agents.extend(self.quarantined());
         agents
     }
 
@@ -167,13 +169,30 @@ impl Platform {
         match self.governed.runtime().registry().get(id) {
             Some(p) if p.kind() == PluginKind::Agent => Some(self.agent_view(&p)),
             Some(_) => None,
-            None => self.quarantined.iter().find(|a| a.id == id).cloned(),
+            None => self.quarantined().into_iter().find(|a| a.id == id),
         }
     }
 
     /// Agents not served, with their violations.
-    pub fn quarantined(&self) -> &[AgentView] {
-        &self.quarantined
+    pub fn quarantined(&self) -> Vec<AgentView> {
+        let governance = self.governed.governance();
+        governance
+            .quarantined()
+            .iter()
+            .map(|(id, violations)| {
+                let def = governance.quarantined_definition(id);
+                AgentView {
+                    id: id.clone(),
+                    name: def.map_or_else(|| id.clone(), |d| d.name.clone()),
+                    version: def.map(|d| d.version.clone()).unwrap_or_default(),
+                    description: def.map(|d| d.description.clone()).unwrap_or_default(),
+                    actions: def.map(|d| d.actions.clone()).unwrap_or_default(),
+                    governance: None,
+                    status: "quarantined",
+                    violations: violations.clone(),
+                }
+            })
+            .collect()
     }
 
     fn agent_view(&self, p: &Plugin) -> AgentView {
@@ -197,6 +216,41 @@ impl Platform {
     /// The current version of one plugin.
     pub fn plugin(&self, id: &str) -> Option<Arc<Plugin>> {
         self.governed.runtime().registry().get(id)
+    }
+
+    // ---- plugin versions (hot swap) ----
+
+    /// Checks a new version completely and makes it current (or a canary);
+    /// a refused version changes nothing.
+    pub async fn install_plugin(&self, upload: Upload) -> Result<VersionView, DeployError> {
+        self.governed.deployer().install(upload).await
+    }
+
+    /// The kept versions of a plugin, newest first.
+    pub async fn plugin_versions(&self, id: &str) -> Result<Vec<VersionView>, DeployError> {
+        self.governed.deployer().versions(id).await
+    }
+
+    /// Drops the canary, or makes an earlier (or the named) version current.
+    pub async fn rollback_plugin(
+        &self,
+        id: &str,
+        version: Option<&str>,
+    ) -> Result<VersionView, DeployError> {
+        self.governed
+            .deployer()
+            .rollback(id, version, "rolled back by an operator")
+            .await
+    }
+
+    /// Makes the canary current.
+    pub async fn promote_plugin(&self, id: &str) -> Result<VersionView, DeployError> {
+        self.governed.deployer().promote(id).await
+    }
+
+    /// Unloads a plugin; runs in flight finish.
+    pub async fn remove_plugin(&self, id: &str) -> Result<(), DeployError> {
+        self.governed.deployer().remove(id).await
     }
 
     // ---- jobs ----
@@ -430,7 +484,8 @@ impl Platform {
             }
         }
         metrics::gauge!("bsm_jobs_running").set(self.jobs_running() as f64);
-        metrics::gauge!("bsm_agents_quarantined").set(self.quarantined.len() as f64);
+        metrics::gauge!("bsm_agents_quarantined")
+            .set(self.governed.governance().quarantined().len() as f64);
     }
 
     /// The JSON summary of `/api/metrics` (the original BSM's monitoring
@@ -444,7 +499,7 @@ impl Platform {
         serde_json::json!({
             "uptimeSeconds": self.uptime().as_secs(),
             "memory": { "rssBytes": resident_bytes() },
-            "agents": { "active": active_agents, "quarantined": self.quarantined.len() },
+            "agents": { "active": active_agents, "quarantined": self.governed.governance().quarantined().len() },
             "plugins": {
                 "loaded": plugins.len(),
                 "inFlight": plugins.iter().map(|p| p.in_flight()).sum::<usize>(),

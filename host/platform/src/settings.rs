@@ -18,6 +18,8 @@ pub struct HostSettings {
     pub reports: ReportSettings,
     /// The action allow-list and how strictly the agent registry is taken.
     pub governance: GovernanceSettings,
+    /// Installing, keeping and rolling back plugin versions.
+    pub plugins: PluginSettings,
     /// `bsm serve` settings; the command line and `BSM_*` variables win.
     pub server: ServerSettings,
     /// Pipelines by event, replacing or adding to the original ones.
@@ -38,6 +40,41 @@ pub struct ServerSettings {
     pub request_timeout_ms: Option<u64>,
     pub wait_timeout_ms: Option<u64>,
     pub shutdown_grace_ms: Option<u64>,
+}
+
+/// The `[plugins]` table: how versions arrive, how many are kept, and
+/// when a new one is rolled back by itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+pub struct PluginSettings {
+    /// Versions kept per plugin for rollback, besides the live ones.
+    pub keep_versions: usize,
+    /// The first runs of a new or canary version that are watched.
+    pub probation_runs: u32,
+    /// The share of those runs that may fail through the plugin's own fault
+    /// (traps, timeouts in its code, memory limit, invalid output) before
+    /// the previous version is made current again.
+    pub max_failure_rate: f64,
+    /// Largest upload (`PUT /api/plugins/{id}`), in bytes.
+    pub upload_limit: usize,
+    /// Watch the plugins directory and install what changes in it.
+    pub watch: bool,
+    /// ed25519 public keys (hex); when set, only components with a valid
+    /// detached signature by one of them are accepted.
+    pub trusted_keys: Vec<String>,
+}
+
+impl Default for PluginSettings {
+    fn default() -> Self {
+        Self {
+            keep_versions: 5,
+            probation_runs: 20,
+            max_failure_rate: 0.5,
+            upload_limit: 64 << 20,
+            watch: true,
+            trusted_keys: Vec::new(),
+        }
+    }
 }
 
 /// The `[governance]` table.

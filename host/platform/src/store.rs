@@ -163,6 +163,13 @@ CREATE TABLE IF NOT EXISTS reports (
     id TEXT PRIMARY KEY, plugin TEXT NOT NULL, job TEXT NOT NULL, name TEXT NOT NULL, file TEXT NOT NULL,
     bytes INTEGER NOT NULL, created_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS plugin_versions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, plugin_id TEXT NOT NULL, version TEXT NOT NULL,
+    digest TEXT NOT NULL, size INTEGER NOT NULL, manifest TEXT NOT NULL, installed_at TEXT NOT NULL,
+    route TEXT NOT NULL, status TEXT NOT NULL, canary_percent INTEGER,
+    runs INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0, reason TEXT
+);
+CREATE INDEX IF NOT EXISTS plugin_versions_id ON plugin_versions(plugin_id);
 CREATE TABLE IF NOT EXISTS approvals (
     id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, job_id TEXT NOT NULL, action TEXT NOT NULL, args TEXT NOT NULL,
     status TEXT NOT NULL, approvers TEXT NOT NULL, created_at TEXT NOT NULL, decided_at TEXT, decided_by TEXT
@@ -394,6 +401,147 @@ impl Store {
 
 fn parse_json(text: Option<String>) -> Option<Value> {
     text.and_then(|t| serde_json::from_str(&t).ok())
+}
+
+/// One installed version of a plugin, as the database keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionRow {
+    /// Order of installation (newest highest).
+    pub seq: i64,
+    pub plugin_id: String,
+    pub version: String,
+    /// SHA-256 of the component.
+    pub digest: String,
+    pub size: u64,
+    /// The manifest as installed (TOML).
+    #[serde(skip)]
+    pub manifest: String,
+    pub installed_at: String,
+    /// How it arrived: `api`, `directory`.
+    pub route: String,
+    /// `current`, `canary`, `previous`, `rolled_back` or `removed`.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary_percent: Option<u8>,
+    pub runs: u64,
+    pub failures: u64,
+    /// Why it left service (a rollback's reason), if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+const VERSION_COLUMNS: &str = "seq, plugin_id, version, digest, size, manifest, installed_at, route, status, canary_percent, runs, failures, reason";
+
+fn version_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRow> {
+    Ok(VersionRow {
+        seq: r.get(0)?,
+        plugin_id: r.get(1)?,
+        version: r.get(2)?,
+        digest: r.get(3)?,
+        size: r.get::<_, i64>(4)? as u64,
+        manifest: r.get(5)?,
+        installed_at: r.get(6)?,
+        route: r.get(7)?,
+        status: r.get(8)?,
+        canary_percent: r.get(9)?,
+        runs: r.get::<_, i64>(10)? as u64,
+        failures: r.get::<_, i64>(11)? as u64,
+        reason: r.get(12)?,
+    })
+}
+
+impl Store {
+    /// Records a newly installed version; returns its `seq`.
+    pub async fn insert_version(&self, v: &VersionRow) -> Result<i64, StoreError> {
+        let v = v.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO plugin_versions (plugin_id, version, digest, size, manifest, installed_at, route, status, canary_percent, runs, failures, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                params![v.plugin_id, v.version, v.digest, v.size as i64, v.manifest, v.installed_at, v.route, v.status, v.canary_percent, v.runs as i64, v.failures as i64, v.reason],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
+        .await
+    }
+
+    /// Moves a version to another status, with the counts it reached and
+    /// (when it leaves service) why.
+    pub async fn set_version_status(
+        &self,
+        seq: i64,
+        status: &str,
+        counts: Option<(u64, u64)>,
+        reason: Option<String>,
+    ) -> Result<(), StoreError> {
+        let status = status.to_string();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE plugin_versions SET status = ?2, reason = COALESCE(?3, reason), runs = COALESCE(?4, runs), failures = COALESCE(?5, failures) WHERE seq = ?1",
+                params![seq, status, reason, counts.map(|c| c.0 as i64), counts.map(|c| c.1 as i64)],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// Every recorded version of a plugin, newest first.
+    pub async fn versions(&self, plugin_id: &str) -> Result<Vec<VersionRow>, StoreError> {
+        let id = plugin_id.to_string();
+        self.with(move |c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {VERSION_COLUMNS} FROM plugin_versions WHERE plugin_id = ?1 ORDER BY seq DESC"
+            ))?;
+            stmt.query_map(params![id], version_row)?.collect()
+        })
+        .await
+    }
+
+    /// The newest row of every plugin that has any, for restoring at start.
+    pub async fn latest_versions(&self) -> Result<Vec<VersionRow>, StoreError> {
+        self.with(move |c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {VERSION_COLUMNS} FROM plugin_versions WHERE status IN ('current', 'canary', 'removed') ORDER BY seq"
+            ))?;
+            stmt.query_map([], version_row)?.collect()
+        })
+        .await
+    }
+
+    /// Forgets all but the newest `keep` versions of a plugin that are out
+    /// of service; returns the digests no version refers to any more.
+    pub async fn prune_versions(
+        &self,
+        plugin_id: &str,
+        keep: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let id = plugin_id.to_string();
+        self.with(move |c| {
+            let tx = c.unchecked_transaction()?;
+            let stale: Vec<(i64, String)> = {
+                let mut stmt = tx.prepare(
+                    "SELECT seq, digest FROM plugin_versions WHERE plugin_id = ?1 AND status NOT IN ('current', 'canary') ORDER BY seq DESC LIMIT -1 OFFSET ?2",
+                )?;
+                stmt.query_map(params![id, keep as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()?
+            };
+            let mut orphans = Vec::new();
+            for (seq, digest) in stale {
+                tx.execute("DELETE FROM plugin_versions WHERE seq = ?1", params![seq])?;
+                let still: i64 = tx.query_row(
+                    "SELECT COUNT(*) FROM plugin_versions WHERE digest = ?1",
+                    params![digest],
+                    |r| r.get(0),
+                )?;
+                if still == 0 {
+                    orphans.push(digest);
+                }
+            }
+            tx.commit()?;
+            Ok(orphans)
+        })
+        .await
+    }
 }
 
 /// Brings a database made by an older version up to this schema.

@@ -2,9 +2,13 @@
 //! `max_queued` wait (each no longer than `max_queue_wait`), and anything
 //! beyond is turned away at once, so a saturated plugin answers "busy"
 //! quickly instead of slowing every other plugin down.
+//!
+//! A bulkhead belongs to a plugin id, not to a version: every version of a
+//! plugin shares it, so a hot swap never doubles or loses the limits, and a
+//! new version's budget resizes it in place ([`Bulkhead::configure`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -30,10 +34,12 @@ pub struct Busy {
 #[derive(Debug)]
 pub struct Bulkhead {
     slots: Arc<Semaphore>,
-    max_concurrent: usize,
-    max_queued: usize,
-    max_wait: Duration,
+    max_concurrent: AtomicUsize,
+    max_queued: AtomicUsize,
+    max_wait_ms: AtomicU64,
     queued: AtomicUsize,
+    /// Serialises resizes, so concurrent ones cannot miscount permits.
+    resize: std::sync::Mutex<()>,
 }
 
 /// A held slot; the slot is freed when this is dropped.
@@ -55,11 +61,49 @@ impl Bulkhead {
     pub fn new(max_concurrent: usize, max_queued: usize, max_wait: Duration) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(max_concurrent)),
-            max_concurrent,
-            max_queued,
-            max_wait,
+            max_concurrent: AtomicUsize::new(max_concurrent),
+            max_queued: AtomicUsize::new(max_queued),
+            max_wait_ms: AtomicU64::new(max_wait.as_millis() as u64),
             queued: AtomicUsize::new(0),
+            resize: std::sync::Mutex::new(()),
         }
+    }
+
+    /// Applies a (new version's) budget to the shared bulkhead: more slots
+    /// are free at once; fewer are taken back as runs finish (a background
+    /// task holds the surplus permits and forgets them), so the limit is
+    /// never exceeded by the runs of both versions together.
+    pub fn configure(&self, max_concurrent: usize, max_queued: usize, max_wait: Duration) {
+        let _guard = self.resize.lock().unwrap();
+        self.max_queued.store(max_queued, Ordering::Release);
+        self.max_wait_ms
+            .store(max_wait.as_millis() as u64, Ordering::Release);
+        let old = self.max_concurrent.swap(max_concurrent, Ordering::AcqRel);
+        if max_concurrent > old {
+            self.slots.add_permits(max_concurrent - old);
+        } else if max_concurrent < old {
+            let surplus = (old - max_concurrent) as u32;
+            let slots = self.slots.clone();
+            let take_back = async move {
+                if let Ok(permits) = slots.acquire_many_owned(surplus).await {
+                    permits.forget();
+                }
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    handle.spawn(take_back);
+                }
+                Err(_) => {
+                    if let Ok(permits) = self.slots.clone().try_acquire_many_owned(surplus) {
+                        permits.forget();
+                    }
+                }
+            }
+        }
+    }
+
+    fn max_wait(&self) -> Duration {
+        Duration::from_millis(self.max_wait_ms.load(Ordering::Acquire))
     }
 
     /// Takes a slot: immediately when one is free, after waiting in the queue
@@ -71,14 +115,14 @@ impl Bulkhead {
         let entered = self
             .queued
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                (q < self.max_queued).then_some(q + 1)
+                (q < self.max_queued.load(Ordering::Acquire)).then_some(q + 1)
             })
             .is_ok();
         if !entered {
             return Err(self.busy(Rejection::QueueFull));
         }
         let _queued = QueuedGuard(&self.queued);
-        match tokio::time::timeout(self.max_wait, self.slots.clone().acquire_owned()).await {
+        match tokio::time::timeout(self.max_wait(), self.slots.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Ok(Slot { _permit: permit }),
             // The semaphore is never closed; treat it like a timeout anyway.
             Ok(Err(_)) | Err(_) => Err(self.busy(Rejection::QueueTimeout)),
@@ -88,13 +132,20 @@ impl Bulkhead {
     fn busy(&self, reason: Rejection) -> Busy {
         Busy {
             reason,
-            retry_after: self.max_wait.max(Duration::from_millis(50)),
+            retry_after: self.max_wait().max(Duration::from_millis(50)),
         }
     }
 
     /// Runs executing now.
     pub fn in_flight(&self) -> usize {
-        self.max_concurrent - self.slots.available_permits()
+        self.max_concurrent
+            .load(Ordering::Acquire)
+            .saturating_sub(self.slots.available_permits())
+    }
+
+    /// The current concurrency limit.
+    pub fn max_concurrent(&self) -> usize {
+        self.max_concurrent.load(Ordering::Acquire)
     }
 
     /// Runs waiting for a slot now.
@@ -161,5 +212,28 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(20), f)
             .await
             .ok()
+    }
+
+    #[tokio::test]
+    async fn a_resize_grows_at_once_and_shrinks_as_runs_finish() {
+        let b = Bulkhead::new(1, 0, Duration::from_secs(10));
+        let first = b.acquire().await.unwrap();
+        assert!(b.acquire().await.is_err());
+        b.configure(3, 0, Duration::from_secs(10));
+        let second = b.acquire().await.unwrap();
+        let third = b.acquire().await.unwrap();
+        assert_eq!(b.in_flight(), 3);
+        b.configure(1, 0, Duration::from_secs(10));
+        drop(first);
+        drop(second);
+        tokio::task::yield_now().await;
+        assert!(
+            b.acquire().await.is_err(),
+            "two finished runs paid back the surplus: still one in flight, limit one"
+        );
+        drop(third);
+        tokio::task::yield_now().await;
+        let _again = b.acquire().await.unwrap();
+        assert_eq!(b.max_concurrent(), 1);
     }
 }

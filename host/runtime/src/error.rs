@@ -32,7 +32,14 @@ pub enum RunError {
     },
 
     #[error("plugin {plugin:?} did not finish within its {timeout_ms} ms budget")]
-    PluginTimeout { plugin: String, timeout_ms: u64 },
+    PluginTimeout {
+        plugin: String,
+        timeout_ms: u64,
+        /// The deadline passed while the plugin waited on a host call (an
+        /// LLM answer...), not while its own code ran.
+        #[serde(skip)]
+        in_host_call: bool,
+    },
 
     #[error(
         "plugin {plugin:?} exceeded its memory limit of {limit_bytes} bytes (asked for {requested_bytes})"
@@ -92,6 +99,23 @@ impl RunError {
     }
 }
 
+impl RunError {
+    /// Whether the plugin version itself is to blame: it trapped, ran out
+    /// of time in its own code, hit its memory cap, or answered something
+    /// invalid. A busy queue, an LLM outage or a bad request is not.
+    pub fn is_plugin_fault(&self) -> bool {
+        match self {
+            RunError::PluginTimeout { in_host_call, .. } => !in_host_call,
+            RunError::PluginMemoryLimit { .. }
+            | RunError::PluginTrap { .. }
+            | RunError::PluginOutputTooLarge { .. }
+            | RunError::PluginInvalidOutput { .. }
+            | RunError::ActionNotAllowed { .. } => true,
+            _ => false,
+        }
+    }
+}
+
 /// Why a plugin could not be loaded (bad manifest, bad component, wrong world).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{origin}: {message}")]
@@ -99,13 +123,57 @@ pub struct LoadError {
     /// The file that was being loaded.
     pub origin: String,
     pub message: String,
+    /// Which check failed.
+    pub stage: LoadStage,
+}
+
+/// The check a plugin failed at load, so that callers (an upload, the
+/// watched directory) can answer with a stable code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadStage {
+    /// The manifest does not parse or validate.
+    Manifest,
+    /// Not a WebAssembly component, or it does not compile.
+    Component,
+    /// It imports what the host does not provide, or does not export the
+    /// world its manifest names.
+    World,
+    /// `describe()` trapped, timed out or failed.
+    Describe,
+    /// A file could not be read.
+    #[default]
+    Io,
+}
+
+impl LoadStage {
+    /// The stable error code of this stage.
+    pub fn code(self) -> &'static str {
+        match self {
+            LoadStage::Manifest => "INVALID_MANIFEST",
+            LoadStage::Component => "INVALID_COMPONENT",
+            LoadStage::World => "WRONG_WORLD",
+            LoadStage::Describe => "DESCRIBE_FAILED",
+            LoadStage::Io => "LOAD_FAILED",
+        }
+    }
 }
 
 impl LoadError {
     pub fn new(origin: impl std::fmt::Display, message: impl Into<String>) -> Self {
+        Self::at(LoadStage::Io, origin, message)
+    }
+
+    /// An error of a given stage.
+    pub fn at(
+        stage: LoadStage,
+        origin: impl std::fmt::Display,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             origin: origin.to_string(),
             message: message.into(),
+            stage,
         }
     }
 }

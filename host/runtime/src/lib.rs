@@ -35,7 +35,7 @@ pub mod run_state;
 pub mod runtime;
 
 pub use api::{AgentRequest, AgentRun, RunContext, StepRequest, StepRun};
-pub use error::{LoadError, RunError};
+pub use error::{LoadError, LoadStage, RunError};
 pub use manifest::{Budget, Manifest, PluginKind};
 pub use plugin::Plugin;
 pub use runtime::{LoadReport, Runtime, RuntimeOptions};

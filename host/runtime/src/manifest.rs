@@ -54,6 +54,21 @@ pub struct Manifest {
     /// The plugin's own settings, served by the `config` capability.
     #[serde(default)]
     pub config: toml::Table,
+    /// Overrides of the host's rollout policy for new versions of this plugin.
+    #[serde(default)]
+    pub rollout: Rollout,
+}
+
+/// When a new (or canary) version of this plugin is rolled back by itself:
+/// unset fields take the host's `[plugins]` settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct Rollout {
+    /// The first runs of a new version that are watched.
+    pub probation_runs: Option<u32>,
+    /// The share of those runs (0.0..=1.0) that may fail through the
+    /// plugin's own fault before the previous version comes back.
+    pub max_failure_rate: Option<f64>,
 }
 
 /// A plugin's resource budget: the bulkhead that keeps one plugin from

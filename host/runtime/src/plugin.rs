@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
@@ -43,9 +44,41 @@ pub struct Plugin {
     pub source: PathBuf,
     pub(crate) id: Arc<str>,
     pub(crate) exports: Exports,
-    pub(crate) bulkhead: Bulkhead,
+    /// Shared by every version of this plugin id.
+    pub(crate) bulkhead: Arc<Bulkhead>,
     pub(crate) config: Arc<ConfigValues>,
     pub(crate) allowed_actions: HashSet<String>,
+    /// What this version's runs came to, for rollouts.
+    pub outcomes: Outcomes,
+}
+
+/// Runs of one plugin version and how many failed through the plugin's own
+/// fault (trap, timeout in guest code, memory limit, invalid or oversized
+/// output). Failures of the LLM, the queue or the caller do not count: they
+/// say nothing about the version.
+#[derive(Debug, Default)]
+pub struct Outcomes {
+    runs: AtomicU64,
+    faults: AtomicU64,
+}
+
+impl Outcomes {
+    pub(crate) fn record(&self, fault: bool) {
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        if fault {
+            self.faults.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Runs that reached the plugin (admitted by its bulkhead).
+    pub fn runs(&self) -> u64 {
+        self.runs.load(Ordering::Relaxed)
+    }
+
+    /// Runs that failed through the plugin's own fault.
+    pub fn faults(&self) -> u64 {
+        self.faults.load(Ordering::Relaxed)
+    }
 }
 
 impl Plugin {
@@ -63,6 +96,17 @@ impl Plugin {
     /// Runs of this plugin executing now.
     pub fn in_flight(&self) -> usize {
         self.bulkhead.in_flight()
+    }
+
+    /// Makes this version's budget the limits of the bulkhead its id's
+    /// versions share (when it becomes the current version).
+    pub fn apply_budget(&self) {
+        let b = &self.manifest.budget;
+        self.bulkhead.configure(
+            b.max_concurrent as usize,
+            b.max_queued as usize,
+            b.max_queue_wait(),
+        );
     }
 
     /// Runs of this plugin waiting for a slot now.

@@ -20,7 +20,7 @@ use crate::capabilities::llm::LlmUsage;
 use crate::capabilities::{self, Caller, Capabilities, RunInfo};
 use crate::engine::{self, EpochTicker, PoolSettings};
 use crate::error::LlmFailure;
-use crate::error::{LoadError, RunError};
+use crate::error::{LoadError, LoadStage, RunError};
 use crate::limits::{MemoryLimitExceeded, RunLimits};
 use crate::manifest::{Manifest, PluginKind};
 use crate::output_capture::panic_message;
@@ -57,6 +57,8 @@ pub struct Runtime {
     registry: Registry,
     manifests: LoadingCache<PathBuf, Arc<Manifest>>,
     components: LoadingCache<String, Component>,
+    /// One bulkhead per plugin id, shared by its versions.
+    bulkheads: std::sync::Mutex<std::collections::HashMap<String, Arc<Bulkhead>>>,
     _ticker: EpochTicker,
 }
 
@@ -86,6 +88,7 @@ impl Runtime {
                 Some(options.cache.manifests.ttl()),
             ),
             components: LoadingCache::new("components", COMPONENT_CACHE_ENTRIES, None),
+            bulkheads: Default::default(),
         })
     }
 
@@ -207,10 +210,15 @@ impl Runtime {
         source: PathBuf,
     ) -> Result<Arc<Plugin>, LoadError> {
         let origin = source.display().to_string();
-        manifest
-            .validate()
-            .map_err(|m| LoadError::new(&origin, format!("manifest of {:?}: {m}", manifest.id)))?;
-        crate::header::check_header(&bytes).map_err(|m| LoadError::new(&origin, m))?;
+        manifest.validate().map_err(|m| {
+            LoadError::at(
+                LoadStage::Manifest,
+                &origin,
+                format!("manifest of {:?}: {m}", manifest.id),
+            )
+        })?;
+        crate::header::check_header(&bytes)
+            .map_err(|m| LoadError::at(LoadStage::Component, &origin, m))?;
         let digest = artifact_cache::digest(&bytes);
         // Single-flight: concurrent loads of the same bytes compile once.
         let component = self
@@ -227,7 +235,11 @@ impl Runtime {
                             LoadError::new(&origin, format!("compilation task failed: {e}"))
                         })?
                         .map_err(|e| {
-                            LoadError::new(&origin, format!("not a valid component: {e:#}"))
+                            LoadError::at(
+                                LoadStage::Component,
+                                &origin,
+                                format!("not a valid component: {e:#}"),
+                            )
                         })
                 }
             })
@@ -235,7 +247,7 @@ impl Runtime {
             .map_err(|e: Arc<LoadError>| LoadError::clone(&e))?;
         let exports = self
             .pre_instantiate(&component, manifest.kind)
-            .map_err(|m| LoadError::new(&origin, m))?;
+            .map_err(|m| LoadError::at(LoadStage::World, &origin, m))?;
         let budget = &manifest.budget;
         let id: Arc<str> = Arc::from(manifest.id.as_str());
         let mut plugin = Plugin {
@@ -250,12 +262,9 @@ impl Runtime {
             source,
             id,
             exports,
-            bulkhead: Bulkhead::new(
-                budget.max_concurrent as usize,
-                budget.max_queued as usize,
-                budget.max_queue_wait(),
-            ),
+            bulkhead: self.bulkhead_of(&manifest.id, budget),
             config: Arc::new(manifest.config_pairs()),
+            outcomes: Default::default(),
             allowed_actions: manifest
                 .allowed_actions
                 .iter()
@@ -263,10 +272,13 @@ impl Runtime {
                 .collect::<HashSet<_>>(),
             manifest,
         };
-        plugin.described = self
-            .describe(&plugin)
-            .await
-            .map_err(|e| LoadError::new(&origin, format!("describe() failed: {e}")))?;
+        plugin.described = self.describe(&plugin).await.map_err(|e| {
+            LoadError::at(
+                LoadStage::Describe,
+                &origin,
+                format!("describe() failed: {e}"),
+            )
+        })?;
         if plugin.described.id != plugin.manifest.id {
             tracing::warn!(
                 manifest_id = %plugin.manifest.id,
@@ -331,6 +343,23 @@ impl Runtime {
         }
     }
 
+    /// The bulkhead every version of `id` shares (made with this budget
+    /// when it is the first version; resized when a version is installed).
+    fn bulkhead_of(&self, id: &str, budget: &crate::manifest::Budget) -> Arc<Bulkhead> {
+        self.bulkheads
+            .lock()
+            .unwrap()
+            .entry(id.to_string())
+            .or_insert_with(|| {
+                Arc::new(Bulkhead::new(
+                    budget.max_concurrent as usize,
+                    budget.max_queued as usize,
+                    budget.max_queue_wait(),
+                ))
+            })
+            .clone()
+    }
+
     fn plugin_of_kind(&self, id: &str, kind: PluginKind) -> Result<Arc<Plugin>, RunError> {
         let plugin = self
             .registry
@@ -354,6 +383,16 @@ impl Runtime {
 
     /// Runs a specific plugin version (e.g. one held since before a swap).
     pub async fn run_agent_plugin(
+        &self,
+        plugin: &Arc<Plugin>,
+        request: AgentRequest,
+    ) -> Result<AgentRun, RunError> {
+        let result = self.execute_agent(plugin, request).await;
+        record_outcome(plugin, &result);
+        result
+    }
+
+    async fn execute_agent(
         &self,
         plugin: &Arc<Plugin>,
         request: AgentRequest,
@@ -436,6 +475,16 @@ impl Runtime {
 
     /// Runs a specific step version (e.g. one held since before a swap).
     pub async fn run_step_plugin(
+        &self,
+        plugin: &Arc<Plugin>,
+        request: StepRequest,
+    ) -> Result<StepRun, RunError> {
+        let result = self.execute_step(plugin, request).await;
+        record_outcome(plugin, &result);
+        result
+    }
+
+    async fn execute_step(
         &self,
         plugin: &Arc<Plugin>,
         request: StepRequest,
@@ -539,9 +588,12 @@ impl Runtime {
         let usage = store.data().caps.llm.usage();
         let result = match outcome {
             Ok(Ok(value)) => Ok(value),
+            // Guest code is interrupted by the epoch deadline; only a run
+            // blocked in a host call outlives it into the grace period.
             Err(_elapsed) => Err(RunError::PluginTimeout {
                 plugin: plugin.id().to_string(),
                 timeout_ms: budget.timeout_ms,
+                in_host_call: true,
             }),
             Ok(Err(error)) => Err(classify_failure(plugin, &store, error)),
         };
@@ -556,7 +608,7 @@ async fn read_manifest(path: &Path) -> Result<Arc<Manifest>, LoadError> {
         .map_err(|e| LoadError::new(&origin, format!("cannot read the manifest: {e}")))?;
     Manifest::from_toml(&text, path)
         .map(Arc::new)
-        .map_err(|m| LoadError::new(&origin, m))
+        .map_err(|m| LoadError::at(LoadStage::Manifest, &origin, m))
 }
 
 /// Names a failed call: deadline, memory cap, guest trap (with the panic
@@ -576,6 +628,7 @@ fn classify_failure(plugin: &Plugin, store: &Store<RunState>, error: wasmtime::E
         Some(Trap::Interrupt) => RunError::PluginTimeout {
             plugin: id,
             timeout_ms: budget.timeout_ms,
+            in_host_call: false,
         },
         Some(trap) => {
             let stderr = store.data().stderr.text();
@@ -589,6 +642,15 @@ fn classify_failure(plugin: &Plugin, store: &Store<RunState>, error: wasmtime::E
             plugin: id,
             message: format!("{error:#}"),
         },
+    }
+}
+
+/// Counts a run that reached the plugin in its version's outcomes.
+fn record_outcome<T>(plugin: &Plugin, result: &Result<T, RunError>) {
+    match result {
+        Err(RunError::PluginBusy { .. } | RunError::WrongPluginKind { .. }) => {}
+        Ok(_) => plugin.outcomes.record(false),
+        Err(e) => plugin.outcomes.record(e.is_plugin_fault()),
     }
 }
 

@@ -16,6 +16,7 @@ pub mod error;
 pub mod jobs;
 pub mod middleware;
 pub mod ops;
+pub mod plugins;
 pub mod rate_limit;
 pub mod state;
 
@@ -99,7 +100,7 @@ fn install_metrics_recorder() -> metrics_exporter_prometheus::PrometheusHandle {
 }
 
 /// The routes of the API, one group per area.
-fn routes() -> Router<AppState> {
+fn routes(upload_limit: usize) -> Router<AppState> {
     let health = Router::new()
         .route("/health", get(ops::health))
         .route("/api/health", get(ops::api_health))
@@ -110,7 +111,16 @@ fn routes() -> Router<AppState> {
         .route("/api/agents/run", post(agents::run_agent))
         .route("/api/agents/{id}", get(agents::get_agent))
         .route("/api/plugins", get(agents::list_plugins))
-        .route("/api/plugins/{id}", get(agents::get_plugin));
+        .route(
+            "/api/plugins/{id}",
+            get(agents::get_plugin)
+                .put(plugins::install)
+                .layer(DefaultBodyLimit::max(upload_limit))
+                .delete(plugins::remove),
+        )
+        .route("/api/plugins/{id}/versions", get(plugins::versions))
+        .route("/api/plugins/{id}/rollback", post(plugins::rollback))
+        .route("/api/plugins/{id}/promote", post(plugins::promote));
     let jobs = Router::new()
         .route("/api/orchestrator/run", post(jobs::run_job))
         .route("/api/orchestrator/jobs/{id}", get(jobs::get_job))
@@ -140,7 +150,7 @@ fn routes() -> Router<AppState> {
 /// The API with its layers.
 pub fn router(state: AppState, options: &ServeOptions) -> Router {
     let timeout = options.request_timeout;
-    let mut app = routes()
+    let mut app = routes(options.platform.settings.plugins.upload_limit)
         .fallback(|| async { ApiError::not_found("NOT_FOUND", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -225,9 +235,21 @@ mod tests {
     #[test]
     fn a_wait_always_ends_before_the_request_timeout() {
         let s = Duration::from_secs;
-        assert_eq!(wait_timeout(s(150), None), s(149), "default: the request timeout");
-        assert_eq!(wait_timeout(s(150), Some(s(30))), s(30), "a shorter wait is kept");
-        assert_eq!(wait_timeout(s(150), Some(s(600))), s(149), "a longer one is cut");
+        assert_eq!(
+            wait_timeout(s(150), None),
+            s(149),
+            "default: the request timeout"
+        );
+        assert_eq!(
+            wait_timeout(s(150), Some(s(30))),
+            s(30),
+            "a shorter wait is kept"
+        );
+        assert_eq!(
+            wait_timeout(s(150), Some(s(600))),
+            s(149),
+            "a longer one is cut"
+        );
         assert_eq!(
             wait_timeout(Duration::from_millis(2000), None),
             Duration::from_millis(1800)

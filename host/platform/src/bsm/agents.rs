@@ -94,5 +94,6 @@ pub fn manifest_for(def: &AgentDefinition) -> Manifest {
         allowed_actions: def.actions.clone(),
         budget: agent_budget(),
         config,
+        rollout: Default::default(),
     }
 }

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use super::layout::{Approval, BsmLayout, Contexts, RegistryEntry, Risk};
+use super::layout::{AgentDefinition, Approval, BsmLayout, Contexts, RegistryEntry, Risk};
 
 /// The calling contexts BSM knows.
 pub const KNOWN_CONTEXTS: &[&str] = &["api", "chat", "ci", "github", "mobile", "cli"];
@@ -114,6 +114,8 @@ pub struct Governance {
     registry_only: BTreeMap<String, Policy>,
     /// Agents that are not served, with what is wrong with them.
     quarantined: BTreeMap<String, Vec<Violation>>,
+    /// The definitions of quarantined agents that could be read (for listings).
+    quarantined_definitions: BTreeMap<String, AgentDefinition>,
     /// Every violation found, quarantined agents' and others'.
     violations: Vec<Violation>,
     /// Things worth a log line but not a refusal to start.
@@ -228,10 +230,17 @@ impl Governance {
         for id in quarantined.keys() {
             policies.remove(id);
         }
+        let quarantined_definitions = layout
+            .agents
+            .iter()
+            .filter(|d| quarantined.contains_key(&d.id))
+            .map(|d| (d.id.clone(), d.clone()))
+            .collect();
         Self {
             policies,
             registry_only,
             quarantined,
+            quarantined_definitions,
             violations,
             warnings,
         }
@@ -240,6 +249,11 @@ impl Governance {
     /// Agents not served because of their violations.
     pub fn quarantined(&self) -> &BTreeMap<String, Vec<Violation>> {
         &self.quarantined
+    }
+
+    /// The definition of a quarantined agent, when it could be read.
+    pub fn quarantined_definition(&self, agent: &str) -> Option<&AgentDefinition> {
+        self.quarantined_definitions.get(agent)
     }
 
     /// Every violation of the registry and the definitions.
