@@ -125,6 +125,13 @@ async fn versions(s: &BsmServer) -> Vec<Value> {
     body["versions"].as_array().cloned().unwrap_or_default()
 }
 
+/// How many components the server compiled (or loaded from its artifact cache).
+async fn components_loaded(s: &BsmServer) -> u64 {
+    let r = http().get(s.url("/api/cache/stats")).send().await.unwrap();
+    let body: Value = r.json().await.unwrap();
+    body["caches"]["components"]["loads"].as_u64().unwrap()
+}
+
 fn status_of<'a>(versions: &'a [Value], version: &str) -> &'a str {
     versions
         .iter()
@@ -152,8 +159,14 @@ async fn versions_install_roll_back_and_remove_and_survive_a_restart() {
     assert_eq!(body["version"]["digest"].as_str().unwrap().len(), 64);
     assert_eq!(answer(&s).await, "version 1");
 
+    let compiled = components_loaded(&s).await;
     install(&s, "2.0.0", "2").await;
     assert_eq!(answer(&s).await, "version 2");
+    assert_eq!(
+        components_loaded(&s).await,
+        compiled,
+        "the same component under a new manifest is not compiled again"
+    );
     let list = versions(&s).await;
     assert_eq!(status_of(&list, "2.0.0"), "current");
     assert_eq!(status_of(&list, "1.0.0"), "previous");
@@ -608,6 +621,13 @@ async fn a_canary_takes_its_share_and_can_be_promoted_or_rolled_back() {
     );
     assert_eq!(canary + counts["version 1"], 1000);
 
+    // Promoted while runs are in flight: none fails.
+    let load: Vec<_> = (0..200)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { run(&s, json!({"ms": 20})).await })
+        })
+        .collect();
     let (status, body) = admin(
         &s,
         reqwest::Method::POST,
@@ -616,6 +636,10 @@ async fn a_canary_takes_its_share_and_can_be_promoted_or_rolled_back() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    for r in load {
+        let (status, body) = r.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
     for _ in 0..20 {
         assert_eq!(answer(&s).await, "version 2");
     }
@@ -1061,4 +1085,55 @@ async fn an_edited_agent_yaml_serves_without_a_restart_and_a_bad_registry_edit_i
         StatusCode::OK,
         "the api context is still allowed: {body}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_budget_belongs_to_the_plugin_not_the_version_so_a_swap_never_doubles_it() {
+    let data = tempfile::tempdir().unwrap();
+    let s = Arc::new(start(data.path(), &[]));
+    let tight = |version: &str, tag: &str| {
+        manifest(version, tag, "", "")
+            .replace("max-concurrent = 64", "max-concurrent = 2")
+            .replace("max-queued = 1024", "max-queued = 0")
+    };
+    let (status, body) = upload(&s, "versioned", versioned_wasm(), tight("1.0.0", "1"), "").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { run(&s, json!({"ms": 1500})).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = upload(&s, "versioned", versioned_wasm(), tight("2.0.0", "2"), "").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // Both slots are held by version 1's runs: version 2 gets no fresh ones.
+    let (status, body) = run(&s, json!({})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("PLUGIN_BUSY")),
+        "{body}"
+    );
+    for r in slow {
+        let (status, body) = r.await.unwrap();
+        assert_eq!(
+            (status, body["output"].as_str()),
+            (StatusCode::OK, Some("version 1"))
+        );
+    }
+    // Nor are slots lost: both are free again for the new version.
+    let both: Vec<_> = (0..2)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { run(&s, json!({"ms": 300})).await })
+        })
+        .collect();
+    for r in both {
+        let (status, body) = r.await.unwrap();
+        assert_eq!(
+            (status, body["output"].as_str()),
+            (StatusCode::OK, Some("version 2")),
+            "{body}"
+        );
+    }
 }
