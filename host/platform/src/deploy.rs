@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, Weak};
 use serde::Serialize;
 
 use crate::settings::PluginSettings;
-use crate::signing::TrustedKeys;
+use crate::signing::{SignatureError, TrustedKeys};
 use crate::store::{Store, StoreError, VersionRow};
 use bsm_runtime::artifact_cache;
 use bsm_runtime::header::check_header;
@@ -42,6 +42,12 @@ impl DeployError {
             code,
             message: message.into(),
         }
+    }
+}
+
+impl From<SignatureError> for DeployError {
+    fn from(e: SignatureError) -> Self {
+        Self::new(e.code, e.message)
     }
 }
 

@@ -4,7 +4,23 @@
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 
-use crate::deploy::DeployError;
+/// Why a component's signature was not accepted, with a stable code
+/// (`SIGNATURE_REQUIRED`, `SIGNATURE_INVALID`).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct SignatureError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl SignatureError {
+    fn new(code: &'static str, message: &str) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
 
 /// The keys whose signatures are trusted; empty means signatures are not
 /// required.
@@ -40,12 +56,12 @@ impl TrustedKeys {
 
     /// Accepts a component of `digest` (hex SHA-256) if signatures are not
     /// required, or if `signature` (hex) is a trusted key's over the digest.
-    pub fn verify(&self, digest: &str, signature: Option<&str>) -> Result<(), DeployError> {
+    pub fn verify(&self, digest: &str, signature: Option<&str>) -> Result<(), SignatureError> {
         if !self.required() {
             return Ok(());
         }
         let Some(signature) = signature.map(str::trim).filter(|s| !s.is_empty()) else {
-            return Err(DeployError::new(
+            return Err(SignatureError::new(
                 "SIGNATURE_REQUIRED",
                 "this host only accepts signed components: send a `signature` part (or put <id>.wasm.sig beside the file), made with `bsm plugins sign`",
             ));
@@ -54,7 +70,7 @@ impl TrustedKeys {
             .and_then(|b| <[u8; 64]>::try_from(b).ok())
             .map(|b| Signature::from_bytes(&b))
             .ok_or_else(|| {
-                DeployError::new("SIGNATURE_INVALID", "the signature is not 128 hex digits")
+                SignatureError::new("SIGNATURE_INVALID", "the signature is not 128 hex digits")
             })?;
         let message = decode_hex(digest).unwrap_or_default();
         if self
@@ -64,7 +80,7 @@ impl TrustedKeys {
         {
             Ok(())
         } else {
-            Err(DeployError::new(
+            Err(SignatureError::new(
                 "SIGNATURE_INVALID",
                 "the signature does not match this component under any trusted key",
             ))
