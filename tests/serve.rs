@@ -1195,3 +1195,99 @@ async fn waiting_for_a_job_follows_the_settings_and_never_ends_in_a_timeout() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "completed", "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_clients_get_their_own_bucket_only_behind_a_trusted_proxy() {
+    let llm = LlmServer::start().await;
+    let limited = [("BSM_RATE_LIMIT", "1"), ("BSM_RATE_BURST", "2")];
+    let status_as = |s: &BsmServer, client: &str| {
+        let request = http()
+            .get(s.url("/api/health"))
+            .header("x-forwarded-for", client);
+        async move { request.send().await.unwrap().status() }
+    };
+
+    // Not trusted: the header is ignored, every request is 127.0.0.1's.
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), &llm, &limited);
+    assert_eq!(status_as(&s, "203.0.113.1").await, StatusCode::OK);
+    assert_eq!(status_as(&s, "203.0.113.2").await, StatusCode::OK);
+    assert_eq!(
+        status_as(&s, "203.0.113.3").await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "a client cannot pick a fresh bucket by naming one"
+    );
+    drop(s);
+
+    // Behind a trusted proxy, each forwarded client has its own bucket.
+    let data = tempfile::tempdir().unwrap();
+    let mut env = limited.to_vec();
+    env.push(("BSM_TRUSTED_PROXIES", "127.0.0.1"));
+    let s = start(data.path(), &llm, &env);
+    for _ in 0..2 {
+        assert_eq!(status_as(&s, "203.0.113.1").await, StatusCode::OK);
+    }
+    assert_eq!(
+        status_as(&s, "203.0.113.1").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(status_as(&s, "203.0.113.2").await, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limiter_forgets_clients_that_went_quiet() {
+    let llm = LlmServer::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let s = start(
+        data.path(),
+        &llm,
+        &[
+            // Each client empties its bucket of 3; it is full again (and
+            // pruned) 3 s later, and remembered until then.
+            ("BSM_RATE_LIMIT", "1"),
+            ("BSM_RATE_BURST", "3"),
+            ("BSM_TRUSTED_PROXIES", "127.0.0.1"),
+            ("BSM_RATE_LIMIT_PRUNE_MS", "200"),
+        ],
+    );
+    for i in 0..100 {
+        for _ in 0..3 {
+            let r = http()
+                .get(s.url("/health"))
+                .header("x-forwarded-for", format!("198.51.100.{i}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // One prober, within its rate: it keeps one bucket of its own.
+    let clients = |_probe: usize| {
+        let request = http()
+            .get(s.url("/metrics"))
+            .header("x-forwarded-for", "192.0.2.1");
+        async move {
+            let text = request.send().await.unwrap().text().await.unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix("bsm_rate_limiter_clients "))
+                .map(|v| v.trim().parse::<f64>().unwrap())
+        }
+    };
+    let mut seen_many = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    for probe in 0.. {
+        let now = clients(probe).await;
+        if now.is_some_and(|n| n >= 100.0) {
+            seen_many = true;
+        }
+        if seen_many && now.is_some_and(|n| n <= 5.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "quiet clients were not pruned (gauge {now:?}, saw 100: {seen_many})"
+        );
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+}

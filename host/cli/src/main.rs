@@ -195,6 +195,13 @@ struct ServeArgs {
     /// Burst allowed above the rate [default: 100]
     #[arg(long, env = "BSM_RATE_BURST")]
     rate_burst: Option<u32>,
+    /// Proxies (addresses or networks, comma-separated) whose
+    /// X-Forwarded-For names the client; nobody else's is believed [default: none]
+    #[arg(long, env = "BSM_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Option<Vec<String>>,
+    /// How often the rate limiter forgets clients that went quiet, in ms [default: 60000]
+    #[arg(long, env = "BSM_RATE_LIMIT_PRUNE_MS")]
+    rate_limit_prune_ms: Option<u64>,
     /// Largest request body accepted, in bytes [default: 1048576]
     #[arg(long, env = "BSM_BODY_LIMIT")]
     body_limit: Option<usize>,
@@ -374,6 +381,18 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 admin_token: args.admin_token.filter(|t| !t.is_empty()),
                 rate_limit_per_second: args.rate_limit.or(file.rate_limit).unwrap_or(50),
                 rate_limit_burst: args.rate_burst.or(file.rate_burst).unwrap_or(100),
+                trusted_proxies: bsm_server::rate_limit::parse_proxies(
+                    &args
+                        .trusted_proxies
+                        .or(file.trusted_proxies)
+                        .unwrap_or_default(),
+                )?,
+                rate_limit_prune: Duration::from_millis(
+                    args.rate_limit_prune_ms
+                        .or(file.rate_limit_prune_ms)
+                        .unwrap_or(60_000)
+                        .max(10),
+                ),
                 body_limit_bytes: args.body_limit.or(file.body_limit).unwrap_or(1 << 20),
                 request_timeout: Duration::from_millis(
                     args.request_timeout_ms

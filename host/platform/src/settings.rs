@@ -36,6 +36,8 @@ pub struct ServerSettings {
     pub bsm_dir: Option<PathBuf>,
     pub rate_limit: Option<u32>,
     pub rate_burst: Option<u32>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub rate_limit_prune_ms: Option<u64>,
     pub body_limit: Option<usize>,
     pub request_timeout_ms: Option<u64>,
     pub wait_timeout_ms: Option<u64>,

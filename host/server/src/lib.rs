@@ -35,6 +35,7 @@ use bsm_platform::{Platform, PlatformOptions};
 use crate::admin::AdminToken;
 use crate::error::ApiError;
 use crate::middleware::RequestCounters;
+use crate::rate_limit::ClientRates;
 use crate::state::AppState;
 
 /// Everything `bsm serve` needs to start: the platform's options and the
@@ -47,6 +48,10 @@ pub struct ServeOptions {
     /// Requests per second per client; 0 disables rate limiting.
     pub rate_limit_per_second: u32,
     pub rate_limit_burst: u32,
+    /// Proxies whose `X-Forwarded-For` names the client (addresses or networks).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// How often the buckets of quiet clients are pruned.
+    pub rate_limit_prune: Duration,
     pub body_limit_bytes: usize,
     pub request_timeout: Duration,
     /// How long `?wait=true` waits for a job; `None`: as long as the
@@ -167,10 +172,14 @@ pub fn router(state: AppState, options: &ServeOptions) -> Router {
         .layer(from_fn(move |req: Request, next: Next| {
             middleware::request_timeout(timeout, req, next)
         }));
-    if let Some(limiter) =
-        rate_limit::client_limiter(options.rate_limit_per_second, options.rate_limit_burst)
-    {
-        app = app.layer(from_fn_with_state(limiter, rate_limit::rate_limit));
+    if let Some(rates) = ClientRates::new(
+        options.rate_limit_per_second,
+        options.rate_limit_burst,
+        options.trusted_proxies.clone(),
+    ) {
+        // Ends by itself once the router (and so the limiter) is dropped.
+        rates.prune_every(options.rate_limit_prune);
+        app = app.layer(from_fn_with_state(rates, rate_limit::rate_limit));
     }
     app.layer(from_fn(middleware::correlation))
         .with_state(state)
