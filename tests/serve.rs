@@ -1291,3 +1291,32 @@ async fn the_rate_limiter_forgets_clients_that_went_quiet() {
         tokio::time::sleep(Duration::from_millis(1100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_read_negations_and_structured_verdicts_and_keep_the_original_names() {
+    let llm = LlmServer::start().await;
+    llm.set_reply("Reviewed: no blocking issues.");
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), &llm, &[]);
+    let job = decision_for(&s).await;
+    let result = &job["job"]["result"];
+    assert_eq!(result["decision"]["verdict"], "approve", "{job}");
+    assert_eq!(result["decisionName"], "approve_and_merge", "{job}");
+
+    llm.reply_when(
+        "Governance Compliance Officer",
+        r#"{"verdict": "block", "findings": ["the PR links no issue"]}"#,
+    );
+    let job = decision_for(&s).await;
+    let result = &job["job"]["result"];
+    assert_eq!(result["decision"]["verdict"], "block", "{job}");
+    assert_eq!(result["decisionName"], "block_pr", "{job}");
+    llm.clear_rules();
+
+    llm.reply_when("Code Review Agent", "Verdict: REQUEST_CHANGES, add tests");
+    let job = decision_for(&s).await;
+    assert_eq!(
+        job["job"]["result"]["decisionName"], "request_changes",
+        "{job}"
+    );
+}

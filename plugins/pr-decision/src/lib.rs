@@ -7,6 +7,12 @@
 //! 4. every agent succeeded: approve and merge;
 //! 5. otherwise: manual review.
 //!
+//! An agent's structured verdict wins over its words: `{"verdict":
+//! "block"|"request_changes"|"approve", ...}` as its answer (or fenced in
+//! it) or in its metadata. The word rules are the fallback, and they read
+//! negation: "no blocking issues" does not block, "No CRITICAL findings"
+//! is not a critical finding.
+//!
 //! Which agent plays which part comes from the plugin's config.
 
 use bsm_sdk::{
@@ -54,26 +60,45 @@ pub fn decide(results: &[AgentResult], roles: &Roles) -> Decision {
             Err(e) => {
                 return block(format!("governance review failed: {e}"));
             }
-            Ok(out) if out.text.to_lowercase().contains("block") => {
-                return block("governance review blocks the change".to_string());
+            Ok(out) => {
+                let blocks = match structured_verdict(out) {
+                    Some(verdict) => verdict == Said::Block,
+                    None => mentions(&out.text.to_lowercase(), "block"),
+                };
+                if blocks {
+                    return block("governance review blocks the change".to_string());
+                }
             }
-            Ok(_) => {}
         }
     }
     if let Some(security) = find(&roles.security) {
         match &security.outcome {
             Err(e) => return block(format!("security scan failed: {e}")),
-            Ok(out) if out.text.contains("CRITICAL") => {
-                return block("security scan found a CRITICAL issue".to_string());
+            Ok(out) => {
+                let (blocks, reason) = match structured_verdict(out) {
+                    Some(verdict) => (verdict == Said::Block, "security scan blocks the change"),
+                    None => (
+                        mentions(&out.text, "CRITICAL"),
+                        "security scan found a CRITICAL issue",
+                    ),
+                };
+                if blocks {
+                    return block(reason.to_string());
+                }
             }
-            Ok(_) => {}
         }
     }
     if let Some(review) = find(&roles.code_review)
-        && review.text().is_some_and(|t| t.contains("REQUEST_CHANGES"))
+        && let Ok(out) = &review.outcome
     {
-        return Decision::new(Verdict::RequestChanges, "code review requests changes")
-            .with_action(Action::new("request_changes"));
+        let requests = match structured_verdict(out) {
+            Some(verdict) => verdict == Said::RequestChanges,
+            None => mentions(&out.text, "REQUEST_CHANGES"),
+        };
+        if requests {
+            return Decision::new(Verdict::RequestChanges, "code review requests changes")
+                .with_action(Action::new("request_changes"));
+        }
     }
     if !results.is_empty() && results.iter().all(AgentResult::succeeded) {
         return Decision::new(
@@ -94,6 +119,61 @@ pub fn decide(results: &[AgentResult], roles: &Roles) -> Decision {
         format!("agents failed: {}", failed.join(", "))
     };
     Decision::new(Verdict::ManualReview, reason).with_action(Action::new("manual_review_request"))
+}
+
+/// A verdict an agent gave in structured form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Said {
+    Block,
+    RequestChanges,
+    Approve,
+}
+
+/// The agent's structured verdict: its metadata's `verdict`, or a JSON
+/// object with a `verdict` as its answer (alone or in a fenced block).
+fn structured_verdict(out: &bsm_sdk::Output) -> Option<Said> {
+    let from = |v: &serde_json::Value| match v.get("verdict")?.as_str()? {
+        "block" | "block_pr" => Some(Said::Block),
+        "request_changes" => Some(Said::RequestChanges),
+        "approve" | "approve_and_merge" => Some(Said::Approve),
+        _ => None,
+    };
+    if let Ok(meta) = serde_json::from_str::<serde_json::Value>(&out.metadata)
+        && let Some(said) = from(&meta)
+    {
+        return Some(said);
+    }
+    let text = out.text.trim();
+    let object = match (text.find('{'), text.rfind('}')) {
+        (Some(start), Some(end)) if start < end => &text[start..=end],
+        _ => return None,
+    };
+    serde_json::from_str::<serde_json::Value>(object)
+        .ok()
+        .as_ref()
+        .and_then(from)
+}
+
+/// Words that, shortly before a keyword, turn it around.
+const NEGATIONS: &[&str] = &[
+    "no", "not", "without", "nothing", "none", "never", "zero", "non", "neither", "nor",
+];
+
+/// Whether `text` says `keyword` (a word starting with it) other than in a
+/// negation: "no blocking issues", "does not block", "No CRITICAL findings"
+/// do not count; "Decision: BLOCKED", "I must block this" do.
+fn mentions(text: &str, keyword: &str) -> bool {
+    let words: Vec<&str> = text
+        .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '\''))
+        .filter(|w| !w.is_empty())
+        .collect();
+    words.iter().enumerate().any(|(i, word)| {
+        word.starts_with(keyword)
+            && !words[i.saturating_sub(3)..i].iter().any(|w| {
+                let w = w.to_lowercase();
+                NEGATIONS.contains(&w.as_str()) || w.ends_with("n't")
+            })
+    })
 }
 
 fn block(reason: String) -> Decision {
@@ -206,5 +286,51 @@ mod tests {
         r[0] = ok("governance-review-agent", "BLOCKED");
         r[1] = ok("code-review-agent", "REQUEST_CHANGES");
         assert_eq!(verdict(&r), Verdict::Block);
+    }
+
+    #[test]
+    fn a_negated_keyword_does_not_count() {
+        let mut r = all_good();
+        r[0] = ok("governance-review-agent", "Reviewed: no blocking issues.");
+        assert_eq!(verdict(&r), Verdict::Approve);
+        r[0] = ok("governance-review-agent", "This does not block the merge.");
+        assert_eq!(verdict(&r), Verdict::Approve);
+        r[0] = ok(
+            "governance-review-agent",
+            "Nothing here blocks it, but BLOCKED: no issue link.",
+        );
+        assert_eq!(
+            verdict(&r),
+            Verdict::Block,
+            "a later plain BLOCKED still blocks"
+        );
+        let mut r = all_good();
+        r[2] = ok("security-agent", "No CRITICAL findings; two LOW ones.");
+        assert_eq!(verdict(&r), Verdict::Approve);
+        r[2] = ok("security-agent", "Findings: CRITICAL secret in config.rs");
+        assert_eq!(verdict(&r), Verdict::Block);
+    }
+
+    #[test]
+    fn a_structured_verdict_wins_over_words() {
+        let mut r = all_good();
+        r[0] = ok(
+            "governance-review-agent",
+            "```json\n{\"verdict\": \"block\", \"findings\": [\"no linked issue\"]}\n```",
+        );
+        assert_eq!(verdict(&r), Verdict::Block, "a JSON block verdict blocks");
+        r[0] = ok(
+            "governance-review-agent",
+            "{\"verdict\": \"approve\", \"findings\": [\"would block if unlinked\"]}",
+        );
+        assert_eq!(verdict(&r), Verdict::Approve, "the word inside does not");
+        let mut r = all_good();
+        r[1] = AgentResult {
+            agent_id: "code-review-agent".into(),
+            outcome: Ok(
+                Output::text("see metadata").with_metadata("{\"verdict\": \"request_changes\"}")
+            ),
+        };
+        assert_eq!(verdict(&r), Verdict::RequestChanges, "from the metadata");
     }
 }

@@ -218,8 +218,24 @@ impl Orchestrator {
             Some(step) => Some(self.decide(step, job, &outcomes, &context).await?),
             None => None,
         };
-        let mut result =
-            json!({ "agents": outcomes, "mode": mode, "decision": decision, "report": null });
+        // The original BSM's names of the decisions, for its clients.
+        let decision_name =
+            decision
+                .as_ref()
+                .and_then(|d| d["verdict"].as_str())
+                .map(|v| match v {
+                    "approve" => "approve_and_merge",
+                    "request_changes" => "request_changes",
+                    "block" => "block_pr",
+                    _ => "manual_review",
+                });
+        let mut result = json!({
+            "agents": outcomes,
+            "mode": mode,
+            "decision": decision,
+            "decisionName": decision_name,
+            "report": null,
+        });
         if pipeline.report {
             let markdown = render_report(job, &result);
             match self
@@ -353,6 +369,8 @@ impl Orchestrator {
             .iter()
             .map(|o| AgentResult {
                 agent_id: o.agent_id.clone(),
+                // The decision sees each agent's text, actions and metadata
+                // (where a structured verdict may be).
                 output: o.ok.then(|| bsm_runtime::api::AgentOutput {
                     text: o
                         .output
@@ -360,8 +378,20 @@ impl Orchestrator {
                         .and_then(|v| v["text"].as_str())
                         .unwrap_or_default()
                         .to_string(),
-                    actions: vec![],
-                    metadata: json!({}),
+                    actions: o
+                        .actions
+                        .iter()
+                        .map(|a| bsm_runtime::api::Action {
+                            name: a.name.clone(),
+                            args: a.args.clone(),
+                        })
+                        .collect(),
+                    metadata: o
+                        .output
+                        .as_ref()
+                        .map(|v| v["metadata"].clone())
+                        .filter(Value::is_object)
+                        .unwrap_or_else(|| json!({})),
                 }),
                 error: o.error.clone(),
             })
