@@ -296,6 +296,34 @@ async fn a_manifest_naming_the_wrong_world_is_refused_at_load() {
 }
 
 #[tokio::test]
+async fn a_memory_budget_above_what_the_instance_pool_holds_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = plugin_with_manifest(
+        dir.path(),
+        &shipped_dir().join("hello-agent.wasm"),
+        "id = \"greedy\"\nversion = \"1\"\nkind = \"agent\"\n[budget]\nmemory-mb = 2048\n",
+    );
+    let runtime = runtime_with(Capabilities::default());
+    let err = runtime.load_plugin(&manifest).await.unwrap_err();
+    assert_eq!(err.stage, bsm_runtime::LoadStage::Manifest);
+    assert!(
+        err.to_string()
+            .contains("budget.memory-mb must be 1..=1024")
+            && err.to_string().contains("instance pool"),
+        "{err}"
+    );
+    let fits = plugin_with_manifest(
+        dir.path(),
+        &shipped_dir().join("hello-agent.wasm"),
+        "id = \"roomy\"\nversion = \"1\"\nkind = \"agent\"\n[budget]\nmemory-mb = 1024\n",
+    );
+    runtime
+        .load_plugin(&fits)
+        .await
+        .expect("the largest budget the pool holds loads");
+}
+
+#[tokio::test]
 async fn a_broken_plugin_in_the_directory_does_not_stop_the_others() {
     let dir = tempfile::tempdir().unwrap();
     plugin_with_manifest(

@@ -126,9 +126,12 @@ impl Budget {
         if self.timeout_ms == 0 {
             return Err("budget.timeout-ms must be at least 1".into());
         }
-        if self.memory_mb == 0 || self.memory_mb > 4096 {
+        // The instance pool reserves this much per memory slot: a larger
+        // budget could never be granted, and would fail at every start.
+        let most = (crate::engine::MAX_PLUGIN_MEMORY_BYTES >> 20) as u64;
+        if self.memory_mb == 0 || self.memory_mb > most {
             return Err(format!(
-                "budget.memory-mb must be 1..=4096, not {}",
+                "budget.memory-mb must be 1..={most} (the largest linear memory this host's instance pool holds), not {}",
                 self.memory_mb
             ));
         }
