@@ -1320,3 +1320,56 @@ async fn decisions_read_negations_and_structured_verdicts_and_keep_the_original_
         "{job}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_beyond_the_running_and_queued_bounds_are_refused_at_the_door() {
+    let llm = LlmServer::start().await;
+    llm.set_latency(Duration::from_millis(800));
+    let data = tempfile::tempdir().unwrap();
+    let s = start(
+        data.path(),
+        &llm,
+        &[("BSM_MAX_RUNNING_JOBS", "1"), ("BSM_MAX_QUEUED_JOBS", "1")],
+    );
+    let job = json!({"event": "pull_request.opened", "payload": {}});
+    let (first, a) = post(&s, "/api/orchestrator/run", job.clone()).await;
+    let (second, b) = post(&s, "/api/orchestrator/run", job.clone()).await;
+    assert_eq!(
+        (first, second),
+        (StatusCode::ACCEPTED, StatusCode::ACCEPTED),
+        "{a} {b}"
+    );
+    let r = http()
+        .post(s.url("/api/orchestrator/run"))
+        .json(&job)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().get("retry-after").is_some(), "a retry hint");
+    let body: Value = r.json().await.unwrap();
+    assert_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "JOBS_OVERLOADED",
+    );
+    // The queued job is not failed: it runs when the first is done.
+    let id = b["jobId"].as_str().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, job) = get(&s, &format!("/api/orchestrator/jobs/{id}")).await;
+        if job["status"] == "completed" {
+            assert_eq!(
+                job["job"]["result"]["decision"]["verdict"], "approve",
+                "{job}"
+            );
+            break;
+        }
+        assert_eq!(job["status"], "running", "{job}");
+        assert!(std::time::Instant::now() < deadline, "{job}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, body) = post(&s, "/api/orchestrator/run", job).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "room again: {body}");
+}

@@ -214,6 +214,13 @@ struct ServeArgs {
     /// request timeout [default: the request timeout less a tenth, at most 1 s]
     #[arg(long, env = "BSM_WAIT_TIMEOUT_MS")]
     wait_timeout_ms: Option<u64>,
+    /// Orchestration jobs running at once [default: 256]
+    #[arg(long, env = "BSM_MAX_RUNNING_JOBS")]
+    max_running_jobs: Option<usize>,
+    /// Jobs waiting for a running slot; beyond, new jobs get 503
+    /// JOBS_OVERLOADED with Retry-After [default: 1024]
+    #[arg(long, env = "BSM_MAX_QUEUED_JOBS")]
+    max_queued_jobs: Option<usize>,
     /// Largest plugin upload (`PUT /api/plugins/{id}`), in bytes [default: 67108864]
     #[arg(long, env = "BSM_UPLOAD_LIMIT")]
     upload_limit: Option<usize>,
@@ -371,6 +378,12 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             platform.watch = true;
             if let Some(limit) = args.upload_limit {
                 platform.settings.plugins.upload_limit = limit;
+            }
+            if let Some(n) = args.max_running_jobs {
+                platform.settings.jobs.max_running = n;
+            }
+            if let Some(n) = args.max_queued_jobs {
+                platform.settings.jobs.max_queued = n;
             }
             bsm_server::serve(bsm_server::ServeOptions {
                 addr: args

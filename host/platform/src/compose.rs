@@ -227,6 +227,7 @@ impl Platform {
             reports.clone(),
             knowledge.clone(),
             Pipelines::with_overrides(&settings.pipelines),
+            settings.jobs,
         );
         Ok(Platform {
             governed,

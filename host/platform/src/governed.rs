@@ -69,6 +69,14 @@ pub enum PlatformError {
         agent: String,
         violations: Vec<Violation>,
     },
+    #[error(
+        "{running} jobs are running and {queued} waiting, the most this host takes; retry in {retry_after_ms} ms"
+    )]
+    Overloaded {
+        running: usize,
+        queued: usize,
+        retry_after_ms: u64,
+    },
     #[error(transparent)]
     Run(#[from] RunError),
     #[error(transparent)]
@@ -90,6 +98,7 @@ impl PlatformError {
             PlatformError::ContextNotAllowed { .. } => "CONTEXT_NOT_ALLOWED",
             PlatformError::UnknownContext { .. } => "VALIDATION_ERROR",
             PlatformError::Quarantined { .. } => "AGENT_QUARANTINED",
+            PlatformError::Overloaded { .. } => "JOBS_OVERLOADED",
             PlatformError::Run(e) => e.code(),
             PlatformError::Store(_) => "STORAGE_ERROR",
         }

@@ -265,8 +265,16 @@ impl Platform {
         context: String,
     ) -> Result<JobRecord, PlatformError> {
         self.check_context(&context)?;
+        let Some(job) = self.orchestrator.submit(event, payload, context).await? else {
+            metrics::counter!("bsm_jobs_refused_total").increment(1);
+            return Err(PlatformError::Overloaded {
+                running: self.orchestrator.running(),
+                queued: self.orchestrator.queued(),
+                retry_after_ms: 1000,
+            });
+        };
         self.activity.jobs_submitted.fetch_add(1, Ordering::Relaxed);
-        Ok(self.orchestrator.submit(event, payload, context).await?)
+        Ok(job)
     }
 
     pub async fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
@@ -512,6 +520,7 @@ impl Platform {
             "jobs": {
                 "submitted": self.activity.jobs_submitted.load(Ordering::Relaxed),
                 "running": self.jobs_running(),
+                "queued": self.orchestrator.queued(),
             },
             "caches": self.cache_stats(),
             "circuitBreakers": self.breakers(),

@@ -20,6 +20,8 @@ pub struct HostSettings {
     pub governance: GovernanceSettings,
     /// Installing, keeping and rolling back plugin versions.
     pub plugins: PluginSettings,
+    /// Admission of orchestration jobs.
+    pub jobs: crate::orchestration::JobLimits,
     /// `bsm serve` settings; the command line and `BSM_*` variables win.
     pub server: ServerSettings,
     /// Pipelines by event, replacing or adding to the original ones.

@@ -132,6 +132,12 @@ impl From<PlatformError> for ApiError {
                 ApiError::new(StatusCode::FORBIDDEN, "CONTEXT_NOT_ALLOWED", e.to_string())
             }
             PlatformError::UnknownContext { .. } => ApiError::bad_request(e.to_string()),
+            PlatformError::Overloaded { retry_after_ms, .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "JOBS_OVERLOADED",
+                e.to_string(),
+            )
+            .retry_after(retry_after_ms),
             PlatformError::Quarantined { ref violations, .. } => {
                 let mut error =
                     ApiError::new(StatusCode::CONFLICT, "AGENT_QUARANTINED", e.to_string());

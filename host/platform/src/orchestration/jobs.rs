@@ -43,6 +43,27 @@ pub struct Orchestrator {
     pipelines: Pipelines,
     hub: JobHub,
     tasks: TaskTracker,
+    limits: JobLimits,
+    /// One permit per running job.
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// How many jobs run at once, and how many more may wait; beyond both a
+/// job is refused (`JOBS_OVERLOADED`, 503 with a retry hint).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+pub struct JobLimits {
+    pub max_running: usize,
+    pub max_queued: usize,
+}
+
+impl Default for JobLimits {
+    fn default() -> Self {
+        Self {
+            max_running: 256,
+            max_queued: 1024,
+        }
+    }
 }
 
 impl Orchestrator {
@@ -53,6 +74,7 @@ impl Orchestrator {
         reports: Arc<ReportStore>,
         knowledge: Arc<KnowledgeSource>,
         pipelines: Pipelines,
+        limits: JobLimits,
     ) -> Arc<Self> {
         Arc::new(Self {
             governed,
@@ -61,6 +83,11 @@ impl Orchestrator {
             pipelines,
             hub: JobHub::default(),
             tasks: TaskTracker::new(),
+            slots: Arc::new(tokio::sync::Semaphore::new(limits.max_running.max(1))),
+            limits: JobLimits {
+                max_running: limits.max_running.max(1),
+                ..limits
+            },
         })
     }
 
@@ -72,13 +99,19 @@ impl Orchestrator {
         &self.hub
     }
 
-    /// Stores a new job for `event` and starts it in the background.
+    /// Stores a new job for `event` and starts it in the background, or
+    /// refuses it at the door when the running and queued jobs are at their
+    /// bounds (`Ok(None)`): overload is turned away, not turned into failed
+    /// agents and manual-review verdicts.
     pub async fn submit(
         self: &Arc<Self>,
         event: String,
         payload: Value,
         context: String,
-    ) -> Result<JobRecord, StoreError> {
+    ) -> Result<Option<JobRecord>, StoreError> {
+        if self.tasks.len() >= self.limits.max_running + self.limits.max_queued {
+            return Ok(None);
+        }
         // Without a matching or default pipeline the job fails when it runs,
         // with the reason; it is still recorded.
         let pipeline_name = self
@@ -103,8 +136,15 @@ impl Orchestrator {
         self.hub.open(&job.id);
         let this = self.clone();
         let record = job.clone();
-        self.tasks.spawn(async move { this.run(record).await });
-        Ok(job)
+        let slots = self.slots.clone();
+        self.tasks.spawn(async move {
+            // Queued until one of the running slots is free.
+            let Ok(_slot) = slots.acquire_owned().await else {
+                return;
+            };
+            this.run(record).await
+        });
+        Ok(Some(job))
     }
 
     /// Stops taking jobs and waits up to `grace` for running ones; those
@@ -124,7 +164,14 @@ impl Orchestrator {
 
     /// Jobs running now.
     pub fn running(&self) -> usize {
-        self.tasks.len()
+        self.limits
+            .max_running
+            .saturating_sub(self.slots.available_permits())
+    }
+
+    /// Jobs admitted and waiting for a running slot.
+    pub fn queued(&self) -> usize {
+        self.tasks.len().saturating_sub(self.running())
     }
 
     async fn run(&self, job: JobRecord) {

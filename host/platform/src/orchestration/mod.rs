@@ -8,5 +8,5 @@ pub mod jobs;
 pub mod pipelines;
 
 pub use hub::{JobEvent, JobHub};
-pub use jobs::Orchestrator;
+pub use jobs::{JobLimits, Orchestrator};
 pub use pipelines::{Pipeline, Pipelines};
