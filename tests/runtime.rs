@@ -446,3 +446,62 @@ async fn replacing_a_plugin_keeps_runs_in_flight_on_their_version() {
         "0.2.0"
     );
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_planted_artifact_in_a_directory_others_can_write_is_never_run() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let data = tempfile::tempdir().unwrap();
+    let cache = data.path().join("artifacts");
+    let runtime_over = |dir: &std::path::Path| {
+        bsm_runtime::Runtime::new(bsm_runtime::RuntimeOptions {
+            artifact_dir: Some(dir.to_path_buf()),
+            ..bsm_runtime::RuntimeOptions::default()
+        })
+        .unwrap()
+    };
+    // The host's own artifacts of two plugins.
+    let first = runtime_over(&cache);
+    let hello = first
+        .load_plugin(&shipped_dir().join("hello-agent.toml"))
+        .await
+        .unwrap();
+    let panicker = first
+        .load_plugin(&test_plugins_dir().join("panicker.toml"))
+        .await
+        .unwrap();
+    let artifact = |digest: &str| {
+        std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(digest))
+            .unwrap()
+    };
+    // Plant: the panicker's native code under hello-agent's name.
+    std::fs::copy(artifact(&panicker.digest), artifact(&hello.digest)).unwrap();
+
+    // In a private directory the planted code would run (what the check is for).
+    let trusting = runtime_over(&cache);
+    let planted = trusting
+        .load_plugin(&shipped_dir().join("hello-agent.toml"))
+        .await
+        .unwrap();
+    assert_eq!(
+        planted.described.id, "panicker",
+        "the planted artifact is what ran"
+    );
+
+    // In a directory others can write, the cache is not used at all.
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let careful = runtime_over(&cache);
+    let plugin = careful
+        .load_plugin(&shipped_dir().join("hello-agent.toml"))
+        .await
+        .expect("compiled from its own bytes");
+    careful.registry().install(plugin);
+    let run = careful
+        .run_agent("hello-agent", request("x"))
+        .await
+        .unwrap();
+    assert_eq!(run.output.text, "Hello, x!");
+}

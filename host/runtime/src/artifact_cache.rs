@@ -1,6 +1,12 @@
 //! Compiled components cached on disk, keyed by content hash and engine
 //! configuration, so a restart loads a plugin in ~0.1 ms instead of
 //! recompiling it for ~60 ms.
+//!
+//! An artifact is native code that is run as it is: it is only read from a
+//! directory the host can trust (owned by the user the host runs as, not
+//! writable by group or others; the file likewise). In any other directory
+//! a planted artifact would be executed, so the cache is not used there:
+//! components are compiled instead, and the log says why, once.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -20,11 +26,16 @@ pub fn digest(bytes: &[u8]) -> String {
 #[derive(Debug, Clone)]
 pub struct ArtifactCache {
     dir: Option<PathBuf>,
+    /// The untrusted directory was reported (once per cache).
+    warned: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ArtifactCache {
     pub fn new(dir: Option<PathBuf>) -> Self {
-        Self { dir }
+        Self {
+            dir,
+            warned: Default::default(),
+        }
     }
 
     /// Loads the compiled form of `bytes` from the cache, or compiles and
@@ -34,8 +45,14 @@ impl ArtifactCache {
         let Some(dir) = &self.dir else {
             return compile(engine, bytes);
         };
+        if let Err(why) = prepare_trusted_dir(dir) {
+            if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(dir = %dir.display(), reason = %why, "compiled artifacts are not read from or written to this directory: it cannot be trusted; components are compiled instead");
+            }
+            return compile(engine, bytes);
+        }
         let path = dir.join(format!("{digest}-{:016x}.cwasm", engine_key(engine)));
-        if path.is_file() {
+        if path.is_file() && trusted(&path).is_ok() {
             // SAFETY: the file is in the host's own cache directory, written by
             // `store` below from `Component::serialize` of this exact engine
             // configuration (the key includes its compatibility hash).
@@ -52,6 +69,49 @@ impl ArtifactCache {
         }
         Ok(component)
     }
+}
+
+/// Creates the directory (private to this user) if it is missing, and says
+/// why it cannot be trusted if it cannot.
+fn prepare_trusted_dir(dir: &Path) -> Result<(), String> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create it: {e}"))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| format!("cannot make it private: {e}"))?;
+        }
+    }
+    trusted(dir)
+}
+
+/// A file or directory is trusted when this user owns it and nobody else
+/// may write to it.
+#[cfg(unix)]
+fn trusted(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(format!(
+            "owned by uid {}, not by this host's uid {me}",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "writable by group or others (mode {:o})",
+            meta.mode() & 0o777
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn trusted(_: &Path) -> Result<(), String> {
+    Ok(())
 }
 
 fn compile(engine: &Engine, bytes: &[u8]) -> anyhow::Result<Component> {
