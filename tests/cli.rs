@@ -376,3 +376,19 @@ async fn job_run_prints_progress_and_the_decision() {
         "{job}"
     );
 }
+
+#[test]
+fn the_admin_token_is_never_a_command_line_value() {
+    let o = bsm(
+        &["serve", "--admin-token", "t0k3n-Zq8Xv2Lw9Pn4Rb7Ys1Ud6Hf3Kc"],
+        None,
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("unexpected argument '--admin-token'"),
+        "{}",
+        stderr(&o)
+    );
+    let help = stdout(&bsm(&["serve", "--help"], None));
+    assert!(help.contains("BSM_ADMIN_TOKEN"), "{help}");
+}

@@ -131,6 +131,8 @@ enum Command {
         BSM_LLM_BASE_URL   OpenAI-compatible endpoint, e.g. http://127.0.0.1:11434/v1\n  \
         BSM_LLM_API_KEY    its API key, if it needs one\n  \
         BSM_LLM_MODEL      the default model\n\n\
+        Admin token (environment only, never a flag): BSM_ADMIN_TOKEN, at least 24 characters, \
+        not a default; without it the mutating operations endpoints are disabled.\n\n\
         Also: BSM_DATA_DIR, BSM_PLUGINS_DIR, BSM_BSM_DIR, BSM_STRICT, BSM_CONFIG, BSM_LOG, \
         BSM_LOG_FORMAT (see `bsm --help`)."
     )]
@@ -185,10 +187,6 @@ struct ServeArgs {
     /// printed on stdout) [default: 127.0.0.1:3000]
     #[arg(long, env = "BSM_ADDR")]
     addr: Option<String>,
-    /// Token for the mutating operations endpoints (at least 24 characters,
-    /// not a default). Without it those endpoints are disabled.
-    #[arg(long, env = "BSM_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
     /// Requests per second allowed per client; 0 turns rate limiting off [default: 50]
     #[arg(long, env = "BSM_RATE_LIMIT")]
     rate_limit: Option<u32>,
@@ -391,7 +389,11 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     .or(file.addr)
                     .unwrap_or_else(|| "127.0.0.1:3000".into()),
                 platform,
-                admin_token: args.admin_token.filter(|t| !t.is_empty()),
+                // A secret is never a command-line value (visible in `ps`
+                // and shell history): the environment only.
+                admin_token: std::env::var("BSM_ADMIN_TOKEN")
+                    .ok()
+                    .filter(|t| !t.is_empty()),
                 rate_limit_per_second: args.rate_limit.or(file.rate_limit).unwrap_or(50),
                 rate_limit_burst: args.rate_burst.or(file.rate_burst).unwrap_or(100),
                 trusted_proxies: bsm_server::rate_limit::parse_proxies(
