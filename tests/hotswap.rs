@@ -18,14 +18,7 @@ use std::time::{Duration, Instant};
 use llm_server::{Fault, LlmServer};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use server::{ADMIN_TOKEN, BsmServer};
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
-}
+use server::{ADMIN_TOKEN, BsmServer, http};
 
 fn start(data: &Path, extra: &[(&str, &str)]) -> BsmServer {
     let mut env = vec![("BSM_ADMIN_TOKEN", ADMIN_TOKEN), ("BSM_RATE_LIMIT", "0")];
@@ -106,6 +99,26 @@ async fn run(s: &BsmServer, payload: Value) -> (StatusCode, Value) {
         .unwrap();
     let status = r.status();
     (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// `n` runs of 20 ms each, started now (load during a change).
+fn runs_in_flight(
+    s: &Arc<BsmServer>,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<(StatusCode, Value)>> {
+    (0..n)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { run(&s, json!({"ms": 20})).await })
+        })
+        .collect()
+}
+
+async fn all_succeed(runs: Vec<tokio::task::JoinHandle<(StatusCode, Value)>>) {
+    for r in runs {
+        let (status, body) = r.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
 }
 
 /// The tag of the version that answered a run.
@@ -622,12 +635,7 @@ async fn a_canary_takes_its_share_and_can_be_promoted_or_rolled_back() {
     assert_eq!(canary + counts["version 1"], 1000);
 
     // Promoted while runs are in flight: none fails.
-    let load: Vec<_> = (0..200)
-        .map(|_| {
-            let s = s.clone();
-            tokio::spawn(async move { run(&s, json!({"ms": 20})).await })
-        })
-        .collect();
+    let load = runs_in_flight(&s, 200);
     let (status, body) = admin(
         &s,
         reqwest::Method::POST,
@@ -636,10 +644,7 @@ async fn a_canary_takes_its_share_and_can_be_promoted_or_rolled_back() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    for r in load {
-        let (status, body) = r.await.unwrap();
-        assert_eq!(status, StatusCode::OK, "{body}");
-    }
+    all_succeed(load).await;
     for _ in 0..20 {
         assert_eq!(answer(&s).await, "version 2");
     }
@@ -656,12 +661,7 @@ async fn a_canary_takes_its_share_and_can_be_promoted_or_rolled_back() {
         "?canary=50",
     )
     .await;
-    let load: Vec<_> = (0..200)
-        .map(|_| {
-            let s = s.clone();
-            tokio::spawn(async move { run(&s, json!({"ms": 20})).await })
-        })
-        .collect();
+    let load = runs_in_flight(&s, 200);
     let (status, body) = admin(
         &s,
         reqwest::Method::POST,
@@ -670,10 +670,7 @@ async fn a_canary_takes_its_share_and_can_be_promoted_or_rolled_back() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    for r in load {
-        let (status, body) = r.await.unwrap();
-        assert_eq!(status, StatusCode::OK, "{body}");
-    }
+    all_succeed(load).await;
     for _ in 0..20 {
         assert_eq!(answer(&s).await, "version 2", "the canary is gone");
     }

@@ -15,14 +15,7 @@ use common::{copy_of_shipped_agents, original_fixtures};
 use llm_server::{Fault, LlmServer};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use server::{ADMIN_TOKEN, BsmServer};
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
-}
+use server::{ADMIN_TOKEN, BsmServer, http};
 
 /// A server with the shipped agent set (no BSM directory configured), the
 /// test LLM and an admin token.

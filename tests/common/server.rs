@@ -7,6 +7,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// An HTTP client for the tests (a generous timeout: a hung request fails
+/// the test instead of hanging it).
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
 /// A strong admin token for tests.
 pub const ADMIN_TOKEN: &str = "t0k3n-Zq8Xv2Lw9Pn4Rb7Ys1Ud6Hf3Kc";
 
