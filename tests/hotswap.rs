@@ -337,14 +337,7 @@ async fn every_refused_version_leaves_the_current_one_serving_with_a_clear_error
     }
     assert_eq!(versions(&s).await.len(), 1, "nothing refused was recorded");
     assert!(s.logs().contains("plugin version refused"), "{}", s.logs());
-    let metrics = http()
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     assert!(
         metrics.contains("bsm_plugin_installs_total{outcome=\"DESCRIBE_FAILED\"} 2"),
         "{metrics}"

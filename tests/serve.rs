@@ -176,14 +176,7 @@ async fn every_read_endpoint_answers() {
     let (status, body) = get(&s, "/no/such/endpoint").await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "NOT_FOUND");
 
-    let metrics = http()
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     assert!(metrics.contains("bsm_http_requests_total"), "{metrics}");
     assert!(
         metrics.contains("bsm_http_request_duration_seconds"),
@@ -954,14 +947,7 @@ async fn an_invalid_agent_is_quarantined_and_every_other_agent_served() {
         health["agents"]["quarantined"][0]["id"], "ticket-agent",
         "{health}"
     );
-    let metrics = http()
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     assert!(metrics.contains("bsm_agents_quarantined 1"), "{metrics}");
     assert!(s.logs().contains("agent quarantined"), "{}", s.logs());
     drop(s);
@@ -1038,14 +1024,7 @@ async fn a_decision_steps_actions_are_governed_and_its_runs_stored() {
     assert_eq!(stored["stepRuns"][0]["stepId"], "pr-decision", "{stored}");
     assert_eq!(stored["stepRuns"][0]["ok"], true, "{stored}");
 
-    let metrics = http()
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     assert!(
         metrics
             .lines()
@@ -1256,7 +1235,7 @@ async fn the_rate_limiter_forgets_clients_that_went_quiet() {
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
     // One prober, within its rate: it keeps one bucket of its own.
-    let clients = |_probe: usize| {
+    let clients = || {
         let request = http()
             .get(s.url("/metrics"))
             .header("x-forwarded-for", "192.0.2.1");
@@ -1269,8 +1248,8 @@ async fn the_rate_limiter_forgets_clients_that_went_quiet() {
     };
     let mut seen_many = false;
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    for probe in 0.. {
-        let now = clients(probe).await;
+    loop {
+        let now = clients().await;
         if now.is_some_and(|n| n >= 100.0) {
             seen_many = true;
         }

@@ -88,6 +88,18 @@ impl BsmServer {
         format!("{}{}", self.url, path)
     }
 
+    /// The Prometheus text of `/metrics` now.
+    pub async fn metrics(&self) -> String {
+        http()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// What the server wrote to stderr so far.
     pub fn logs(&self) -> String {
         self.stderr.lock().unwrap().clone()

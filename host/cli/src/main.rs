@@ -445,9 +445,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let governed = platform.run_agent(&agent_id, request).await?;
             if json {
-                let mut v = serde_json::to_value(&governed.run)?;
-                v["governedActions"] = serde_json::to_value(&governed.actions)?;
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                print_governed(&governed.run, &governed.actions)?;
             } else {
                 println!("{}", governed.run.output.text);
             }
@@ -480,9 +478,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let governed = platform.run_step(&step_id, request).await?;
             if json {
-                let mut v = serde_json::to_value(&governed.run)?;
-                v["governedActions"] = serde_json::to_value(&governed.actions)?;
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                print_governed(&governed.run, &governed.actions)?;
             } else {
                 println!("{}", serde_json::to_string(&governed.run.contribution)?);
             }
@@ -570,6 +566,18 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--json` of a governed run: the run, plus what governance did with each
+/// action it emitted.
+fn print_governed(
+    run: &impl serde::Serialize,
+    actions: &[bsm_platform::ActionOutcome],
+) -> anyhow::Result<()> {
+    let mut v = serde_json::to_value(run)?;
+    v["governedActions"] = serde_json::to_value(actions)?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
 }
 
 /// Writes a private key readable by its owner only.

@@ -39,10 +39,6 @@ impl AgentReload {
         }
     }
 
-    pub fn dir(&self) -> &PathBuf {
-        &self.dir
-    }
-
     /// Reads the directory again and applies it; returns how many agents
     /// changed, or why the edit was refused.
     pub async fn reload(&self) -> Result<usize, String> {

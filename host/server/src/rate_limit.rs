@@ -68,11 +68,6 @@ impl ClientRates {
         self.trusted_proxies.iter().any(|net| net.contains(&addr))
     }
 
-    /// Clients with a bucket now.
-    pub fn clients(&self) -> usize {
-        self.limiter.len()
-    }
-
     /// Forgets the buckets of clients whose bucket is full again (they are
     /// indistinguishable from new clients).
     pub fn prune(&self) {
