@@ -9,6 +9,7 @@ mod llm_server;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bsm_llm::adaptive_limit::AdaptiveSettings;
 use bsm_llm::breaker::{BreakerConfig, SlidingWindow, State};
 use bsm_llm::settings::{ProviderSettings, RetrySettings, TimeoutSettings};
 use bsm_llm::{LlmClient, LlmSettings};
@@ -421,11 +422,11 @@ async fn models_the_provider_does_not_serve_become_its_default() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_providers_bulkhead_caps_concurrent_upstream_calls() {
+async fn the_providers_ceiling_caps_concurrent_upstream_calls() {
     let server = LlmServer::start().await;
     server.set_latency(Duration::from_millis(50));
     let mut p = provider("p", &server.base_url);
-    p.max_concurrent = 2;
+    p.max_concurrent = Some(2);
     let client = Arc::new(client(settings(vec![p])));
     let calls: Vec<_> = (0..10)
         .map(|i| {
@@ -442,6 +443,52 @@ async fn the_providers_bulkhead_caps_concurrent_upstream_calls() {
         2,
         "never more than max-concurrent upstream calls at once"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_concurrency_limit_grows_with_a_slow_healthy_provider_and_shrinks_on_429s() {
+    let server = LlmServer::start().await;
+    server.set_latency(Duration::from_millis(100));
+    let mut p = provider("p", &server.base_url);
+    p.concurrency = AdaptiveSettings {
+        initial: 4,
+        min: 2,
+        max: 64,
+        ..AdaptiveSettings::default()
+    };
+    let client = Arc::new(client(settings(vec![p])));
+    let provider = &client.providers()[0];
+    let burst = |n: usize, tag: &'static str| {
+        let client = client.clone();
+        async move {
+            let calls: Vec<_> = (0..n)
+                .map(|i| {
+                    let client = client.clone();
+                    tokio::spawn(
+                        async move { client.chat(&caller(), ask(&format!("{tag}{i}"))).await },
+                    )
+                })
+                .collect();
+            let mut failures = 0;
+            for c in calls {
+                failures += c.await.unwrap().is_err() as usize;
+            }
+            failures
+        }
+    };
+    assert_eq!(burst(64, "grow").await, 0);
+    let grown = provider.concurrency().limit();
+    assert!(grown > 4, "a healthy provider under load lets the limit grow: {grown}");
+    assert!(server.max_in_flight() > 4, "and more calls go out at once");
+
+    server.set_default(Fault::RateLimited {
+        retry_after: None,
+        retry_after_ms: Some(1),
+    });
+    burst(16, "shrink").await;
+    let shrunk = provider.concurrency().limit();
+    assert!(shrunk < grown, "429s shrink it: {grown} -> {shrunk}");
+    assert!(shrunk >= 2, "never under the floor");
 }
 
 #[tokio::test]

@@ -56,6 +56,20 @@ impl AttemptError {
         }
     }
 
+    /// Whether the provider is pushing back on load (429 that is not a
+    /// spent quota, 503, a timeout): what shrinks the concurrency limit.
+    pub fn is_overload(&self) -> bool {
+        match self {
+            AttemptError::Status { status, error, .. } => {
+                (*status == 429 && !is_quota(error)) || *status == 503
+            }
+            AttemptError::Timeout => true,
+            AttemptError::Connect(_) | AttemptError::Malformed(_) | AttemptError::StreamCut(_) => {
+                false
+            }
+        }
+    }
+
     /// The typed error handed to the plugin when this was the last attempt.
     pub fn into_llm_error(self, provider: &str) -> LlmError {
         let plain = |message: String| {
@@ -139,6 +153,11 @@ mod tests {
     #[test]
     fn classifies_statuses() {
         assert_eq!(status(500, None).class(), Class::Failure);
+        assert!(status(429, None).is_overload());
+        assert!(status(503, None).is_overload());
+        assert!(AttemptError::Timeout.is_overload());
+        assert!(!status(429, Some("insufficient_quota")).is_overload());
+        assert!(!status(500, None).is_overload());
         assert_eq!(status(503, None).class(), Class::Failure);
         assert_eq!(status(429, None).class(), Class::RateLimited);
         assert_eq!(

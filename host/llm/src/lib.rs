@@ -2,7 +2,7 @@
 //!
 //! The original BSM called its LLM API with no breaker: during an outage
 //! requests piled up for 30 s each. Here every OpenAI-compatible provider
-//! sits behind a resilience stack (bulkhead, total timeout, retry with
+//! sits behind a resilience stack (adaptive concurrency limit, total timeout, retry with
 //! jittered backoff, circuit breaker, attempt timeout), providers form an
 //! ordered fallback chain, and deterministic answers are cached.
 //! [`LlmClient`] implements the runtime's `LlmEngine`, which is how plugins
@@ -11,6 +11,7 @@
 //! Depends on the runtime only for the WIT types of the `llm` interface and
 //! the engine trait; it must not depend on the platform or the server.
 
+pub mod adaptive_limit;
 pub mod breaker;
 pub mod classify;
 pub mod client;

@@ -1,8 +1,10 @@
 //! One OpenAI-compatible provider behind its resilience stack, outermost
-//! first: bulkhead (max concurrent upstream calls), total timeout, retry
-//! (exponential backoff with full jitter; Retry-After honoured; timed-out
-//! attempts retried at most `max-timeout-retries` times), circuit breaker,
-//! attempt timeout (first token, then whole answer).
+//! first: total timeout, retry (exponential backoff with full jitter;
+//! Retry-After honoured; timed-out attempts retried at most
+//! `max-timeout-retries` times), circuit breaker, adaptive concurrency limit
+//! (upstream calls in flight, following the provider: see
+//! [`crate::adaptive_limit`]), attempt timeout (first token, then whole
+//! answer). A call waiting out a backoff holds no place under the limit.
 //!
 //! Worst case of one call against a provider that accepts and never
 //! answers: `min(total-ms, (1 + max-timeout-retries) × first-token-ms +
@@ -17,9 +19,9 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
-use tokio::sync::Semaphore;
 use tokio::time::{Instant, timeout, timeout_at};
 
+use super::adaptive_limit::{AdaptiveLimit, Sample};
 use super::breaker::{BreakerConfig, CircuitBreaker};
 use super::classify::{AttemptError, Class, retry_after};
 use super::log_throttle::LogThrottle;
@@ -28,13 +30,13 @@ use super::wire::{self, StreamAccumulator, WireChatRequest, WireEmbeddingsReques
 use bsm_runtime::bindings::llm::{ChatRequest, ChatResponse, Error as LlmError};
 use bsm_runtime::capabilities::Caller;
 
-/// A configured provider with its own breaker and bulkhead.
+/// A configured provider with its own breaker and concurrency limit.
 pub struct Provider {
     settings: ProviderSettings,
     retry: RetrySettings,
     http: reqwest::Client,
     breaker: CircuitBreaker,
-    bulkhead: Arc<Semaphore>,
+    limit: Arc<AdaptiveLimit>,
     chat_url: String,
     embeddings_url: String,
     /// Failed attempts and refusals by the open breaker are logged through
@@ -49,9 +51,13 @@ impl Provider {
         retry: RetrySettings,
         default_breaker: &BreakerConfig,
     ) -> anyhow::Result<Self> {
+        let limits = settings.concurrency_limits();
+        limits
+            .validate()
+            .map_err(|m| anyhow::anyhow!("provider {:?}: {m}", settings.name))?;
         let http = reqwest::Client::builder()
             .connect_timeout(settings.timeouts.connect())
-            .pool_max_idle_per_host(settings.max_concurrent as usize)
+            .pool_max_idle_per_host(limits.max as usize)
             .build()?;
         let base = settings.base_url.trim_end_matches('/').to_string();
         let breaker_config = settings
@@ -60,7 +66,7 @@ impl Provider {
             .unwrap_or_else(|| default_breaker.clone());
         Ok(Self {
             breaker: CircuitBreaker::new(format!("llm:{}", settings.name), breaker_config),
-            bulkhead: Arc::new(Semaphore::new(settings.max_concurrent.max(1) as usize)),
+            limit: AdaptiveLimit::new(limits),
             chat_url: format!("{base}/chat/completions"),
             embeddings_url: format!("{base}/embeddings"),
             http,
@@ -81,6 +87,11 @@ impl Provider {
 
     pub fn breaker(&self) -> &CircuitBreaker {
         &self.breaker
+    }
+
+    /// The adaptive limit of upstream calls in flight.
+    pub fn concurrency(&self) -> &AdaptiveLimit {
+        &self.limit
     }
 
     /// A chat completion through the whole stack.
@@ -120,7 +131,7 @@ impl Provider {
             .await
     }
 
-    /// Bulkhead, total timeout and retry around breaker-guarded attempts.
+    /// Total timeout and retry around breaker-guarded, limited attempts.
     async fn call<T, F, Fut>(&self, attempt: F) -> Result<T, LlmError>
     where
         F: Fn() -> Fut,
@@ -129,11 +140,6 @@ impl Provider {
         let total = self.settings.timeouts.total();
         let deadline = Instant::now() + total;
         let guarded = async {
-            let _slot = self
-                .bulkhead
-                .acquire()
-                .await
-                .expect("the bulkhead is never closed");
             let mut backoff = ExponentialBuilder::new()
                 .with_min_delay(Duration::from_millis(self.retry.initial_backoff_ms))
                 .with_max_delay(Duration::from_millis(self.retry.max_backoff_ms))
@@ -159,10 +165,16 @@ impl Provider {
                         return Err(LlmError::CircuitOpen(refused.retry_after.as_millis() as u64));
                     }
                 };
+                let place = self.limit.acquire().await;
                 let started = Instant::now();
                 let outcome = timeout(self.settings.timeouts.attempt(), attempt())
                     .await
                     .unwrap_or(Err(AttemptError::Timeout));
+                place.record(match &outcome {
+                    Ok(_) => Sample::Answered(started.elapsed()),
+                    Err(e) if e.is_overload() => Sample::Overloaded,
+                    Err(_) => Sample::Ignored,
+                });
                 let error = match outcome {
                     Ok((value, first_token)) => {
                         permit.success(first_token);

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::adaptive_limit::AdaptiveSettings;
 use super::breaker::BreakerConfig;
 
 /// The `[llm]` table.
@@ -47,9 +48,13 @@ pub struct ProviderSettings {
     /// Ask for server-sent events (time to first token is then measured).
     #[serde(default = "yes")]
     pub stream: bool,
-    /// Upstream calls in flight at once (the provider's bulkhead).
-    #[serde(default = "default_max_concurrent")]
-    pub max_concurrent: u32,
+    /// Ceiling of upstream calls in flight at once (overrides
+    /// `concurrency.max`; set it to what the provider's plan allows).
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
+    /// How the limit of calls in flight adapts to the provider.
+    #[serde(default)]
+    pub concurrency: AdaptiveSettings,
     #[serde(default)]
     pub timeouts: TimeoutSettings,
     /// This provider's breaker; the `[llm.breaker]` defaults when absent.
@@ -59,10 +64,6 @@ pub struct ProviderSettings {
 
 fn yes() -> bool {
     true
-}
-
-fn default_max_concurrent() -> u32 {
-    32
 }
 
 /// What changes when a plugin asks for a given model.
@@ -216,10 +217,23 @@ impl ProviderSettings {
             models: Vec::new(),
             model_overrides: BTreeMap::new(),
             stream: true,
-            max_concurrent: default_max_concurrent(),
+            max_concurrent: None,
+            concurrency: AdaptiveSettings::default(),
             timeouts: TimeoutSettings::default(),
             breaker: None,
         }
+    }
+
+    /// The adaptive limit's bounds, with `max-concurrent` as the ceiling
+    /// when it is set (the floor and start then fit under it).
+    pub fn concurrency_limits(&self) -> AdaptiveSettings {
+        let mut limits = self.concurrency.clone();
+        if let Some(ceiling) = self.max_concurrent {
+            limits.max = ceiling.max(1);
+            limits.min = limits.min.min(limits.max);
+            limits.initial = limits.initial.clamp(limits.min, limits.max);
+        }
+        limits
     }
 
     /// The model name to send for a requested one: the request's when this

@@ -479,6 +479,15 @@ impl Platform {
             metrics::gauge!("bsm_circuit_breaker_not_permitted_total", "breaker" => s.name)
                 .set(s.not_permitted_calls as f64);
         }
+        for p in self.llm.iter().flat_map(|c| c.providers()) {
+            let limit = p.concurrency();
+            let name = p.name().to_string();
+            metrics::gauge!("bsm_llm_concurrency_limit", "provider" => name.clone())
+                .set(limit.limit() as f64);
+            metrics::gauge!("bsm_llm_in_flight", "provider" => name.clone())
+                .set(limit.in_flight() as f64);
+            metrics::gauge!("bsm_llm_waiting", "provider" => name).set(limit.waiting() as f64);
+        }
         for (name, s) in self.cache_stats() {
             for (event, value) in [
                 ("hits", s.hits),
@@ -524,6 +533,12 @@ impl Platform {
             },
             "caches": self.cache_stats(),
             "circuitBreakers": self.breakers(),
+            "llmProviders": self.llm.iter().flat_map(|c| c.providers()).map(|p| serde_json::json!({
+                "name": p.name(),
+                "concurrencyLimit": p.concurrency().limit(),
+                "inFlight": p.concurrency().in_flight(),
+                "waiting": p.concurrency().waiting(),
+            })).collect::<Vec<_>>(),
         })
     }
 }
