@@ -478,7 +478,10 @@ async fn the_concurrency_limit_grows_with_a_slow_healthy_provider_and_shrinks_on
     };
     assert_eq!(burst(64, "grow").await, 0);
     let grown = provider.concurrency().limit();
-    assert!(grown > 4, "a healthy provider under load lets the limit grow: {grown}");
+    assert!(
+        grown > 4,
+        "a healthy provider under load lets the limit grow: {grown}"
+    );
     assert!(server.max_in_flight() > 4, "and more calls go out at once");
 
     server.set_default(Fault::RateLimited {

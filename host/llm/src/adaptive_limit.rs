@@ -397,7 +397,9 @@ mod tests {
         );
         assert_eq!(*seen.last().unwrap(), 1000, "reaches the ceiling: {seen:?}");
         assert!(
-            seen[1..8].windows(2).all(|w| w[1] as f64 >= w[0] as f64 * 1.4),
+            seen[1..8]
+                .windows(2)
+                .all(|w| w[1] as f64 >= w[0] as f64 * 1.4),
             "grows by half or more per round trip while busy: {seen:?}"
         );
     }
@@ -410,7 +412,11 @@ mod tests {
             tokio::time::advance(Duration::from_millis(100)).await;
             p.record(Sample::Answered(Duration::from_millis(100)));
         }
-        assert_eq!(limit.limit(), 100, "one call at a time proves nothing about 101");
+        assert_eq!(
+            limit.limit(),
+            100,
+            "one call at a time proves nothing about 101"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -419,7 +425,8 @@ mod tests {
         round(&limit, Duration::from_millis(200)).await;
         let grown = limit.limit();
         // A burst of 429s arriving together counts once.
-        let permits: Vec<_> = futures_util::future::join_all((0..50).map(|_| limit.acquire())).await;
+        let permits: Vec<_> =
+            futures_util::future::join_all((0..50).map(|_| limit.acquire())).await;
         for p in permits {
             p.record(Sample::Overloaded);
         }
@@ -508,7 +515,12 @@ mod tests {
     #[test]
     fn settings_are_validated() {
         assert!(AdaptiveSettings::default().validate().is_ok());
-        assert!(settings(1, 2, 3).validate().unwrap_err().contains("initial"));
+        assert!(
+            settings(1, 2, 3)
+                .validate()
+                .unwrap_err()
+                .contains("initial")
+        );
         assert!(settings(5, 10, 3).validate().unwrap_err().contains("min"));
         let bad_backoff = AdaptiveSettings {
             backoff: 1.5,

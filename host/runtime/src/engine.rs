@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-/// How often the engine's epoch advances; the granularity of run deadlines.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// How often the engine's epoch advances: the granularity of run deadlines
+/// and the longest a run computes before it yields its CPU turn (a run
+/// waiting for a turn waits at most about this long per step).
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Upper bound of any plugin's memory budget: the pooling allocator reserves
 /// address space for this much per memory slot.
@@ -20,14 +22,19 @@ pub const KEEP_RESIDENT_BYTES: usize = 1 << 20;
 /// Sizing of the instance pool, shared by all plugins.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
-    /// Component instances alive at once across all plugins; the sum of the
-    /// plugins' `max-concurrent` beyond this fails instantiation cleanly.
+    /// Component instances alive at once across all plugins: runs beyond
+    /// this wait for one (within their plugin's queue wait), then are busy.
     pub max_instances: u32,
+    /// Threads running guest code (0: one per core).
+    pub guest_threads: usize,
 }
 
 impl Default for PoolSettings {
     fn default() -> Self {
-        Self { max_instances: 512 }
+        Self {
+            max_instances: 4096,
+            guest_threads: 0,
+        }
     }
 }
 
@@ -44,7 +51,10 @@ pub fn build_engine(pool: &PoolSettings) -> wasmtime::Result<Engine> {
     pooling
         .total_component_instances(n)
         .total_core_instances(n.saturating_mul(8))
-        .total_memories(n.saturating_mul(2))
+        // One linear memory per component instance (a Rust, JS or Python
+        // component has one); each slot reserves 4 GiB of address space
+        // (no bounds checks), so 4,096 slots take 16 TiB of the 128 TiB.
+        .total_memories(n)
         .total_tables(n.saturating_mul(8))
         .total_stacks(n)
         .max_memory_size(MAX_PLUGIN_MEMORY_BYTES)

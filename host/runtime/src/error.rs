@@ -41,6 +41,9 @@ pub enum RunError {
         in_host_call: bool,
     },
 
+    #[error("plugin {plugin:?} used more than its {cpu_ms} ms of CPU time")]
+    PluginCpuLimit { plugin: String, cpu_ms: u64 },
+
     #[error(
         "plugin {plugin:?} exceeded its memory limit of {limit_bytes} bytes (asked for {requested_bytes})"
     )]
@@ -88,6 +91,7 @@ impl RunError {
             RunError::InvalidRequest { .. } => "INVALID_REQUEST",
             RunError::PluginBusy { .. } => "PLUGIN_BUSY",
             RunError::PluginTimeout { .. } => "PLUGIN_TIMEOUT",
+            RunError::PluginCpuLimit { .. } => "PLUGIN_CPU_LIMIT",
             RunError::PluginMemoryLimit { .. } => "PLUGIN_MEMORY_LIMIT",
             RunError::PluginTrap { .. } => "PLUGIN_TRAP",
             RunError::PluginOutputTooLarge { .. } => "PLUGIN_OUTPUT_TOO_LARGE",
@@ -107,6 +111,7 @@ impl RunError {
         match self {
             RunError::PluginTimeout { in_host_call, .. } => !in_host_call,
             RunError::PluginMemoryLimit { .. }
+            | RunError::PluginCpuLimit { .. }
             | RunError::PluginTrap { .. }
             | RunError::PluginOutputTooLarge { .. }
             | RunError::PluginInvalidOutput { .. }

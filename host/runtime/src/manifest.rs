@@ -80,7 +80,9 @@ pub struct Budget {
     pub timeout_ms: u64,
     /// Cap of each linear memory of one run, in MiB.
     pub memory_mb: u64,
-    /// Runs of this plugin executing at once.
+    /// Runs of this plugin in flight at once: computing or waiting on the
+    /// host (an LLM answer). Waiting costs memory, not CPU (CPU is shared
+    /// fairly between plugins, see `cpu_share`), so this is high by default.
     pub max_concurrent: u32,
     /// Runs allowed to wait for a slot; further runs are rejected as busy.
     pub max_queued: u32,
@@ -92,6 +94,9 @@ pub struct Budget {
     pub llm_max_calls: u32,
     /// LLM tokens (prompt and completion) one run may use.
     pub llm_max_tokens: u32,
+    /// CPU time one run may use, separate from the wall-clock timeout
+    /// (time waiting on the host does not count); none by default.
+    pub cpu_ms: Option<u64>,
 }
 
 impl Default for Budget {
@@ -99,12 +104,13 @@ impl Default for Budget {
         Self {
             timeout_ms: 5_000,
             memory_mb: 64,
-            max_concurrent: 16,
-            max_queued: 64,
+            max_concurrent: 1024,
+            max_queued: 1024,
             max_queue_wait_ms: 1_000,
             max_output_bytes: 1 << 20,
             llm_max_calls: 16,
             llm_max_tokens: 100_000,
+            cpu_ms: None,
         }
     }
 }
@@ -137,6 +143,9 @@ impl Budget {
         }
         if self.max_concurrent == 0 {
             return Err("budget.max-concurrent must be at least 1".into());
+        }
+        if self.cpu_ms == Some(0) {
+            return Err("budget.cpu-ms must be at least 1 (leave it out for no CPU cap)".into());
         }
         Ok(())
     }

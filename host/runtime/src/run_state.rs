@@ -7,6 +7,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::capabilities::{HasCapabilities, RunCapabilities};
+use crate::cpu_share::CpuMeter;
 use crate::limits::RunLimits;
 use crate::output_capture::CapturedOutput;
 
@@ -20,6 +21,11 @@ pub struct RunState {
     table: ResourceTable,
     pub limits: RunLimits,
     pub deadline: Instant,
+    /// CPU time the run has used, and its cap (`cpu-ms`), if any.
+    pub cpu: CpuMeter,
+    pub cpu_limit_nanos: Option<u64>,
+    /// Set when the epoch callback stopped the run for its CPU time.
+    pub cpu_exceeded: bool,
     pub stderr: CapturedOutput,
     pub caps: RunCapabilities,
 }
@@ -43,6 +49,9 @@ impl RunState {
             table: ResourceTable::new(),
             limits,
             deadline,
+            cpu: CpuMeter::default(),
+            cpu_limit_nanos: None,
+            cpu_exceeded: false,
             stderr,
             caps,
         }

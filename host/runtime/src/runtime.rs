@@ -18,10 +18,13 @@ use crate::bindings::types as wit;
 use crate::bulkhead::{Bulkhead, Busy, Rejection};
 use crate::capabilities::llm::LlmUsage;
 use crate::capabilities::{self, Caller, Capabilities, RunInfo};
+use crate::cpu_share::FairShare;
 use crate::engine::{self, EpochTicker, PoolSettings};
 use crate::error::LlmFailure;
 use crate::error::{LoadError, LoadStage, RunError};
+use crate::guest_pool::GuestPool;
 use crate::limits::{MemoryLimitExceeded, RunLimits};
+use crate::manifest::Budget;
 use crate::manifest::{Manifest, PluginKind};
 use crate::output_capture::panic_message;
 use crate::plugin::{Described, Exports, Plugin};
@@ -59,8 +62,20 @@ pub struct Runtime {
     components: LoadingCache<String, Component>,
     /// One bulkhead per plugin id, shared by its versions.
     bulkheads: std::sync::Mutex<std::collections::HashMap<String, Arc<Bulkhead>>>,
+    /// Places in the instance pool: a run waits for one rather than fail.
+    instances: Arc<tokio::sync::Semaphore>,
+    guests: GuestPool,
     _ticker: EpochTicker,
 }
+
+/// One guest call on a run's store, boxed so it can move to the guest pool.
+type GuestCall<T> = Box<
+    dyn for<'a> FnOnce(
+            &'a mut Store<RunState>,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = wasmtime::Result<T>> + Send + 'a>,
+        > + Send,
+>;
 
 /// Plugins loaded from a directory, and the files that failed.
 #[derive(Debug, Default)]
@@ -89,7 +104,16 @@ impl Runtime {
             ),
             components: LoadingCache::new("components", COMPONENT_CACHE_ENTRIES, None),
             bulkheads: Default::default(),
+            instances: Arc::new(tokio::sync::Semaphore::new(
+                options.pool.max_instances as usize,
+            )),
+            guests: GuestPool::new(options.pool.guest_threads)?,
         })
+    }
+
+    /// The threads guest code runs on, and their fair CPU turns.
+    pub fn guest_pool(&self) -> &GuestPool {
+        &self.guests
     }
 
     pub fn engine(&self) -> &Engine {
@@ -309,11 +333,18 @@ impl Runtime {
         let correlation_id = format!("load-{}", plugin.id());
         match &plugin.exports {
             Exports::Agent(pre) => {
+                let pre = pre.clone();
                 let info = self
-                    .sandboxed(plugin, &correlation_id, async |store| {
-                        let agent = pre.instantiate_async(&mut *store).await?;
-                        agent.call_describe(&mut *store).await
-                    })
+                    .sandboxed(
+                        plugin,
+                        &correlation_id,
+                        Box::new(move |store| {
+                            Box::pin(async move {
+                                let agent = pre.instantiate_async(&mut *store).await?;
+                                agent.call_describe(&mut *store).await
+                            })
+                        }),
+                    )
                     .await
                     .0?;
                 Ok(Described {
@@ -325,11 +356,18 @@ impl Runtime {
                 })
             }
             Exports::Step(pre) => {
+                let pre = pre.clone();
                 let info = self
-                    .sandboxed(plugin, &correlation_id, async |store| {
-                        let step = pre.instantiate_async(&mut *store).await?;
-                        step.call_describe(&mut *store).await
-                    })
+                    .sandboxed(
+                        plugin,
+                        &correlation_id,
+                        Box::new(move |store| {
+                            Box::pin(async move {
+                                let step = pre.instantiate_async(&mut *store).await?;
+                                step.call_describe(&mut *store).await
+                            })
+                        }),
+                    )
                     .await
                     .0?;
                 Ok(Described {
@@ -415,11 +453,18 @@ impl Runtime {
             .acquire()
             .await
             .map_err(|b| busy(plugin, b))?;
+        let pre = pre.clone();
         let (result, usage) = self
-            .sandboxed(plugin, &request.context.correlation_id, async |store| {
-                let agent: Agent = pre.instantiate_async(&mut *store).await?;
-                agent.call_run(&mut *store, &input).await
-            })
+            .sandboxed(
+                plugin,
+                &request.context.correlation_id,
+                Box::new(move |store| {
+                    Box::pin(async move {
+                        let agent: Agent = pre.instantiate_async(&mut *store).await?;
+                        agent.call_run(&mut *store, &input).await
+                    })
+                }),
+            )
             .await;
         let output = result?.map_err(|e| RunError::PluginFailed {
             plugin: plugin.id().to_string(),
@@ -508,11 +553,18 @@ impl Runtime {
             .acquire()
             .await
             .map_err(|b| busy(plugin, b))?;
+        let pre = pre.clone();
         let (result, usage) = self
-            .sandboxed(plugin, &request.context.correlation_id, async |store| {
-                let step = pre.instantiate_async(&mut *store).await?;
-                step.call_run(&mut *store, &state).await
-            })
+            .sandboxed(
+                plugin,
+                &request.context.correlation_id,
+                Box::new(move |store| {
+                    Box::pin(async move {
+                        let step = pre.instantiate_async(&mut *store).await?;
+                        step.call_run(&mut *store, &state).await
+                    })
+                }),
+            )
             .await;
         let contribution = result?.map_err(|e| RunError::PluginFailed {
             plugin: plugin.id().to_string(),
@@ -558,46 +610,88 @@ impl Runtime {
             config: &plugin.config,
         });
         let deadline = Instant::now() + budget.timeout();
-        let state = RunState::new(RunLimits::new(budget.memory_bytes()), deadline, caps);
+        let mut state = RunState::new(RunLimits::new(budget.memory_bytes()), deadline, caps);
+        state.cpu_limit_nanos = budget.cpu_ms.map(|ms| ms.saturating_mul(1_000_000));
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
-        // At every epoch tick: past the deadline, interrupt the guest;
-        // otherwise yield to tokio so a busy guest never hogs a worker thread.
+        // At every epoch tick: past the deadline or over its CPU time,
+        // interrupt the guest; otherwise yield, which gives the run's CPU
+        // turn to whoever waits for one (see `cpu_share`).
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|ctx| {
-            if Instant::now() >= ctx.data().deadline {
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                Ok(UpdateDeadline::Yield(1))
+        store.epoch_deadline_callback(|mut ctx| {
+            let data = ctx.data_mut();
+            if Instant::now() >= data.deadline {
+                return Ok(UpdateDeadline::Interrupt);
             }
+            if data
+                .cpu_limit_nanos
+                .is_some_and(|limit| data.cpu.used_nanos() > limit)
+            {
+                data.cpu_exceeded = true;
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            Ok(UpdateDeadline::Yield(1))
         });
         store
     }
 
-    /// Runs `call` in a fresh store under the plugin's deadline and turns
-    /// every way it can fail into a named [`RunError`].
-    async fn sandboxed<T>(
+    /// Runs `call` in a fresh store on the guest pool, under the plugin's
+    /// deadline and fair CPU turns, and turns every way it can fail into a
+    /// named [`RunError`]. Waits for a place in the instance pool first.
+    async fn sandboxed<T: Send + 'static>(
         &self,
         plugin: &Plugin,
         correlation_id: &str,
-        call: impl AsyncFnOnce(&mut Store<RunState>) -> wasmtime::Result<T>,
+        call: GuestCall<T>,
     ) -> (Result<T, RunError>, LlmUsage) {
+        let budget = plugin.manifest.budget.clone();
+        let id = plugin.id.clone();
+        let wait = budget.max_queue_wait();
+        let instance =
+            match tokio::time::timeout(wait, self.instances.clone().acquire_owned()).await {
+                Ok(Ok(permit)) => permit,
+                _ => {
+                    return (
+                        Err(RunError::PluginBusy {
+                            plugin: id.to_string(),
+                            reason: "every instance of the host's pool is in use".into(),
+                            retry_after_ms: wait.as_millis().max(50) as u64,
+                        }),
+                        LlmUsage::default(),
+                    );
+                }
+            };
         let mut store = self.new_store(plugin, correlation_id);
-        let budget = &plugin.manifest.budget;
-        let outcome = tokio::time::timeout(budget.timeout() + HOST_GRACE, call(&mut store)).await;
-        let usage = store.data().caps.llm.usage();
-        let result = match outcome {
-            Ok(Ok(value)) => Ok(value),
-            // Guest code is interrupted by the epoch deadline; only a run
-            // blocked in a host call outlives it into the grace period.
-            Err(_elapsed) => Err(RunError::PluginTimeout {
-                plugin: plugin.id().to_string(),
-                timeout_ms: budget.timeout_ms,
-                in_host_call: true,
-            }),
-            Ok(Err(error)) => Err(classify_failure(plugin, &store, error)),
+        let meter = store.data().cpu.clone();
+        let scheduler = self.guests.scheduler().clone();
+        let task = async move {
+            let _instance = instance;
+            let call = FairShare::new(scheduler, id.clone(), meter, call(&mut store));
+            let outcome = tokio::time::timeout(budget.timeout() + HOST_GRACE, call).await;
+            let usage = store.data().caps.llm.usage();
+            let result = match outcome {
+                Ok(Ok(value)) => Ok(value),
+                // Guest code is interrupted by the epoch deadline; only a run
+                // blocked in a host call outlives it into the grace period.
+                Err(_elapsed) => Err(RunError::PluginTimeout {
+                    plugin: id.to_string(),
+                    timeout_ms: budget.timeout_ms,
+                    in_host_call: true,
+                }),
+                Ok(Err(error)) => Err(classify_failure(&id, &budget, &store, error)),
+            };
+            (result, usage)
         };
-        (result, usage)
+        match self.guests.run(task).await {
+            Ok(outcome) => outcome,
+            Err(message) => (
+                Err(RunError::PluginStartFailed {
+                    plugin: plugin.id().to_string(),
+                    message,
+                }),
+                LlmUsage::default(),
+            ),
+        }
     }
 }
 
@@ -613,9 +707,13 @@ async fn read_manifest(path: &Path) -> Result<Arc<Manifest>, LoadError> {
 
 /// Names a failed call: deadline, memory cap, guest trap (with the panic
 /// message when the guest printed one) or failure to start.
-fn classify_failure(plugin: &Plugin, store: &Store<RunState>, error: wasmtime::Error) -> RunError {
-    let id = plugin.id().to_string();
-    let budget = &plugin.manifest.budget;
+fn classify_failure(
+    id: &str,
+    budget: &Budget,
+    store: &Store<RunState>,
+    error: wasmtime::Error,
+) -> RunError {
+    let id = id.to_string();
     let memory_hit = store.data().limits.memory_exceeded;
     if error.downcast_ref::<MemoryLimitExceeded>().is_some() || memory_hit.is_some() {
         return RunError::PluginMemoryLimit {
@@ -625,6 +723,10 @@ fn classify_failure(plugin: &Plugin, store: &Store<RunState>, error: wasmtime::E
         };
     }
     match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) if store.data().cpu_exceeded => RunError::PluginCpuLimit {
+            plugin: id,
+            cpu_ms: budget.cpu_ms.unwrap_or_default(),
+        },
         Some(Trap::Interrupt) => RunError::PluginTimeout {
             plugin: id,
             timeout_ms: budget.timeout_ms,

@@ -113,6 +113,7 @@ impl From<RunError> for ApiError {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
             }
             RunError::PluginMemoryLimit { .. }
+            | RunError::PluginCpuLimit { .. }
             | RunError::PluginTrap { .. }
             | RunError::PluginOutputTooLarge { .. }
             | RunError::PluginInvalidOutput { .. } => {

@@ -39,13 +39,14 @@ pub const ORIGINAL_ALLOW_LIST: &[&str] = &[
     "generate_ios_report",
 ];
 
-/// Budget of an LLM-backed agent: the LLM call dominates its time.
+/// Budget of an LLM-backed agent: the LLM call dominates its time, and a
+/// run waiting for it holds memory but no CPU, so thousands may wait.
 fn agent_budget() -> Budget {
     Budget {
         timeout_ms: 120_000,
         memory_mb: 32,
-        max_concurrent: 64,
-        max_queued: 256,
+        max_concurrent: 4096,
+        max_queued: 4096,
         max_queue_wait_ms: 5_000,
         ..Budget::default()
     }
