@@ -189,3 +189,117 @@ async fn a_saturated_plugin_rejects_the_third_run_as_busy() {
     assert_eq!(second.await.unwrap().unwrap().output.text, "slept 1500 ms");
     assert_eq!(sleepy.in_flight(), 0);
 }
+
+/// Loads a test plugin under a manifest of the test's own.
+async fn load_with_manifest(runtime: &Runtime, dir: &std::path::Path, wasm: &str, manifest: &str) {
+    let path = plugin_with_manifest(dir, &test_plugins_dir().join(wasm), manifest);
+    let plugin = runtime
+        .load_plugin(&path)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    runtime.registry().install(plugin);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_spinning_at_its_max_concurrent_does_not_hold_up_a_healthy_plugin() {
+    let runtime = loaded_runtime(Capabilities::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    load_with_manifest(
+        &runtime,
+        dir.path(),
+        "spin-loop.wasm",
+        "id = \"spinner\"\nversion = \"1\"\nkind = \"agent\"\n[budget]\ntimeout-ms = 4000\nmemory-mb = 16\nmax-concurrent = 2\nmax-queued = 0\n",
+    )
+    .await;
+    let spinner = runtime.registry().get("spinner").unwrap();
+    let spin = || {
+        let runtime = runtime.clone();
+        tokio::spawn(async move { runtime.run_agent("spinner", request("x")).await })
+    };
+    let spinning = [spin(), spin()];
+    while spinner.in_flight() < 2 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Both runs compute on every guest thread there is (two on this machine).
+    let scheduler = runtime.guest_pool().scheduler().clone();
+    assert!(
+        matches!(
+            runtime.run_agent("spinner", request("x")).await,
+            Err(RunError::PluginBusy { .. })
+        ),
+        "the spinning plugin is at its max-concurrent"
+    );
+
+    // The healthy plugin's runs, one after another and four at once, all
+    // finish while the spinning runs are still going: they were not queued
+    // behind them.
+    for i in 0..20 {
+        let run = runtime
+            .run_agent("hello-agent", request(&format!("h{i}")))
+            .await
+            .unwrap_or_else(|e| panic!("healthy run {i} failed beside the spinner: {e}"));
+        assert_eq!(run.output.text, format!("Hello, h{i}!"));
+    }
+    let together: Vec<_> = (0..4)
+        .map(|i| {
+            let runtime = runtime.clone();
+            tokio::spawn(async move {
+                runtime
+                    .run_agent("hello-agent", request(&format!("t{i}")))
+                    .await
+            })
+        })
+        .collect();
+    for t in together {
+        t.await.unwrap().expect("a concurrent healthy run");
+    }
+    assert!(
+        spinning.iter().all(|s| !s.is_finished()) && spinner.in_flight() == 2,
+        "every healthy run finished while both spinning runs still computed"
+    );
+    assert_eq!(scheduler.waiting(), 0);
+
+    for s in spinning {
+        let err = s.await.unwrap().unwrap_err();
+        assert_eq!(err.code(), "PLUGIN_TIMEOUT", "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cpu_budget_stops_a_spinning_run_but_not_a_waiting_one() {
+    let runtime = loaded_runtime(Capabilities::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    load_with_manifest(
+        &runtime,
+        dir.path(),
+        "spin-loop.wasm",
+        "id = \"cpu-capped\"\nversion = \"1\"\nkind = \"agent\"\n[budget]\ntimeout-ms = 30000\ncpu-ms = 100\nmemory-mb = 16\n",
+    )
+    .await;
+    load_with_manifest(
+        &runtime,
+        dir.path(),
+        "sleepy.wasm",
+        "id = \"sleepy-capped\"\nversion = \"1\"\nkind = \"agent\"\n[budget]\ntimeout-ms = 30000\ncpu-ms = 50\nmemory-mb = 16\n",
+    )
+    .await;
+    let err = runtime
+        .run_agent("cpu-capped", request("x"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RunError::PluginCpuLimit { cpu_ms: 100, .. }),
+        "{err:?}"
+    );
+    assert_eq!(err.code(), "PLUGIN_CPU_LIMIT");
+    assert!(err.is_plugin_fault());
+
+    // Sleeping 400 ms costs (almost) no CPU: a 50 ms CPU budget is plenty.
+    let mut asleep = request("x");
+    asleep.payload = json!({ "ms": 400 });
+    let run = runtime
+        .run_agent("sleepy-capped", asleep)
+        .await
+        .expect("waiting is not computing");
+    assert_eq!(run.output.text, "slept 400 ms");
+}

@@ -1345,3 +1345,75 @@ async fn jobs_beyond_the_running_and_queued_bounds_are_refused_at_the_door() {
     let (status, body) = post(&s, "/api/orchestrator/run", job).await;
     assert_eq!(status, StatusCode::ACCEPTED, "room again: {body}");
 }
+
+/// Lets this process open as many sockets as its hard limit allows (a
+/// thousand requests in flight need a thousand client sockets, and the
+/// test LLM server as many again).
+fn raise_open_file_limit() {
+    // SAFETY: getrlimit/setrlimit with a valid, owned struct.
+    unsafe {
+        let mut limit = std::mem::zeroed::<libc::rlimit>();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_runs_of_one_agent_on_a_slow_llm_all_succeed_with_default_settings() {
+    raise_open_file_limit();
+    let llm = LlmServer::start().await;
+    llm.stop_recording();
+    llm.set_latency(Duration::from_millis(200));
+    let data = tempfile::tempdir().unwrap();
+    // Default settings throughout; only the per-client rate limit is off
+    // (as in every test here): this one client stands for a thousand.
+    let s = start(data.path(), &llm, &[]);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .pool_max_idle_per_host(1000)
+        .build()
+        .unwrap();
+    let url = s.url("/api/agents/run");
+    let runs = (0..1000).map(|i| {
+        let request = client
+            .post(&url)
+            .json(&json!({"agentId": "code-review-agent", "input": format!("Review PR {i}")}));
+        async move {
+            let r = request.send().await.map_err(|e| e.to_string())?;
+            let status = r.status();
+            let body: Value = r.json().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((status, body))
+        }
+    });
+    let results = futures_util::future::join_all(runs).await;
+    let failures: Vec<_> = results
+        .iter()
+        .filter(|r| !matches!(r, Ok((StatusCode::OK, _))))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of 1000 runs failed; the first: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    for r in results.iter().take(3) {
+        let (_, body) = r.as_ref().unwrap();
+        assert_eq!(body["agentId"], "code-review-agent", "{body}");
+    }
+    assert!(
+        llm.max_in_flight() > 32,
+        "the provider's limit grew past the old fixed 32 calls: {}",
+        llm.max_in_flight()
+    );
+    let (_, metrics) = get(&s, "/api/metrics").await;
+    assert!(
+        metrics["llmProviders"][0]["concurrencyLimit"]
+            .as_u64()
+            .unwrap()
+            > 100,
+        "{metrics}"
+    );
+}

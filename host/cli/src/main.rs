@@ -371,6 +371,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Serve(args) => {
+            raise_open_file_limit();
             let file = settings.server.clone();
             let mut platform = platform_options(PluginSelection::All);
             platform.watch = true;
@@ -728,4 +729,28 @@ fn print_plugins(plugins: &[Arc<Plugin>], json: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A server holds a socket per client and per upstream LLM call: thousands
+/// of runs in flight need more descriptors than the usual soft limit of
+/// 1,024. Raises the soft limit to the hard one, as Go and Node do.
+fn raise_open_file_limit() {
+    // SAFETY: getrlimit/setrlimit on a valid, owned struct.
+    let raised = unsafe {
+        let mut limit = std::mem::zeroed::<libc::rlimit>();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        let wanted = limit.rlim_max;
+        if limit.rlim_cur >= wanted {
+            return;
+        }
+        limit.rlim_cur = wanted;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+    };
+    if !raised {
+        tracing::warn!(
+            "could not raise the open-file limit; many runs in flight may fail to connect"
+        );
+    }
 }
