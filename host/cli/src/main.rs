@@ -22,10 +22,7 @@ use serde_json::{Value, json};
 
 mod remote;
 
-/// mimalloc instead of the system allocator: under load, glibc malloc was
-/// a tenth of the server's CPU time (see BENCHMARKS.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+mod allocator;
 
 /// The plugins shipped with this build (`plugins/*`, compiled by the build
 /// script); the default plugins directory.
@@ -424,6 +421,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                         .or(file.shutdown_grace_ms)
                         .unwrap_or(30_000),
                 ),
+                on_listening: Some(allocator::release_unused),
             })
             .await?;
         }

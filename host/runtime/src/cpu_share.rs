@@ -8,11 +8,14 @@
 //! A run waiting on the host (an LLM answer, a sleep) therefore holds no
 //! turn at all: waiting is free, only computing is rationed.
 //!
-//! When every turn is taken, waiting runs queue per plugin, and turns go
-//! round-robin over the plugins with runs waiting, FIFO within a plugin. A
-//! plugin spinning on every thread thus gets at most its share once another
-//! plugin asks for CPU, and the other plugin's run starts within one epoch
-//! tick. A run's CPU time (the sum of its turns) is metered; `cpu-ms` in a
+//! When every turn is taken, waiting runs queue per plugin, and a freed
+//! turn goes to the waiting plugin that has been charged the least CPU time
+//! (weighted fair queuing with equal weights; FIFO within a plugin). A
+//! plugin starting to wait is charged at least the current virtual time, so
+//! it cannot bank idle time. A plugin spinning on every thread thus gets at
+//! most an equal share of the CPU once another plugin asks for it, however
+//! short the other plugin's steps are, and the other plugin's run starts
+//! within one epoch tick. Accounts start afresh whenever the pool is idle. A run's CPU time (the sum of its turns) is metered; `cpu-ms` in a
 //! budget caps it separately from the wall-clock timeout.
 
 use std::collections::{HashMap, VecDeque};
@@ -33,10 +36,26 @@ pub struct CpuScheduler {
 
 #[derive(Debug)]
 struct SchedulerState {
+    turns: usize,
     free: usize,
-    /// Plugins with runs waiting, in the order they get the next turns.
-    rotation: VecDeque<Arc<str>>,
-    queues: HashMap<Arc<str>, VecDeque<Arc<Ticket>>>,
+    /// Per plugin: CPU time charged, and runs waiting for a turn.
+    plugins: HashMap<Arc<str>, PluginShare>,
+    /// Plugins with runs waiting.
+    contending: usize,
+    /// Counts plugins starting to wait: ties go to the longest waiting.
+    arrivals: u64,
+    /// The virtual time of the last turn granted: a plugin that starts
+    /// waiting is charged at least this, so idle time is not banked.
+    virtual_now: u64,
+}
+
+#[derive(Debug, Default)]
+struct PluginShare {
+    /// CPU nanoseconds charged (weighted fair queuing's virtual time).
+    charged: u64,
+    /// When (in arrivals) the plugin started waiting.
+    since: u64,
+    waiting: VecDeque<Arc<Ticket>>,
 }
 
 /// A run's place in its plugin's queue.
@@ -50,16 +69,19 @@ impl CpuScheduler {
     pub fn new(turns: usize) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(SchedulerState {
+                turns: turns.max(1),
                 free: turns.max(1),
-                rotation: VecDeque::new(),
-                queues: HashMap::new(),
+                plugins: HashMap::new(),
+                contending: 0,
+                arrivals: 0,
+                virtual_now: 0,
             }),
         })
     }
 
     /// Whether some run is waiting for a turn now.
     pub fn contended(&self) -> bool {
-        !self.state.lock().unwrap().rotation.is_empty()
+        self.state.lock().unwrap().contending > 0
     }
 
     /// Runs waiting for a turn now.
@@ -67,9 +89,9 @@ impl CpuScheduler {
         self.state
             .lock()
             .unwrap()
-            .queues
+            .plugins
             .values()
-            .map(|q| q.len())
+            .map(|p| p.waiting.len())
             .sum()
     }
 
@@ -77,42 +99,69 @@ impl CpuScheduler {
     /// ticket in `plugin`'s queue.
     fn take_or_queue(&self, plugin: &Arc<str>) -> Option<Arc<Ticket>> {
         let mut state = self.state.lock().unwrap();
-        if state.free > 0 && state.rotation.is_empty() {
+        if state.free > 0 && state.contending == 0 {
             state.free -= 1;
             return None;
         }
         let ticket = Arc::new(Ticket::default());
         let state = &mut *state;
-        let queue = state.queues.entry(plugin.clone()).or_default();
-        if queue.is_empty() {
-            state.rotation.push_back(plugin.clone());
+        state.arrivals += 1;
+        let share = state.plugins.entry(plugin.clone()).or_default();
+        if share.waiting.is_empty() {
+            share.charged = share.charged.max(state.virtual_now);
+            share.since = state.arrivals;
+            state.contending += 1;
         }
-        queue.push_back(ticket.clone());
+        share.waiting.push_back(ticket.clone());
         Some(ticket)
     }
 
-    /// Gives a turn back: to the next plugin in the rotation, else to the pool.
-    fn release(&self) {
+    /// Gives a turn back after `plugin` used it for `used` nanoseconds: to
+    /// the waiting plugin charged least so far, else to the pool.
+    fn release(&self, plugin: &Arc<str>, used: u64) {
         let mut state = self.state.lock().unwrap();
-        while let Some(plugin) = state.rotation.pop_front() {
-            let queue = state
-                .queues
-                .get_mut(&plugin)
-                .expect("a plugin in the rotation has a queue");
-            let next = queue.pop_front();
-            if queue.is_empty() {
-                state.queues.remove(&plugin);
-            } else {
-                state.rotation.push_back(plugin);
-            }
-            if let Some(ticket) = next {
-                ticket.granted.store(true, Ordering::Release);
-                drop(state);
-                ticket.waker.wake();
-                return;
+        let now = state.virtual_now;
+        match state.plugins.get_mut(plugin) {
+            Some(share) => share.charged += used,
+            None => {
+                state.plugins.insert(
+                    plugin.clone(),
+                    PluginShare {
+                        charged: now + used,
+                        since: 0,
+                        waiting: VecDeque::new(),
+                    },
+                );
             }
         }
-        state.free += 1;
+        self.grant_next(state);
+    }
+
+    fn grant_next(&self, mut state: std::sync::MutexGuard<'_, SchedulerState>) {
+        let next = state
+            .plugins
+            .iter()
+            .filter(|(_, s)| !s.waiting.is_empty())
+            .min_by_key(|(_, s)| (s.charged, s.since))
+            .map(|(id, s)| (id.clone(), s.charged));
+        let Some((id, charged)) = next else {
+            state.free += 1;
+            if state.free == state.turns {
+                // Idle: nothing runs, nothing waits. Accounts start afresh.
+                state.plugins.clear();
+                state.virtual_now = 0;
+            }
+            return;
+        };
+        state.virtual_now = state.virtual_now.max(charged);
+        let share = state.plugins.get_mut(&id).expect("chosen from the map");
+        let ticket = share.waiting.pop_front().expect("has waiters");
+        if share.waiting.is_empty() {
+            state.contending -= 1;
+        }
+        ticket.granted.store(true, Ordering::Release);
+        drop(state);
+        ticket.waker.wake();
     }
 
     /// A run that stops waiting (dropped, timed out) leaves the queue, and
@@ -120,15 +169,14 @@ impl CpuScheduler {
     fn withdraw(&self, plugin: &Arc<str>, ticket: &Arc<Ticket>) {
         let mut state = self.state.lock().unwrap();
         if ticket.granted.load(Ordering::Acquire) {
-            drop(state);
-            self.release();
+            self.grant_next(state);
             return;
         }
-        if let Some(queue) = state.queues.get_mut(plugin) {
-            queue.retain(|t| !Arc::ptr_eq(t, ticket));
-            if queue.is_empty() {
-                state.queues.remove(plugin);
-                state.rotation.retain(|p| p != plugin);
+        if let Some(share) = state.plugins.get_mut(plugin) {
+            let before = share.waiting.len();
+            share.waiting.retain(|t| !Arc::ptr_eq(t, ticket));
+            if before > 0 && share.waiting.is_empty() {
+                state.contending -= 1;
             }
         }
     }
@@ -143,9 +191,10 @@ impl CpuMeter {
         self.0.load(Ordering::Relaxed)
     }
 
-    fn add(&self, since: Instant) {
-        self.0
-            .fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    fn add(&self, since: Instant) -> u64 {
+        let used = since.elapsed().as_nanos() as u64;
+        self.0.fetch_add(used, Ordering::Relaxed);
+        used
     }
 }
 
@@ -189,8 +238,8 @@ impl<F: Future> Future for FairShare<F> {
         // The turn is ours for this one poll.
         let started = Instant::now();
         let result = this.inner.as_mut().poll(cx);
-        this.meter.add(started);
-        this.scheduler.release();
+        let used = this.meter.add(started);
+        this.scheduler.release(&this.plugin, used);
         result
     }
 }
@@ -230,16 +279,20 @@ mod tests {
     /// The ticket of each queued run, in the order turns are granted.
     fn grant_order(
         scheduler: &CpuScheduler,
+        holder: &str,
         tickets: &[(&'static str, Arc<Ticket>)],
     ) -> Vec<&'static str> {
+        // Each step, whoever holds the turn uses it for 1 ms and gives it back.
         let mut order = Vec::new();
         let mut granted = vec![false; tickets.len()];
+        let mut holder: Arc<str> = Arc::from(holder);
         for _ in 0..tickets.len() {
-            scheduler.release();
+            scheduler.release(&holder, 1_000_000);
             for (i, (name, t)) in tickets.iter().enumerate() {
                 if !granted[i] && t.granted.load(Ordering::Acquire) {
                     granted[i] = true;
                     order.push(*name);
+                    holder = Arc::from(&name[..1]);
                 }
             }
         }
@@ -247,10 +300,10 @@ mod tests {
     }
 
     #[test]
-    fn turns_go_round_robin_over_plugins_fifo_within_one() {
+    fn equal_charges_alternate_between_plugins_fifo_within_one() {
         let scheduler = CpuScheduler::new(1);
-        let spin: Arc<str> = Arc::from("spin");
-        let ok: Arc<str> = Arc::from("ok");
+        let spin: Arc<str> = Arc::from("s");
+        let ok: Arc<str> = Arc::from("o");
         // The only turn is taken; then the spinning plugin queues three
         // runs before the healthy plugin queues two.
         assert!(scheduler.take_or_queue(&spin).is_none());
@@ -266,12 +319,63 @@ mod tests {
         .collect();
         assert_eq!(scheduler.waiting(), 5);
         assert_eq!(
-            grant_order(&scheduler, &tickets),
-            ["s1", "o1", "s2", "o2", "s3"],
-            "the healthy plugin waits behind one run of the spinning one, not three"
+            grant_order(&scheduler, "s", &tickets),
+            ["o1", "s1", "o2", "s2", "s3"],
+            "the spinner just had 1 ms: the healthy plugin goes first, then they alternate"
         );
-        scheduler.release();
+        scheduler.release(&Arc::from("s"), 0);
         assert_eq!(scheduler.state.lock().unwrap().free, 1);
+    }
+
+    #[test]
+    fn the_plugin_charged_least_cpu_goes_first_however_short_its_steps() {
+        let scheduler = CpuScheduler::new(1);
+        let spin: Arc<str> = Arc::from("spin");
+        let ok: Arc<str> = Arc::from("ok");
+        assert!(scheduler.take_or_queue(&spin).is_none());
+        // The spinning plugin queues its next step; the healthy one queues
+        // three short ones.
+        let s = scheduler.take_or_queue(&spin).unwrap();
+        let oks: Vec<_> = (0..3).map(|_| scheduler.take_or_queue(&ok).unwrap()).collect();
+        // The spinner's 1 ms step ends: the healthy plugin (charged 0) goes.
+        scheduler.release(&spin, 1_000_000);
+        assert!(oks[0].granted.load(Ordering::Acquire));
+        // Each 40 us step of the healthy plugin hands the turn to its next
+        // step: 120 us charged is still far below the spinner's 1 ms.
+        scheduler.release(&ok, 40_000);
+        assert!(oks[1].granted.load(Ordering::Acquire));
+        scheduler.release(&ok, 40_000);
+        assert!(oks[2].granted.load(Ordering::Acquire));
+        assert!(!s.granted.load(Ordering::Acquire));
+        scheduler.release(&ok, 40_000);
+        assert!(s.granted.load(Ordering::Acquire), "then the spinner again");
+    }
+
+    #[test]
+    fn idle_time_is_not_banked() {
+        let scheduler = CpuScheduler::new(1);
+        let a: Arc<str> = Arc::from("a");
+        let b: Arc<str> = Arc::from("b");
+        // a computes alone for a long time while b is contended...
+        assert!(scheduler.take_or_queue(&a).is_none());
+        let b1 = scheduler.take_or_queue(&b).unwrap();
+        scheduler.release(&a, 50_000_000);
+        assert!(b1.granted.load(Ordering::Acquire));
+        let a1 = scheduler.take_or_queue(&a).unwrap();
+        // b runs 1 ms, then queues again: b was charged from the virtual
+        // time it started waiting at, so its 1 ms is compared fairly.
+        let b2 = scheduler.take_or_queue(&b).unwrap();
+        scheduler.release(&b, 1_000_000);
+        assert!(b2.granted.load(Ordering::Acquire), "b is still far behind a");
+        assert!(!a1.granted.load(Ordering::Acquire));
+        scheduler.release(&b, 1_000_000);
+        assert!(a1.granted.load(Ordering::Acquire));
+        scheduler.release(&a, 0);
+        assert_eq!(scheduler.state.lock().unwrap().free, 1);
+        assert!(
+            scheduler.state.lock().unwrap().plugins.is_empty(),
+            "idle: accounts start afresh"
+        );
     }
 
     #[test]
@@ -281,7 +385,7 @@ mod tests {
         assert!(scheduler.take_or_queue(&a).is_none());
         assert!(scheduler.take_or_queue(&a).is_none());
         let queued = scheduler.take_or_queue(&a).expect("both turns are out");
-        scheduler.release();
+        scheduler.release(&a, 10);
         assert!(
             queued.granted.load(Ordering::Acquire),
             "the freed turn went to the queue"
@@ -355,7 +459,7 @@ mod tests {
         assert_eq!(scheduler.waiting(), 1);
         drop(waiting);
         assert_eq!(scheduler.waiting(), 0, "the dropped run left the queue");
-        scheduler.release();
+        scheduler.release(&Arc::from("x"), 0);
         // Granted-then-dropped: the turn goes on to the next run.
         let granted = Box::pin(FairShare::new(
             scheduler.clone(),
@@ -366,7 +470,7 @@ mod tests {
         let mut granted = granted;
         assert!(scheduler.take_or_queue(&Arc::from("x")).is_none());
         assert!(granted.as_mut().poll(&mut cx).is_pending());
-        scheduler.release(); // grants b's ticket
+        scheduler.release(&Arc::from("x"), 0); // grants b's ticket
         drop(granted); // b never used it
         let c = FairShare::new(
             scheduler.clone(),

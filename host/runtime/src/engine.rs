@@ -10,7 +10,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 /// How often the engine's epoch advances: the granularity of run deadlines
 /// and the longest a run computes before it yields its CPU turn (a run
 /// waiting for a turn waits at most about this long per step).
-pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+pub const EPOCH_TICK: Duration = Duration::from_micros(500);
 
 /// Upper bound of any plugin's memory budget: the pooling allocator reserves
 /// address space for this much per memory slot.

@@ -630,7 +630,13 @@ impl Runtime {
                 data.cpu_exceeded = true;
                 return Ok(UpdateDeadline::Interrupt);
             }
-            Ok(UpdateDeadline::Yield(1))
+            // tokio's yield_now, not a plain self-wake: a self-woken task
+            // goes to the worker's LIFO slot and runs again at once, ahead
+            // of runs spawned meanwhile; yield_now puts it behind them.
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
         });
         store
     }

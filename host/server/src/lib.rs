@@ -58,6 +58,9 @@ pub struct ServeOptions {
     /// request timeout allows (see [`wait_timeout`]).
     pub wait_timeout: Option<Duration>,
     pub shutdown_grace: Duration,
+    /// Called once the server listens (start-up is over): the binary hands
+    /// start-up's garbage (compilation's buffers) back to the OS here.
+    pub on_listening: Option<fn()>,
 }
 
 /// How long `?wait=true` waits before answering 202 with the job id: the
@@ -197,6 +200,9 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     // The one line on stdout: scripts and tests read the bound address here.
     println!("listening on http://{addr}");
+    if let Some(hook) = options.on_listening {
+        hook();
+    }
     tracing::info!(%addr, "bsm serve started");
     axum::serve(
         listener,
