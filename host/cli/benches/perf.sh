@@ -103,9 +103,12 @@ if [[ " $ONLY " == *" latency "* ]]; then
     start_server
     for conns in $CONNECTIONS; do
       # Warm up (the provider's limit adapts, pools fill), then measure.
+      # wrk counts answers from its first second on: at a latency of L the
+      # first answers come after L, so each row lasts at least 30 L.
       warm=$(( latency * 12 / 1000 )); [ "$warm" -lt 5 ] && warm=5
+      secs=$(( latency * 30 / 1000 )); [ "$secs" -lt "$DURATION" ] && secs=$DURATION
       wrk_row "$conns" "$warm" /api/agents/run "$AGENT"
-      wrk_row "$conns" "$DURATION" /api/agents/run "$AGENT"
+      wrk_row "$conns" "$secs" /api/agents/run "$AGENT"
       if [ "$latency" -eq 0 ]; then bound="-"; pct="-"; else
         bound=$(( conns * 1000 / latency )); pct=$(awk -v r="$RPS" -v b="$bound" 'BEGIN {printf "%.0f%%", 100*r/b}'); fi
       per_cpu=$(awk -v r="$RPS" -v c="$CORES" 'BEGIN {if (c > 0) printf "%.0f", r/c; else print "-"}')

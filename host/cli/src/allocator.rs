@@ -4,8 +4,8 @@
 //! a tenth of the server's CPU time (see BENCHMARKS.md). Its defaults keep
 //! what it once took: compiling the plugins at a first start (cranelift's
 //! buffers) left ~65 MB resident in an idle server. Arenas committed on
-//! demand, a short purge delay and one collection once start-up is over
-//! bring idle RSS back to what the server actually holds.
+//! demand (so that freed memory can be decommitted) and one collection
+//! once start-up is over bring idle RSS back to what the server holds.
 
 use libmimalloc_sys::{mi_collect, mi_option_set, mi_option_t};
 
@@ -14,8 +14,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// `mi_option_arena_eager_commit` in mimalloc 3's option enum.
 const ARENA_EAGER_COMMIT: mi_option_t = 4;
-/// `mi_option_purge_delay` in mimalloc 3's option enum (milliseconds).
-const PURGE_DELAY: mi_option_t = 15;
 
 /// Sets the options before the first allocation: mimalloc reserves its
 /// first arena then, so `main` is too late. An ELF constructor runs before
@@ -28,7 +26,6 @@ extern "C" fn tune() {
     // SAFETY: plain option setters of the linked mimalloc.
     unsafe {
         mi_option_set(ARENA_EAGER_COMMIT, 0);
-        mi_option_set(PURGE_DELAY, 100);
     }
 }
 

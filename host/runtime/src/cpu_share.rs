@@ -336,7 +336,9 @@ mod tests {
         // The spinning plugin queues its next step; the healthy one queues
         // three short ones.
         let s = scheduler.take_or_queue(&spin).unwrap();
-        let oks: Vec<_> = (0..3).map(|_| scheduler.take_or_queue(&ok).unwrap()).collect();
+        let oks: Vec<_> = (0..3)
+            .map(|_| scheduler.take_or_queue(&ok).unwrap())
+            .collect();
         // The spinner's 1 ms step ends: the healthy plugin (charged 0) goes.
         scheduler.release(&spin, 1_000_000);
         assert!(oks[0].granted.load(Ordering::Acquire));
@@ -366,7 +368,10 @@ mod tests {
         // time it started waiting at, so its 1 ms is compared fairly.
         let b2 = scheduler.take_or_queue(&b).unwrap();
         scheduler.release(&b, 1_000_000);
-        assert!(b2.granted.load(Ordering::Acquire), "b is still far behind a");
+        assert!(
+            b2.granted.load(Ordering::Acquire),
+            "b is still far behind a"
+        );
         assert!(!a1.granted.load(Ordering::Acquire));
         scheduler.release(&b, 1_000_000);
         assert!(a1.granted.load(Ordering::Acquire));

@@ -26,6 +26,9 @@ pub struct RunState {
     pub cpu_limit_nanos: Option<u64>,
     /// Set when the epoch callback stopped the run for its CPU time.
     pub cpu_exceeded: bool,
+    /// Set at the run's first epoch tick: it computes for long, and moves
+    /// from the caller's thread to the guest pool (see `guest_pool`).
+    pub used_a_tick: std::sync::Arc<std::sync::atomic::AtomicBool>,
     pub stderr: CapturedOutput,
     pub caps: RunCapabilities,
 }
@@ -52,6 +55,7 @@ impl RunState {
             cpu: CpuMeter::default(),
             cpu_limit_nanos: None,
             cpu_exceeded: false,
+            used_a_tick: Default::default(),
             stderr,
             caps,
         }

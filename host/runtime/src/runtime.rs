@@ -630,6 +630,8 @@ impl Runtime {
                 data.cpu_exceeded = true;
                 return Ok(UpdateDeadline::Interrupt);
             }
+            data.used_a_tick
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             // tokio's yield_now, not a plain self-wake: a self-woken task
             // goes to the worker's LIFO slot and runs again at once, ahead
             // of runs spawned meanwhile; yield_now puts it behind them.
@@ -641,8 +643,9 @@ impl Runtime {
         store
     }
 
-    /// Runs `call` in a fresh store on the guest pool, under the plugin's
-    /// deadline and fair CPU turns, and turns every way it can fail into a
+    /// Runs `call` in a fresh store (on the caller's thread until it has
+    /// computed for a whole epoch tick, then on the guest pool), under the
+    /// plugin's deadline and fair CPU turns, and turns every way it can fail into a
     /// named [`RunError`]. Waits for a place in the instance pool first.
     async fn sandboxed<T: Send + 'static>(
         &self,
@@ -669,6 +672,7 @@ impl Runtime {
             };
         let mut store = self.new_store(plugin, correlation_id);
         let meter = store.data().cpu.clone();
+        let used_a_tick = store.data().used_a_tick.clone();
         let scheduler = self.guests.scheduler().clone();
         let task = async move {
             let _instance = instance;
@@ -688,7 +692,7 @@ impl Runtime {
             };
             (result, usage)
         };
-        match self.guests.run(task).await {
+        match self.guests.run_from_here(task, used_a_tick).await {
             Ok(outcome) => outcome,
             Err(message) => (
                 Err(RunError::PluginStartFailed {
