@@ -1,6 +1,8 @@
 //! Live progress of jobs: every event is kept (so a late subscriber gets the
 //! whole story) and broadcast to whoever is listening. The history of the
-//! most recent jobs is kept in memory; older jobs are read from the database.
+//! most recent finished jobs is kept in memory up to a number of bytes (so
+//! memory follows the size of jobs, not a count of them); older jobs are
+//! read from the database. A finished job keeps no broadcast channel.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -9,8 +11,12 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-/// How many finished jobs keep their event history in memory.
-const KEEP_FINISHED: usize = 1_000;
+/// Bytes (approximately: the events' strings and numbers) of finished
+/// jobs' event histories kept in memory.
+pub const KEEP_FINISHED_BYTES: usize = 8 << 20;
+
+/// Events buffered per live subscriber (a job has a dozen or so).
+const LIVE_BUFFER: usize = 64;
 
 /// One step of a job's progress.
 #[derive(Debug, Clone, Serialize)]
@@ -32,36 +38,65 @@ impl JobEvent {
 
 struct Channel {
     history: Vec<JobEvent>,
-    tx: broadcast::Sender<JobEvent>,
-    done: bool,
+    /// Dropped when the job ends (subscribers then get the history).
+    tx: Option<broadcast::Sender<JobEvent>>,
+    bytes: usize,
+}
+
+#[derive(Default)]
+struct Channels {
+    by_job: HashMap<String, Channel>,
+    /// Finished jobs, oldest first, and the bytes of their histories.
+    finished: VecDeque<String>,
+    finished_bytes: usize,
 }
 
 /// The event channels of recent jobs.
-#[derive(Default)]
 pub struct JobHub {
-    inner: Mutex<(HashMap<String, Channel>, VecDeque<String>)>,
+    inner: Mutex<Channels>,
+    keep_finished_bytes: usize,
+}
+
+impl Default for JobHub {
+    fn default() -> Self {
+        Self::keeping(KEEP_FINISHED_BYTES)
+    }
 }
 
 impl JobHub {
+    /// A hub keeping about `bytes` of finished jobs' histories.
+    pub fn keeping(bytes: usize) -> Self {
+        Self {
+            inner: Mutex::default(),
+            keep_finished_bytes: bytes,
+        }
+    }
+
     /// Opens the channel of a new job.
     pub fn open(&self, job: &str) {
-        let (tx, _) = broadcast::channel(256);
+        let (tx, _) = broadcast::channel(LIVE_BUFFER);
         let mut inner = self.inner.lock().unwrap();
-        inner.0.insert(
+        inner.by_job.insert(
             job.to_string(),
             Channel {
                 history: Vec::new(),
-                tx,
-                done: false,
+                tx: Some(tx),
+                bytes: job.len(),
             },
         );
+    }
+
+    /// Finished jobs whose history is held in memory now, and its bytes.
+    pub fn finished_held(&self) -> (usize, usize) {
+        let inner = self.inner.lock().unwrap();
+        (inner.finished.len(), inner.finished_bytes)
     }
 
     /// Records and broadcasts an event.
     pub fn emit(&self, job: &str, kind: &str, data: Value) {
         let mut inner = self.inner.lock().unwrap();
-        let (channels, finished) = &mut *inner;
-        let Some(channel) = channels.get_mut(job) else {
+        let inner = &mut *inner;
+        let Some(channel) = inner.by_job.get_mut(job) else {
             return;
         };
         let event = JobEvent {
@@ -70,16 +105,28 @@ impl JobHub {
             data,
             at: crate::store::now(),
         };
-        channel.history.push(event.clone());
+        channel.bytes += approximate_bytes(&event.data) + event.kind.len() + event.at.len() + 16;
         let terminal = event.is_terminal();
-        let _ = channel.tx.send(event);
-        if terminal && !channel.done {
-            channel.done = true;
-            finished.push_back(job.to_string());
-            while finished.len() > KEEP_FINISHED {
-                if let Some(old) = finished.pop_front() {
-                    channels.remove(&old);
+        match (&channel.tx, terminal) {
+            (Some(tx), false) => {
+                let _ = tx.send(event.clone());
+            }
+            (Some(_), true) => {
+                if let Some(tx) = channel.tx.take() {
+                    let _ = tx.send(event.clone());
                 }
+                inner.finished.push_back(job.to_string());
+                inner.finished_bytes += channel.bytes;
+            }
+            (None, _) => {}
+        }
+        channel.history.push(event);
+        while inner.finished_bytes > self.keep_finished_bytes {
+            let Some(old) = inner.finished.pop_front() else {
+                break;
+            };
+            if let Some(gone) = inner.by_job.remove(&old) {
+                inner.finished_bytes = inner.finished_bytes.saturating_sub(gone.bytes);
             }
         }
     }
@@ -91,8 +138,67 @@ impl JobHub {
         job: &str,
     ) -> Option<(Vec<JobEvent>, Option<broadcast::Receiver<JobEvent>>)> {
         let inner = self.inner.lock().unwrap();
-        let channel = inner.0.get(job)?;
-        let rx = (!channel.done).then(|| channel.tx.subscribe());
+        let channel = inner.by_job.get(job)?;
+        let rx = channel.tx.as_ref().map(|tx| tx.subscribe());
         Some((channel.history.clone(), rx))
+    }
+}
+
+/// A cheap estimate of what a JSON value holds: its strings and keys, and
+/// eight bytes per other scalar (no serialisation).
+fn approximate_bytes(value: &Value) -> usize {
+    match value {
+        Value::String(s) => s.len(),
+        Value::Array(items) => items.iter().map(approximate_bytes).sum::<usize>() + 8,
+        Value::Object(map) => {
+            map.iter()
+                .map(|(k, v)| k.len() + approximate_bytes(v))
+                .sum::<usize>()
+                + 8
+        }
+        _ => 8,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn finish(hub: &JobHub, job: &str, text: &str) {
+        hub.open(job);
+        hub.emit(job, "agent.finished", json!({ "output": text }));
+        hub.emit(job, "job.finished", json!({ "jobId": job }));
+    }
+
+    #[test]
+    fn finished_histories_are_bounded_by_bytes_not_by_count() {
+        let hub = JobHub::keeping(30_000);
+        for i in 0..100 {
+            finish(&hub, &format!("small-{i}"), "ok");
+        }
+        assert_eq!(hub.finished_held().0, 100, "a hundred small jobs fit");
+        finish(&hub, "big", &"x".repeat(29_000));
+        let (jobs, bytes) = hub.finished_held();
+        assert!(bytes <= 30_000, "{bytes}");
+        assert!(jobs < 100, "the big job pushed older ones out: {jobs}");
+        assert!(hub.subscribe("big").is_some(), "the newest is kept");
+        assert!(hub.subscribe("small-0").is_none(), "the oldest is gone");
+    }
+
+    #[tokio::test]
+    async fn a_live_subscriber_gets_the_end_and_a_late_one_the_history() {
+        let hub = JobHub::default();
+        hub.open("j");
+        hub.emit("j", "job.started", json!({}));
+        let (history, rx) = hub.subscribe("j").unwrap();
+        assert_eq!(history.len(), 1);
+        let mut rx = rx.expect("a running job has a live channel");
+        hub.emit("j", "job.finished", json!({}));
+        assert_eq!(rx.recv().await.unwrap().kind, "job.finished");
+        assert!(rx.recv().await.is_err(), "the channel closes with the job");
+        let (history, rx) = hub.subscribe("j").unwrap();
+        assert_eq!(history.len(), 2);
+        assert!(rx.is_none(), "a finished job keeps no channel");
     }
 }
