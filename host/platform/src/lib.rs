@@ -14,6 +14,7 @@
 //! depend on the HTTP server or the CLI (they depend on it).
 
 pub mod agent_reload;
+pub mod batch_writer;
 pub mod bsm;
 pub mod compose;
 pub mod deploy;

@@ -12,6 +12,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::batch_writer::BatchWriter;
 use crate::reports::{ReportIndex, ReportRecord};
 
 /// A database failure, with what was being done.
@@ -138,6 +139,8 @@ pub fn now() -> String {
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
+    /// The hot writes of jobs (jobs, runs, report index) go through here.
+    writer: Arc<BatchWriter>,
 }
 
 const SCHEMA: &str = "
@@ -193,9 +196,11 @@ impl Store {
         conn.execute_batch(SCHEMA).map_err(db_err)?;
         migrate(&conn).map_err(db_err)?;
         let interrupted = interrupt_orphans(&conn).map_err(db_err)?;
+        let conn = Arc::new(Mutex::new(conn));
         Ok((
             Self {
-                conn: Arc::new(Mutex::new(conn)),
+                writer: Arc::new(BatchWriter::start(conn.clone())),
+                conn,
             },
             interrupted,
         ))
@@ -226,6 +231,19 @@ impl Store {
         .map_err(db_err)?
     }
 
+    /// A write committed together with concurrent ones (group commit).
+    async fn write(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<()> + Send + 'static,
+    ) -> Result<(), StoreError> {
+        self.writer.write(f).await.map_err(StoreError)
+    }
+
+    /// Transactions the group-commit writer has committed.
+    pub fn batched_commits(&self) -> u64 {
+        self.writer.commits()
+    }
+
     /// Checks the database answers (for health endpoints).
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.with(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
@@ -233,7 +251,7 @@ impl Store {
 
     pub async fn insert_job(&self, job: &JobRecord) -> Result<(), StoreError> {
         let j = job.clone();
-        self.with(move |c| {
+        self.write(move |c| {
             c.execute(
                 "INSERT INTO jobs (id, event, pipeline, context, status, payload, result, error, created_at, updated_at, owner_pid) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![j.id, j.event, j.pipeline, j.context, j.status.as_str(), j.payload.to_string(), j.result.map(|r| r.to_string()), j.error, j.created_at, j.updated_at, std::process::id()],
@@ -251,7 +269,7 @@ impl Store {
         error: Option<String>,
     ) -> Result<(), StoreError> {
         let id = id.to_string();
-        self.with(move |c| {
+        self.write(move |c| {
             c.execute(
                 "UPDATE jobs SET status = ?2, result = ?3, error = ?4, updated_at = ?5 WHERE id = ?1",
                 params![id, status.as_str(), result.map(|r| r.to_string()), error, now()],
@@ -288,7 +306,7 @@ impl Store {
         duration_ms: f64,
     ) -> Result<(), StoreError> {
         let (job_id, agent_id) = (job_id.to_string(), agent_id.to_string());
-        self.with(move |c| {
+        self.write(move |c| {
             c.execute(
                 "INSERT INTO agent_runs (job_id, agent_id, ok, output, error, duration_ms, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![job_id, agent_id, error.is_none(), output.map(|o| o.to_string()), error, duration_ms, now()],
@@ -308,7 +326,7 @@ impl Store {
         duration_ms: f64,
     ) -> Result<(), StoreError> {
         let (job_id, step_id) = (job_id.to_string(), step_id.to_string());
-        self.with(move |c| {
+        self.write(move |c| {
             c.execute(
                 "INSERT INTO step_runs (job_id, step_id, ok, output, error, duration_ms, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![job_id, step_id, error.is_none(), output.map(|o| o.to_string()), error, duration_ms, now()],
@@ -630,7 +648,7 @@ fn report_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReportRecord> {
 impl ReportIndex for Store {
     async fn append(&self, record: &ReportRecord) -> Result<(), String> {
         let r = record.clone();
-        self.with(move |c| {
+        self.write(move |c| {
             c.execute(
                 "INSERT INTO reports (id, plugin, job, name, file, bytes, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![r.id, r.plugin, r.job, r.name, r.file, r.bytes as i64, r.created_at],
