@@ -127,9 +127,19 @@ mod tests {
     async fn concurrent_writes_share_transactions_and_all_land() {
         let conn = table();
         let writer = Arc::new(BatchWriter::start(conn.clone()));
-        // Hold the database while 200 writes arrive: they queue, then go
-        // in (at most) a couple of transactions.
-        let held = conn.lock().unwrap();
+        // Hold the database (on another thread) while 200 writes arrive:
+        // they queue, then go in (at most) a couple of transactions.
+        let (locked_tx, locked) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel::<()>();
+        let holder = {
+            let conn = conn.clone();
+            std::thread::spawn(move || {
+                let _held = conn.lock().unwrap();
+                locked_tx.send(()).unwrap();
+                let _ = release_rx.recv();
+            })
+        };
+        locked.recv().unwrap();
         let writes: Vec<_> = (0..200)
             .map(|i| {
                 let writer = writer.clone();
@@ -144,7 +154,8 @@ mod tests {
             })
             .collect();
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        drop(held);
+        release.send(()).unwrap();
+        holder.join().unwrap();
         for w in writes {
             w.await.unwrap().unwrap();
         }
