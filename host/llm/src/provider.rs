@@ -147,6 +147,9 @@ impl Provider {
                 .build();
             let mut timeouts = 0;
             loop {
+                // The place under the limit first: a breaker permit (a
+                // half-open probe) is not held while queueing for it.
+                let place = self.limit.acquire().await;
                 let permit = match self.breaker.try_acquire() {
                     Ok(permit) => {
                         self.refusals_log.reset();
@@ -165,7 +168,6 @@ impl Provider {
                         return Err(LlmError::CircuitOpen(refused.retry_after.as_millis() as u64));
                     }
                 };
-                let place = self.limit.acquire().await;
                 let started = Instant::now();
                 let outcome = timeout(self.settings.timeouts.attempt(), attempt())
                     .await

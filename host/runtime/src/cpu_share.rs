@@ -121,8 +121,11 @@ impl CpuScheduler {
     fn release(&self, plugin: &Arc<str>, used: u64) {
         let mut state = self.state.lock().unwrap();
         let now = state.virtual_now;
+        let contended = state.contending > 0;
         match state.plugins.get_mut(plugin) {
             Some(share) => share.charged += used,
+            // Nobody waits: no account is needed (the fast path).
+            None if !contended => {}
             None => {
                 state.plugins.insert(
                     plugin.clone(),
