@@ -253,7 +253,19 @@ impl Runtime {
                 let digest = digest.clone();
                 let origin = origin.clone();
                 async move {
-                    tokio::task::spawn_blocking(move || artifacts.load(&engine, &bytes, &digest))
+                    // A thread of its own that ends with the compilation:
+                    // the compiler's buffers go back with it instead of
+                    // staying in a pooled blocking thread's allocator heap.
+                    let (done, compiled) = tokio::sync::oneshot::channel();
+                    std::thread::Builder::new()
+                        .name("bsm-compile".into())
+                        .spawn(move || {
+                            let _ = done.send(artifacts.load(&engine, &bytes, &digest));
+                        })
+                        .map_err(|e| {
+                            LoadError::new(&origin, format!("cannot start compiling: {e}"))
+                        })?;
+                    compiled
                         .await
                         .map_err(|e| {
                             LoadError::new(&origin, format!("compilation task failed: {e}"))
