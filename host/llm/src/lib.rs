@@ -2,8 +2,9 @@
 //!
 //! The original BSM called its LLM API with no breaker: during an outage
 //! requests piled up for 30 s each. Here every OpenAI-compatible provider
-//! sits behind a resilience stack (adaptive concurrency limit, total timeout, retry with
-//! jittered backoff, circuit breaker, attempt timeout), providers form an
+//! sits behind a resilience stack (total timeout, retry with jittered
+//! backoff, circuit breaker, a concurrency limit that adapts to the
+//! provider's latency and 429s, attempt timeout), providers form an
 //! ordered fallback chain, and deterministic answers are cached.
 //! [`LlmClient`] implements the runtime's `LlmEngine`, which is how plugins
 //! reach it (the `llm` capability, [`bsm_runtime::capabilities::llm`]).

@@ -2,10 +2,12 @@
 //!
 //! Runs agent and orchestration-step plugins (WebAssembly components
 //! exporting the worlds of `wit/`) each in its own sandbox with its own
-//! budget (CPU deadline, memory cap, concurrency limit with a bounded
-//! queue), and gives them the host capabilities as their only way out. A
-//! plugin that loops, over-allocates or traps fails alone, with an error
-//! that names what happened.
+//! budget (wall-clock deadline, CPU time, memory cap, runs in flight with a
+//! bounded queue), shares the CPU fairly between plugins (guest code in
+//! short turns on threads of its own, [`cpu_share`], [`guest_pool`]), and
+//! gives them the host capabilities as their only way out. A plugin that
+//! loops, over-allocates or traps fails alone, with an error that names
+//! what happened.
 //!
 //! Start at [`Runtime`]: load plugins with [`Runtime::load_dir`], run them
 //! with [`Runtime::run_agent`] and [`Runtime::run_step`]. What stands behind
