@@ -11,10 +11,11 @@ use bsm_runtime::{RunError, Runtime};
 use common::*;
 use serde_json::json;
 
-/// Runs `bad` while hello-agent runs beside it; returns the bad run's error
-/// after checking every healthy run succeeded.
-async fn fails_alone(runtime: &Arc<Runtime>, bad: &str) -> RunError {
-    let healthy: Vec<_> = (0..4)
+/// Four hello-agent runs started at once, each named "run {i}".
+fn spawn_healthy(
+    runtime: &Arc<Runtime>,
+) -> Vec<tokio::task::JoinHandle<Result<bsm_runtime::api::AgentRun, RunError>>> {
+    (0..4)
         .map(|i| {
             let runtime = runtime.clone();
             tokio::spawn(async move {
@@ -23,18 +24,32 @@ async fn fails_alone(runtime: &Arc<Runtime>, bad: &str) -> RunError {
                     .await
             })
         })
-        .collect();
-    let err = runtime
-        .run_agent(bad, request("x"))
-        .await
-        .expect_err("the misbehaving plugin must fail");
+        .collect()
+}
+
+/// Checks every run of [`spawn_healthy`] succeeded with its own answer.
+async fn expect_healthy(
+    healthy: Vec<tokio::task::JoinHandle<Result<bsm_runtime::api::AgentRun, RunError>>>,
+    beside: &str,
+) {
     for (i, h) in healthy.into_iter().enumerate() {
         let run = h
             .await
             .unwrap()
-            .unwrap_or_else(|e| panic!("healthy run {i} failed beside {bad}: {e}"));
+            .unwrap_or_else(|e| panic!("healthy run {i} failed beside {beside}: {e}"));
         assert_eq!(run.output.text, format!("Hello, run {i}!"));
     }
+}
+
+/// Runs `bad` while hello-agent runs beside it; returns the bad run's error
+/// after checking every healthy run succeeded.
+async fn fails_alone(runtime: &Arc<Runtime>, bad: &str) -> RunError {
+    let healthy = spawn_healthy(runtime);
+    let err = runtime
+        .run_agent(bad, request("x"))
+        .await
+        .expect_err("the misbehaving plugin must fail");
+    expect_healthy(healthy, bad).await;
     err
 }
 
@@ -240,19 +255,7 @@ async fn a_plugin_spinning_at_its_max_concurrent_does_not_hold_up_a_healthy_plug
             .unwrap_or_else(|e| panic!("healthy run {i} failed beside the spinner: {e}"));
         assert_eq!(run.output.text, format!("Hello, h{i}!"));
     }
-    let together: Vec<_> = (0..4)
-        .map(|i| {
-            let runtime = runtime.clone();
-            tokio::spawn(async move {
-                runtime
-                    .run_agent("hello-agent", request(&format!("t{i}")))
-                    .await
-            })
-        })
-        .collect();
-    for t in together {
-        t.await.unwrap().expect("a concurrent healthy run");
-    }
+    expect_healthy(spawn_healthy(&runtime), "the spinner").await;
     assert!(
         spinning.iter().all(|s| !s.is_finished()) && spinner.in_flight() == 2,
         "every healthy run finished while both spinning runs still computed"

@@ -223,11 +223,6 @@ impl AdaptiveLimit {
         self.waiting.load(Ordering::Acquire)
     }
 
-    /// The bounds it moves within.
-    pub fn settings(&self) -> &AdaptiveSettings {
-        &self.settings
-    }
-
     fn on_sample(&self, sample: Sample, in_flight_at_start: usize, now: Instant) {
         let mut state = self.state.lock().unwrap();
         let before = state.limit as usize;
@@ -340,11 +335,6 @@ impl Permit {
         if let Some(permit) = self.permit.take() {
             self.limit.release(permit);
         }
-    }
-
-    /// Time since the place was granted.
-    pub fn elapsed(&self) -> Duration {
-        self.started.elapsed()
     }
 }
 

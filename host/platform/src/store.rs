@@ -239,11 +239,6 @@ impl Store {
         self.writer.write(f).await.map_err(StoreError)
     }
 
-    /// Transactions the group-commit writer has committed.
-    pub fn batched_commits(&self) -> u64 {
-        self.writer.commits()
-    }
-
     /// Checks the database answers (for health endpoints).
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.with(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await

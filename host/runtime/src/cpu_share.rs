@@ -79,11 +79,6 @@ impl CpuScheduler {
         })
     }
 
-    /// Whether some run is waiting for a turn now.
-    pub fn contended(&self) -> bool {
-        self.state.lock().unwrap().contending > 0
-    }
-
     /// Runs waiting for a turn now.
     pub fn waiting(&self) -> usize {
         self.state
@@ -440,7 +435,7 @@ mod tests {
             worker("a", 5, log.clone()),
         )
         .await;
-        assert!(!scheduler.contended());
+        assert_eq!(scheduler.state.lock().unwrap().contending, 0);
         assert_eq!(
             scheduler.state.lock().unwrap().free,
             2,
@@ -492,20 +487,5 @@ mod tests {
             .await
             .expect("the turn b never used came back");
         assert_eq!(counter.load(Ordering::SeqCst), 1);
-    }
-
-    #[tokio::test]
-    async fn the_meter_counts_only_polls() {
-        let scheduler = CpuScheduler::new(1);
-        let meter = CpuMeter::default();
-        FairShare::new(scheduler, Arc::from("a"), meter.clone(), async {
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        })
-        .await;
-        assert!(
-            meter.used_nanos() < 150_000_000,
-            "sleeping is not CPU: {} ns",
-            meter.used_nanos()
-        );
     }
 }

@@ -25,7 +25,6 @@ pub struct GuestPool {
     runtime: Option<Runtime>,
     handle: Handle,
     scheduler: Arc<CpuScheduler>,
-    threads: usize,
 }
 
 impl GuestPool {
@@ -47,18 +46,12 @@ impl GuestPool {
             handle: runtime.handle().clone(),
             runtime: Some(runtime),
             scheduler: CpuScheduler::new(threads),
-            threads,
         })
     }
 
     /// The CPU turns runs take here.
     pub fn scheduler(&self) -> &Arc<CpuScheduler> {
         &self.scheduler
-    }
-
-    /// Threads of the pool.
-    pub fn threads(&self) -> usize {
-        self.threads
     }
 
     /// Runs `task` on the caller's thread until `moved` is set (the run has

@@ -230,6 +230,12 @@ mod tests {
             parse("id = \"a\"\nversion = \"1\"\nkind = \"agent\"\n[budget]\nmax-concurrent = 0")
                 .unwrap_err();
         assert!(e.contains("max-concurrent"), "{e}");
+        let e = parse("id = \"a\"\nversion = \"1\"\nkind = \"agent\"\n[budget]\ncpu-ms = 0")
+            .unwrap_err();
+        assert!(e.contains("cpu-ms"), "{e}");
+        let capped =
+            parse("id = \"a\"\nversion = \"1\"\nkind = \"agent\"\n[budget]\ncpu-ms = 200").unwrap();
+        assert_eq!(capped.budget.cpu_ms, Some(200));
     }
 
     #[test]

@@ -87,7 +87,8 @@ impl JobHub {
     }
 
     /// Finished jobs whose history is held in memory now, and its bytes.
-    pub fn finished_held(&self) -> (usize, usize) {
+    #[cfg(test)]
+    fn finished_held(&self) -> (usize, usize) {
         let inner = self.inner.lock().unwrap();
         (inner.finished.len(), inner.finished_bytes)
     }
