@@ -1,16 +1,44 @@
-//! `bsm:plugin/knowledge`: not available in this host yet; every call answers
-//! `unavailable` until the vector index lands.
+//! `bsm:plugin/knowledge`: document collections searched by meaning and by
+//! keyword. The index lives behind [`KnowledgeEngine`] (the `bsm-knowledge`
+//! crate in `bsm serve` and the CLI); with none configured every call answers
+//! `unavailable`, so a plugin that uses knowledge still loads and runs.
+
+use std::sync::Arc;
 
 use wasmtime::component::{HasSelf, Linker};
 
 use super::{Caller, Capability, RunInfo};
-use crate::bindings::knowledge::{self, Document, Error, Hit, Host};
+use crate::bindings::knowledge::{self, Document, Error, Hit, Host, Query};
 
-/// The `knowledge` capability: nothing behind it yet.
+/// Told to a plugin when the host keeps no knowledge collections.
+pub const NOT_CONFIGURED: &str = "no knowledge store is configured for this host";
+
+/// A backend holding document collections for plugins. Errors are the WIT
+/// ones, so the engine decides what a plugin is told.
+#[async_trait::async_trait]
+pub trait KnowledgeEngine: Send + Sync + 'static {
+    async fn search(&self, caller: &Caller, collection: &str, query: Query)
+    -> Result<Vec<Hit>, Error>;
+
+    async fn upsert(
+        &self,
+        caller: &Caller,
+        collection: &str,
+        documents: Vec<Document>,
+    ) -> Result<(), Error>;
+
+    async fn delete(&self, caller: &Caller, collection: &str, ids: Vec<String>)
+    -> Result<u32, Error>;
+
+    async fn get(&self, caller: &Caller, collection: &str, id: &str)
+    -> Result<Option<Document>, Error>;
+}
+
+/// The `knowledge` capability: an optional engine for the whole process.
 pub struct Knowledge;
 
 impl Capability for Knowledge {
-    type Shared = ();
+    type Shared = Option<Arc<dyn KnowledgeEngine>>;
     type State = KnowledgeState;
 
     fn link<T: Send + 'static>(
@@ -20,39 +48,47 @@ impl Capability for Knowledge {
         knowledge::add_to_linker::<T, HasSelf<KnowledgeState>>(linker, get)
     }
 
-    fn for_run(_: &(), run: &RunInfo<'_>) -> KnowledgeState {
-        KnowledgeState::new(run.caller.clone())
+    fn for_run(engine: &Self::Shared, run: &RunInfo<'_>) -> KnowledgeState {
+        KnowledgeState::new(engine.clone(), run.caller.clone())
     }
 }
 
-const NOT_YET: &str = "the knowledge capability is not available in this host yet";
-
-/// Per-run state: who is searching.
+/// Per-run state: the engine (if any) and who is asking.
 pub struct KnowledgeState {
-    _caller: Caller,
+    engine: Option<Arc<dyn KnowledgeEngine>>,
+    caller: Caller,
 }
 
 impl KnowledgeState {
-    pub fn new(caller: Caller) -> Self {
-        Self { _caller: caller }
+    pub fn new(engine: Option<Arc<dyn KnowledgeEngine>>, caller: Caller) -> Self {
+        Self { engine, caller }
+    }
+
+    fn engine(&self) -> Result<&Arc<dyn KnowledgeEngine>, Error> {
+        self.engine
+            .as_ref()
+            .ok_or_else(|| Error::Unavailable(NOT_CONFIGURED.into()))
     }
 }
 
 impl Host for KnowledgeState {
-    async fn search(
-        &mut self,
-        _collection: String,
-        _query: String,
-        _top_k: u32,
-    ) -> Result<Vec<Hit>, Error> {
-        Err(Error::Unavailable(NOT_YET.into()))
+    async fn search(&mut self, collection: String, query: Query) -> Result<Vec<Hit>, Error> {
+        self.engine()?
+            .search(&self.caller, &collection, query)
+            .await
     }
 
-    async fn upsert(
-        &mut self,
-        _collection: String,
-        _documents: Vec<Document>,
-    ) -> Result<(), Error> {
-        Err(Error::Unavailable(NOT_YET.into()))
+    async fn upsert(&mut self, collection: String, documents: Vec<Document>) -> Result<(), Error> {
+        self.engine()?
+            .upsert(&self.caller, &collection, documents)
+            .await
+    }
+
+    async fn delete(&mut self, collection: String, ids: Vec<String>) -> Result<u32, Error> {
+        self.engine()?.delete(&self.caller, &collection, ids).await
+    }
+
+    async fn get(&mut self, collection: String, id: String) -> Result<Option<Document>, Error> {
+        self.engine()?.get(&self.caller, &collection, &id).await
     }
 }

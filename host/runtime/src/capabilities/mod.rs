@@ -114,6 +114,7 @@ capabilities! {
     llm: Llm,
     /// The plugin-facing cache.
     cache: Cache,
+    /// The document collections (`None`: `unavailable`).
     knowledge: Knowledge,
     /// Where reports go (`None`: `unavailable`).
     reports: Reports,

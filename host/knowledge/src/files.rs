@@ -1,0 +1,37 @@
+//! Crash-safe file replacement for the index files: a reader (or a restart)
+//! sees the old file or the new one, never a torn one.
+
+use std::fs::{self, File};
+use std::io::Write as _;
+use std::path::Path;
+
+use crate::error::KnowledgeError;
+
+/// fsyncs the finished temporary file `tmp`, renames it over `path`, and
+/// fsyncs the directory so that the rename itself survives a crash.
+pub fn sync_and_rename(tmp: &Path, path: &Path) -> Result<(), KnowledgeError> {
+    let fail = |what: &str, e: std::io::Error| {
+        KnowledgeError::Storage(format!("{what} {}: {e}", path.display()))
+    };
+    File::open(tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| fail("syncing", e))?;
+    fs::rename(tmp, path).map_err(|e| fail("replacing", e))?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| fail("syncing the directory of", e))?;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` atomically (temporary file + fsync + rename).
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), KnowledgeError> {
+    let tmp = path.with_extension("tmp");
+    let mut file = File::create(&tmp)
+        .map_err(|e| KnowledgeError::Storage(format!("creating {}: {e}", tmp.display())))?;
+    file.write_all(bytes)
+        .map_err(|e| KnowledgeError::Storage(format!("writing {}: {e}", tmp.display())))?;
+    drop(file);
+    sync_and_rename(&tmp, path)
+}
