@@ -274,7 +274,7 @@ async fn every_agent_runs_as_a_prompt_agent_instance(
     for def in &layout.agents {
         let plugin = runtime
             .build_plugin(
-                manifest_for(def),
+                manifest_for(def, None),
                 bytes.clone(),
                 shipped_dir().join("prompt-agent.wasm"),
             )

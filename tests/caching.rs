@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bsm_cache::{LoadingCache, SwrCache, SwrSettings, SwrTtl};
-use bsm_platform::knowledge_docs::KnowledgeLibrary;
+use bsm_cache::{LoadingCache, SwrCache, SwrTtl};
 use bsm_runtime::capabilities::Capabilities;
 use common::*;
 
@@ -255,45 +254,4 @@ async fn the_plugin_cache_is_namespaced_per_plugin_and_outlives_runs() {
     assert!(too_big.contains("TooLarge(2097152)"), "{too_big}");
     let stats = runtime.capabilities().cache.stats();
     assert_eq!((stats.hits, stats.misses), (2, 3), "{stats:?}");
-}
-
-/// Loads the knowledge of `dir` eleven times and checks it was read once.
-async fn knowledge_loads_once(dir: &std::path::Path, names: &[&str], phrase: &str) {
-    let library = KnowledgeLibrary::new(&SwrSettings::default());
-    let docs = library.documents(dir).await.unwrap();
-    let loaded: Vec<&str> = docs.iter().map(|d| d.name.as_str()).collect();
-    assert_eq!(loaded, names);
-    assert!(docs[0].text.contains(phrase));
-    for _ in 0..10 {
-        library.joined(dir).await.unwrap();
-    }
-    let s = library.stats();
-    assert_eq!((s.loads, s.hits), (1, 10));
-
-    let missing = library
-        .documents(std::path::Path::new("/no/such/knowledge"))
-        .await
-        .unwrap_err();
-    assert!(missing.to_string().contains("index.json"), "{missing}");
-}
-
-#[tokio::test]
-async fn knowledge_documents_of_the_shipped_layout_load_once() {
-    knowledge_loads_once(
-        &shipped_agents().join("data/knowledge"),
-        &["governance-policy.md", "engineering-handbook.md"],
-        "Every pull request links an issue",
-    )
-    .await;
-}
-
-#[tokio::test]
-#[ignore = "reads the original BSM files from BSM_ORIGINAL_FIXTURES; .ci/run runs it with --ignored"]
-async fn knowledge_documents_of_the_original_layout_load_once() {
-    knowledge_loads_once(
-        &original_fixtures().join("data/knowledge"),
-        &["example.md"],
-        "private knowledge document",
-    )
-    .await;
 }

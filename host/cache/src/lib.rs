@@ -31,8 +31,6 @@ pub struct CacheSettings {
     pub plugin: PluginCacheSettings,
     /// Parsed plugin manifests.
     pub manifests: TtlSettings,
-    /// Knowledge documents (stale-while-revalidate).
-    pub knowledge: SwrSettings,
 }
 
 /// Size and TTL of a loading cache.

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::bsm::agents::manifest_for;
 use crate::bsm::governance::KNOWN_CONTEXTS;
+use crate::bsm::knowledge::BsmKnowledge;
 use crate::bsm::{BsmLayout, Governance};
 use crate::governed::Governed;
 
@@ -22,6 +23,8 @@ pub struct AgentReload {
     governed: Arc<Governed>,
     /// The agent ids the directory served at the last (re)load.
     served: Mutex<BTreeSet<String>>,
+    /// The directory's knowledge, ingested again on every change.
+    knowledge: Option<BsmKnowledge>,
 }
 
 impl AgentReload {
@@ -30,12 +33,14 @@ impl AgentReload {
         allow_list: Vec<String>,
         governed: Arc<Governed>,
         served: BTreeSet<String>,
+        knowledge: Option<BsmKnowledge>,
     ) -> Self {
         Self {
             dir,
             allow_list,
             governed,
             served: Mutex::new(served),
+            knowledge,
         }
     }
 
@@ -72,7 +77,7 @@ impl AgentReload {
             .iter()
             .filter(|d| !governance.is_quarantined(&d.id))
         {
-            let manifest = manifest_for(def);
+            let manifest = manifest_for(def, self.knowledge.as_ref().map(|k| &k.binding));
             if runtime
                 .registry()
                 .current(&def.id)
@@ -114,6 +119,9 @@ impl AgentReload {
 
     /// Reloads and logs the outcome (for the directory watcher).
     pub async fn reload_logged(&self) {
+        if let Some(knowledge) = &self.knowledge {
+            knowledge.ingest_logged().await;
+        }
         match self.reload().await {
             Ok(changed) => {
                 tracing::info!(dir = %self.dir.display(), changed, "BSM agent set reloaded")

@@ -14,18 +14,19 @@ use anyhow::{Context as _, bail};
 use crate::agent_reload::AgentReload;
 use crate::bsm::agents::manifest_for;
 use crate::bsm::governance::KNOWN_CONTEXTS;
+use crate::bsm::knowledge::{BsmKnowledge, KnowledgeBinding};
 use crate::bsm::{BsmLayout, Governance};
 use crate::deploy::Deployer;
 use crate::governed::Governed;
-use crate::knowledge_docs::{KnowledgeLibrary, KnowledgeSource};
 use crate::orchestration::{Orchestrator, Pipelines};
 use crate::platform::{Activity, Platform};
 use crate::reports::ReportStore;
-use crate::settings::HostSettings;
+use crate::settings::{EmbedderChoice, HostSettings};
 use crate::signing::TrustedKeys;
 use crate::store::Store;
 use crate::watch::{watch_dir, watch_plugins_dir};
 use bsm_cache::PluginCache;
+use bsm_knowledge::{Embedder, Knowledge};
 use bsm_llm::LlmClient;
 use bsm_runtime::capabilities::Capabilities;
 use bsm_runtime::capabilities::llm::{LlmShared, NOT_CONFIGURED};
@@ -97,9 +98,11 @@ impl Platform {
         let reports = ReportStore::open_with_index(&reports_dir, Arc::new(store.clone()))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let llm = LlmClient::from_settings(&settings.llm)?.map(Arc::new);
+        let knowledge = open_knowledge(&options, llm.as_ref()).await?;
         let mut capabilities = Capabilities {
             cache: Arc::new(PluginCache::new(settings.cache.plugin.clone())),
             reports: Some(reports.clone()),
+            knowledge: Some(Arc::new(knowledge.clone())),
             ..Capabilities::default()
         };
         match &llm {
@@ -134,7 +137,20 @@ impl Platform {
 
         let allow_list = settings.governance.allow_list();
         let mut governance = Governance::default();
-        let mut knowledge_dir = None;
+        let bsm_knowledge = layout.as_ref().and_then(|l| {
+            l.knowledge_dir.clone().map(|dir| BsmKnowledge {
+                knowledge: knowledge.clone(),
+                dir,
+                binding: KnowledgeBinding {
+                    collection: settings.knowledge.bsm_collection.clone(),
+                    top_k: settings.knowledge.top_k,
+                },
+            })
+        });
+        if let Some(k) = &bsm_knowledge {
+            k.ingest_logged().await;
+        }
+        let binding = bsm_knowledge.as_ref().map(|k| k.binding.clone());
         if let Some(layout) = &layout {
             governance = Governance::assess(layout, &allow_list);
             if settings.governance.strict && !governance.violations().is_empty() {
@@ -156,8 +172,14 @@ impl Platform {
                 let reasons: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
                 tracing::error!(agent = %agent, violations = ?reasons, "agent quarantined: not served until its violations are fixed");
             }
-            install_agents(&runtime, layout, &governance, &options.plugins).await?;
-            knowledge_dir = layout.knowledge_dir.clone();
+            install_agents(
+                &runtime,
+                layout,
+                &governance,
+                &options.plugins,
+                binding.as_ref(),
+            )
+            .await?;
         }
         // Versions installed in a running host (and removals) survive a restart.
         let deployer = Deployer::new(
@@ -205,6 +227,7 @@ impl Platform {
                     allow_list.clone(),
                     governed.clone(),
                     served_agents,
+                    bsm_knowledge.clone(),
                 ));
                 let watched = watch_dir(&layout.root, true, move |_| {
                     let reload = reload.clone();
@@ -218,14 +241,9 @@ impl Platform {
                 }
             }
         }
-        let knowledge = Arc::new(KnowledgeSource::new(
-            KnowledgeLibrary::new(&settings.cache.knowledge),
-            knowledge_dir,
-        ));
         let orchestrator = Orchestrator::new(
             governed.clone(),
             reports.clone(),
-            knowledge.clone(),
             Pipelines::with_overrides(&settings.pipelines),
             settings.jobs,
         );
@@ -235,6 +253,7 @@ impl Platform {
             reports,
             llm,
             knowledge,
+            bsm_knowledge,
             _watches: watches,
             activity: Activity {
                 runs_ok: AtomicU64::new(0),
@@ -244,6 +263,30 @@ impl Platform {
             started_at: Instant::now(),
         })
     }
+}
+
+/// Opens the knowledge collections with the configured embedder.
+async fn open_knowledge(
+    options: &PlatformOptions,
+    llm: Option<&Arc<LlmClient>>,
+) -> anyhow::Result<Knowledge> {
+    let config = &options.settings.knowledge;
+    let embedder = match (config.embedder, llm) {
+        (EmbedderChoice::Builtin, _) => Embedder::builtin(),
+        (EmbedderChoice::Provider, Some(client)) => {
+            Embedder::provider(client.clone(), config.model.clone(), config.embed_batch)
+        }
+        (EmbedderChoice::Provider, None) => {
+            bail!("[knowledge] embedder = \"provider\" needs an LLM provider: {NOT_CONFIGURED}")
+        }
+    };
+    let dir = config
+        .dir
+        .clone()
+        .unwrap_or_else(|| options.data_dir.join("knowledge"));
+    Knowledge::open(&dir, embedder, config.service_settings())
+        .await
+        .with_context(|| format!("cannot open the knowledge collections in {}", dir.display()))
 }
 
 /// Reads the configured layout; the shipped set is optional, a named one not.
@@ -321,6 +364,7 @@ async fn install_agents(
     layout: &BsmLayout,
     governance: &Governance,
     selection: &PluginSelection,
+    knowledge: Option<&KnowledgeBinding>,
 ) -> anyhow::Result<()> {
     let wanted = |id: &str| match selection {
         PluginSelection::All => true,
@@ -344,7 +388,7 @@ async fn install_agents(
     for def in agents {
         let plugin = runtime
             .build_plugin(
-                manifest_for(def),
+                manifest_for(def, knowledge),
                 bytes.clone(),
                 prompt_agent.source.clone(),
             )

@@ -19,7 +19,6 @@ pub mod bsm;
 pub mod compose;
 pub mod deploy;
 pub mod governed;
-pub mod knowledge_docs;
 pub mod orchestration;
 pub mod platform;
 pub mod reports;
@@ -35,6 +34,7 @@ pub use platform::{AgentView, JobRuns, Platform, RunRow, StorageHealth};
 pub use settings::HostSettings;
 
 /// The crates the facade's types come from, for callers that name them.
+pub use bsm_knowledge as knowledge;
 pub use bsm_llm as llm;
 pub use bsm_runtime as runtime;
 

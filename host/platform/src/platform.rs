@@ -14,9 +14,9 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::bsm::governance::{KNOWN_CONTEXTS, Policy, Violation};
+use crate::bsm::knowledge::BsmKnowledge;
 use crate::deploy::{DeployError, Upload, VersionView};
 use crate::governed::{Governed, GovernedRun, GovernedStep, PlatformError};
-use crate::knowledge_docs::KnowledgeSource;
 use crate::orchestration::{JobEvent, Orchestrator, Pipelines};
 use crate::reports::{ReportRecord, ReportStore};
 use crate::store::{ApprovalRecord, ApprovalStatus, DecideError, JobRecord, StoreError};
@@ -89,7 +89,9 @@ pub struct Platform {
     pub(crate) orchestrator: Arc<Orchestrator>,
     pub(crate) reports: Arc<ReportStore>,
     pub(crate) llm: Option<Arc<LlmClient>>,
-    pub(crate) knowledge: Arc<KnowledgeSource>,
+    pub(crate) knowledge: bsm_knowledge::Knowledge,
+    /// The served BSM directory's knowledge, if it has any.
+    pub(crate) bsm_knowledge: Option<BsmKnowledge>,
     /// Keeps the plugins and BSM directories watched while the platform lives.
     pub(crate) _watches: Vec<crate::watch::DirWatch>,
     pub(crate) activity: Activity,
@@ -341,6 +343,9 @@ impl Platform {
     /// Stops taking jobs, lets running ones finish within `grace`, and
     /// marks the rest interrupted. Returns how many were marked.
     pub async fn shutdown(&self, grace: Duration) -> Result<usize, StoreError> {
+        if let Err(e) = self.knowledge.flush().await {
+            tracing::warn!(error = %e, "a knowledge index was not saved; it is rebuilt at the next start");
+        }
         if self.orchestrator.shutdown(grace).await == 0 {
             return Ok(0);
         }
@@ -374,28 +379,37 @@ impl Platform {
         self.governed.store().decide_approval(id, approve, by).await
     }
 
+    // ---- knowledge ----
+
+    /// The document collections (for the API and the CLI).
+    pub fn knowledge(&self) -> &bsm_knowledge::Knowledge {
+        &self.knowledge
+    }
+
+    /// Ingests the served BSM directory's knowledge again (incrementally).
+    pub async fn reingest_bsm_knowledge(&self) {
+        if let Some(k) = &self.bsm_knowledge {
+            k.ingest_logged().await;
+        }
+    }
+
     // ---- operations ----
 
     /// Counters of every host cache, by name.
     pub fn cache_stats(&self) -> BTreeMap<String, StatsSnapshot> {
-        let mut stats: BTreeMap<String, StatsSnapshot> = self
+        let stats: BTreeMap<String, StatsSnapshot> = self
             .governed
             .runtime()
             .cache_stats()
             .into_iter()
             .map(|(name, s)| (name.to_string(), s))
             .collect();
-        stats.insert("knowledge".into(), self.knowledge.stats());
         stats
     }
 
     /// Empties one cache by name, or all with `None`; false for an unknown name.
     pub fn clear_cache(&self, name: Option<&str>) -> bool {
-        let knowledge = matches!(name, None | Some("knowledge"));
-        if knowledge {
-            self.knowledge.invalidate_all();
-        }
-        self.governed.runtime().clear_cache(name) || knowledge
+        self.governed.runtime().clear_cache(name)
     }
 
     /// The names of the caches [`Platform::clear_cache`] knows.

@@ -16,6 +16,8 @@ pub struct HostSettings {
     pub llm: LlmSettings,
     pub cache: CacheSettings,
     pub reports: ReportSettings,
+    /// Document collections: where they live, how texts are embedded, limits.
+    pub knowledge: KnowledgeConfig,
     /// The action allow-list and how strictly the agent registry is taken.
     pub governance: GovernanceSettings,
     /// Installing, keeping and rolling back plugin versions.
@@ -114,6 +116,70 @@ impl GovernanceSettings {
     }
 }
 
+/// How knowledge texts become vectors.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EmbedderChoice {
+    /// Hashed word and character n-grams: no network, no model (see
+    /// `bsm_knowledge::hashed` for what it can and cannot find).
+    #[default]
+    Builtin,
+    /// The LLM provider's `/embeddings` (through its breaker and retries).
+    Provider,
+}
+
+/// The `[knowledge]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+pub struct KnowledgeConfig {
+    /// Where collections live; `<data dir>/knowledge` when unset.
+    pub dir: Option<PathBuf>,
+    pub embedder: EmbedderChoice,
+    /// The embedding model (`provider` only); the provider's default when unset.
+    pub model: Option<String>,
+    /// Texts per `/embeddings` request.
+    pub embed_batch: usize,
+    /// The collection a served BSM directory's `data/knowledge` goes into.
+    pub bsm_collection: String,
+    /// Hits a BSM agent puts in its prompt.
+    pub top_k: u32,
+    /// Largest `topK` a search may ask for.
+    pub max_top_k: usize,
+    /// Most documents per upsert or delete.
+    pub max_batch: usize,
+    /// Longest query, in characters.
+    pub max_query_chars: usize,
+}
+
+impl Default for KnowledgeConfig {
+    fn default() -> Self {
+        let limits = bsm_knowledge::KnowledgeSettings::default();
+        Self {
+            dir: None,
+            embedder: EmbedderChoice::Builtin,
+            model: None,
+            embed_batch: 64,
+            bsm_collection: "bsm".into(),
+            top_k: 5,
+            max_top_k: limits.max_top_k,
+            max_batch: limits.max_batch,
+            max_query_chars: limits.max_query_chars,
+        }
+    }
+}
+
+impl KnowledgeConfig {
+    /// The service settings these values give.
+    pub fn service_settings(&self) -> bsm_knowledge::KnowledgeSettings {
+        bsm_knowledge::KnowledgeSettings {
+            max_top_k: self.max_top_k,
+            max_batch: self.max_batch,
+            max_query_chars: self.max_query_chars,
+            ..Default::default()
+        }
+    }
+}
+
 /// The `[reports]` table.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
@@ -168,8 +234,9 @@ mod tests {
             total-ms = 9000
             [cache.plugin]
             max-bytes = 1000
-            [cache.knowledge]
-            soft-ttl-ms = 5
+            [knowledge]
+            embedder = "provider"
+            model = "text-embedding-3-small"
             [reports]
             dir = "/var/lib/bsm/reports"
             "#,
@@ -186,6 +253,11 @@ mod tests {
             "unset fields keep their defaults"
         );
         assert_eq!(s.cache.plugin.max_bytes, 1000);
+        assert_eq!(s.knowledge.embedder, EmbedderChoice::Provider);
+        assert_eq!(
+            s.knowledge.top_k, 5,
+            "unset knowledge values keep their defaults"
+        );
         let err = toml::from_str::<HostSettings>("[llm.retry]\nmax-attempt = 5").unwrap_err();
         assert!(err.message().contains("max-attempt"), "{}", err.message());
     }

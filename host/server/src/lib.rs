@@ -14,6 +14,7 @@ pub mod admin;
 pub mod agents;
 pub mod error;
 pub mod jobs;
+pub mod knowledge;
 pub mod middleware;
 pub mod ops;
 pub mod plugins;
@@ -139,6 +140,20 @@ fn routes(upload_limit: usize) -> Router<AppState> {
         .route("/api/approvals", get(jobs::list_approvals))
         .route("/api/approvals/{id}/approve", post(jobs::approve))
         .route("/api/approvals/{id}/reject", post(jobs::reject));
+    let knowledge = Router::new()
+        .route("/api/knowledge", get(knowledge::list))
+        .route(
+            "/api/knowledge/{collection}/documents",
+            post(knowledge::upsert),
+        )
+        .route(
+            "/api/knowledge/{collection}/documents/{id}",
+            get(knowledge::get).delete(knowledge::delete),
+        )
+        .route(
+            "/api/knowledge/{collection}/search",
+            post(knowledge::search),
+        );
     let operations = Router::new()
         .route("/api/cache/stats", get(ops::cache_stats))
         .route("/api/cache/clear", post(ops::clear_cache))
@@ -152,7 +167,11 @@ fn routes(upload_limit: usize) -> Router<AppState> {
         )
         .route("/api/metrics", get(ops::metrics_summary))
         .route("/metrics", get(ops::metrics));
-    health.merge(agents).merge(jobs).merge(operations)
+    health
+        .merge(agents)
+        .merge(jobs)
+        .merge(knowledge)
+        .merge(operations)
 }
 
 /// The API with its layers.

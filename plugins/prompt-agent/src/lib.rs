@@ -34,6 +34,8 @@ pub struct Settings {
     pub temperature: Option<f32>,
     pub actions: Vec<String>,
     pub knowledge_collection: Option<String>,
+    /// Hits of the knowledge search put in the prompt (5 by default).
+    pub knowledge_top_k: u32,
     pub version: Option<String>,
 }
 
@@ -54,6 +56,9 @@ impl Settings {
             temperature: get("temperature").and_then(|v| v.trim().parse().ok()),
             actions: get("actions").map(|v| parse_list(&v)).unwrap_or_default(),
             knowledge_collection: get("knowledge-collection"),
+            knowledge_top_k: get("knowledge-top-k")
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(5),
             version: get("version"),
         }
     }
@@ -134,8 +139,23 @@ pub fn build_messages(
     )
 }
 
+/// Longest knowledge query sent to the host, in characters.
+const MAX_QUERY_CHARS: usize = 2_000;
+
+/// What the knowledge search looks for: the input, then as much of the
+/// payload as fits (an event's input is often generic, its payload is not).
+pub fn knowledge_query(input: &str, payload: Option<&Value>) -> String {
+    let mut query: String = input.chars().take(MAX_QUERY_CHARS).collect();
+    if let Some(p) = payload.filter(|p| p.as_object().is_none_or(|o| !o.is_empty())) {
+        let room = MAX_QUERY_CHARS.saturating_sub(query.chars().count() + 1);
+        query.push(' ');
+        query.extend(p.to_string().chars().take(room));
+    }
+    query
+}
+
 /// Knowledge for the prompt: the payload's `knowledge` field when the caller
-/// already loaded it (once per job), else a search of the configured collection.
+/// gave it, else the best hits of the configured collection for this input.
 fn knowledge_for(settings: &Settings, input: &str, payload: Option<&Value>) -> String {
     if let Some(Value::String(k)) = payload.and_then(|p| p.get("knowledge")) {
         return k.clone();
@@ -143,7 +163,8 @@ fn knowledge_for(settings: &Settings, input: &str, payload: Option<&Value>) -> S
     let Some(collection) = &settings.knowledge_collection else {
         return String::new();
     };
-    match knowledge::search(collection, input, 5) {
+    let query = knowledge_query(input, payload);
+    match knowledge::search(collection, &query, settings.knowledge_top_k.max(1)) {
         Ok(hits) => hits
             .into_iter()
             .map(|h| h.text)

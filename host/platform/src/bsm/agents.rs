@@ -1,6 +1,7 @@
 //! Every original BSM agent becomes an instance of the `prompt-agent`
 //! component: same bytes (compiled once), its own manifest and config.
 
+use super::knowledge::KnowledgeBinding;
 use super::layout::AgentDefinition;
 use bsm_runtime::manifest::{Budget, Manifest, PluginKind};
 
@@ -53,7 +54,10 @@ fn agent_budget() -> Budget {
 }
 
 /// The manifest of `prompt-agent` configured as `def`.
-pub fn manifest_for(def: &AgentDefinition) -> Manifest {
+///
+/// With `knowledge`, the agent searches that collection for its input and
+/// puts the best hits in its prompt (`{{knowledge}}`).
+pub fn manifest_for(def: &AgentDefinition, knowledge: Option<&KnowledgeBinding>) -> Manifest {
     let mut config = toml::Table::new();
     let mut set = |k: &str, v: &str| {
         if !v.trim().is_empty() {
@@ -68,6 +72,13 @@ pub fn manifest_for(def: &AgentDefinition) -> Manifest {
     set("version", &def.version);
     if let Some(model) = &def.model_name {
         set("model", model);
+    }
+    if let Some(k) = knowledge {
+        set("knowledge-collection", &k.collection);
+        config.insert(
+            "knowledge-top-k".into(),
+            toml::Value::Integer(i64::from(k.top_k)),
+        );
     }
     config.insert(
         "actions".into(),

@@ -4,6 +4,7 @@
 
 pub mod agents;
 pub mod governance;
+pub mod knowledge;
 pub mod layout;
 
 pub use governance::{Governance, Violation};

@@ -14,7 +14,6 @@ use tokio_util::task::TaskTracker;
 use super::hub::JobHub;
 use super::pipelines::Pipelines;
 use crate::governed::{ActionOutcome, Governed, GovernedStep, PlatformError};
-use crate::knowledge_docs::KnowledgeSource;
 use crate::reports::ReportStore;
 use crate::store::{JobRecord, JobStatus, StoreError};
 use bsm_runtime::api::{AgentRequest, AgentResult, Contribution, RunContext, RunMode, StepRequest};
@@ -39,7 +38,6 @@ pub struct AgentOutcome {
 pub struct Orchestrator {
     governed: Arc<Governed>,
     reports: Arc<ReportStore>,
-    knowledge: Arc<KnowledgeSource>,
     pipelines: Pipelines,
     hub: JobHub,
     tasks: TaskTracker,
@@ -67,19 +65,17 @@ impl Default for JobLimits {
 }
 
 impl Orchestrator {
-    /// Jobs run their agents and steps through `governed`, write their
-    /// report to `reports` and hand `knowledge` to every agent.
+    /// Jobs run their agents and steps through `governed` and write their
+    /// report to `reports`.
     pub fn new(
         governed: Arc<Governed>,
         reports: Arc<ReportStore>,
-        knowledge: Arc<KnowledgeSource>,
         pipelines: Pipelines,
         limits: JobLimits,
     ) -> Arc<Self> {
         Arc::new(Self {
             governed,
             reports,
-            knowledge,
             pipelines,
             hub: JobHub::default(),
             tasks: TaskTracker::new(),
@@ -228,14 +224,8 @@ impl Orchestrator {
             None => (pipeline.agents.clone(), pipeline.mode),
         };
 
-        // Knowledge is loaded once for the whole job and handed to every agent.
-        let mut payload = job.payload.clone();
-        let knowledge = self.knowledge.text().await;
-        if !knowledge.is_empty()
-            && let Some(obj) = payload.as_object_mut()
-        {
-            obj.entry("knowledge").or_insert(Value::String(knowledge));
-        }
+        // Each agent searches the knowledge it is bound to for its own input.
+        let payload = job.payload.clone();
 
         let input = job
             .payload
