@@ -144,6 +144,43 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Knowledge collections: ingest folders, search.
+    Knowledge {
+        #[command(subcommand)]
+        command: KnowledgeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KnowledgeCommand {
+    /// Ingest a folder of markdown and text files (or an original BSM
+    /// `data/knowledge` with its `index.json`) into a collection. Unchanged
+    /// files are skipped by content hash; changed files replace their
+    /// chunks; files gone from the folder lose theirs. A running server sees
+    /// the result after a restart (or ingest through its API instead).
+    Ingest {
+        /// The folder.
+        dir: PathBuf,
+        /// The collection (created on first use).
+        #[arg(long, default_value = "default")]
+        collection: String,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Search a collection and print the hits.
+    Search {
+        collection: String,
+        query: String,
+        #[arg(long, default_value_t = 5)]
+        top_k: usize,
+        /// `hybrid`, `vector` or `keyword`.
+        #[arg(long, default_value = "hybrid")]
+        mode: String,
+        /// Print the hits as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -324,6 +361,95 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => fail(e),
     }
+}
+
+/// `bsm knowledge ...`: a progress bar on stderr while ingesting (hidden
+/// when stderr is not a terminal), the summary or hits on stdout.
+async fn knowledge_command(
+    knowledge: &bsm_platform::knowledge::Knowledge,
+    command: KnowledgeCommand,
+) -> anyhow::Result<()> {
+    use bsm_platform::knowledge::{IngestEvent, SearchMode, SearchRequest, ingest::FileOutcome};
+    match command {
+        KnowledgeCommand::Ingest {
+            dir,
+            collection,
+            json,
+        } => {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} [{bar:30}] {pos}/{len} files {wide_msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            let summary = knowledge
+                .ingest_dir(&dir, &collection, |event| match event {
+                    IngestEvent::Listed { files } => bar.set_length(files as u64),
+                    IngestEvent::File { path, outcome } => {
+                        bar.inc(1);
+                        let what = match outcome {
+                            FileOutcome::Unchanged => "unchanged".to_string(),
+                            FileOutcome::Indexed { chunks } => format!("{chunks} chunks"),
+                            FileOutcome::Skipped { reason } => format!("skipped: {reason}"),
+                        };
+                        bar.set_message(format!("{path}: {what}"));
+                    }
+                })
+                .await;
+            bar.finish_and_clear();
+            let summary = summary?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                println!(
+                    "{}: {} files, {} indexed ({} chunks), {} unchanged, {} removed, {} skipped",
+                    summary.collection,
+                    summary.files,
+                    summary.indexed,
+                    summary.chunks,
+                    summary.unchanged,
+                    summary.removed,
+                    summary.skipped.len()
+                );
+                for s in &summary.skipped {
+                    println!("  skipped {}: {}", s.path, s.reason);
+                }
+            }
+        }
+        KnowledgeCommand::Search {
+            collection,
+            query,
+            top_k,
+            mode,
+            json,
+        } => {
+            let mode: SearchMode = serde_json::from_value(Value::String(mode.clone()))
+                .map_err(|_| anyhow::anyhow!("--mode {mode:?}: use hybrid, vector or keyword"))?;
+            let caller = bsm_platform::runtime::capabilities::Caller {
+                plugin_id: "cli".into(),
+                correlation_id: "cli".into(),
+            };
+            let request = SearchRequest {
+                query,
+                top_k,
+                filter: Vec::new(),
+                mode,
+            };
+            let hits = knowledge.search(&caller, &collection, &request).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&hits)?);
+            } else {
+                for h in hits {
+                    let source = h.source.as_deref().unwrap_or(&h.id);
+                    let first = h.text.lines().next().unwrap_or_default();
+                    println!("{:.4}  {source}  {first}", h.score);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Errors are one line on stderr and a non-zero exit.
@@ -533,6 +659,11 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 &digest[..12],
                 out.display()
             );
+        }
+        Command::Knowledge { command } => {
+            let knowledge = bsm_platform::open_knowledge_only(&settings, &global.data_dir).await?;
+            knowledge_command(&knowledge, command).await?;
+            knowledge.flush().await?;
         }
         Command::Keys {
             command: KeysCommand::Generate { out },

@@ -110,8 +110,12 @@ impl Collection {
             pending.clear();
             result
         };
+        let restore = loaded.as_ref().ok().filter(|_| vector_rebuild.is_none());
         store.scan(&row.name, |doc, embedding| {
             count += 1;
+            if let Some(index) = restore {
+                index.restore_full(doc.key, &embedding);
+            }
             if feature_stats {
                 stats.add(&doc.text);
             }

@@ -129,10 +129,14 @@ impl FeatureStats {
         }
     }
 
-    /// BM25's inverse document frequency, always positive.
+    /// BM25's inverse document frequency, positive for every feature some
+    /// document has. A feature no document has gets 0: it cannot match
+    /// anything, and its hashed bucket would only add collision noise.
     pub fn idf(&self, hash: u64) -> f32 {
-        let n = self.documents as f32;
-        let df = self.frequency.get(&hash).copied().unwrap_or(0) as f32;
+        let Some(&df) = self.frequency.get(&hash) else {
+            return 0.0;
+        };
+        let (n, df) = (self.documents as f32, df as f32);
         (1.0 + (n - df + 0.5) / (df + 0.5)).ln()
     }
 }
@@ -214,6 +218,11 @@ mod tests {
         assert!(scores[2] > scores[0] && scores[2] > scores[1], "{scores:?}");
         stats.remove(docs[2]);
         assert_eq!(stats.documents, 2);
-        assert!(stats.idf(fnv1a(b'w', &[b"encryption"])) > stats.idf(fnv1a(b'w', &[b"policy"])));
+        assert_eq!(
+            stats.idf(fnv1a(b'w', &[b"encryption"])),
+            0.0,
+            "no document has it now"
+        );
+        assert!(stats.idf(fnv1a(b'w', &[b"policy"])) > 0.0);
     }
 }

@@ -168,7 +168,9 @@ impl KeywordIndex {
             Box::new(BooleanQuery::new(clauses))
         };
         let searcher = self.reader.searcher();
-        let top = searcher.search(&query, &TopDocs::with_limit(k).order_by_score())?;
+        // A few more than asked, so that ties at the cut are broken by key
+        // (not by where a document happens to sit in the segments).
+        let top = searcher.search(&query, &TopDocs::with_limit(k + 16).order_by_score())?;
         let mut out = Vec::with_capacity(top.len());
         for (score, address) in top {
             let keys = searcher
@@ -179,6 +181,8 @@ impl KeywordIndex {
                 out.push((key, score));
             }
         }
+        out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        out.truncate(k);
         Ok(out)
     }
 }

@@ -32,6 +32,7 @@ pub mod ingest;
 pub mod keyword;
 mod service;
 pub mod store;
+pub mod synthetic;
 pub mod vector_index;
 
 pub use embedder::Embedder;

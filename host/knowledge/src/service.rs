@@ -510,16 +510,17 @@ impl Knowledge {
             let query = self.query_vector(caller, &c, &request.query).await?;
             let filter = &request.filter;
             let allow = |key: u64| c.matches(key, filter);
-            c.vectors.search(&query, candidates, Some(&allow))?
+            // Removed documents are already out of the index: without a
+            // filter there is nothing to check per candidate.
+            let allow: Option<&(dyn Fn(u64) -> bool + Sync)> =
+                (!filter.is_empty()).then_some(&allow);
+            c.vectors.search(&query, candidates, allow)?
         } else {
             Vec::new()
         };
         let keyword_hits = if request.mode != SearchMode::Vector {
             c.keyword
                 .search(&request.query, candidates, &request.filter)?
-                .into_iter()
-                .filter(|(key, _)| c.matches(*key, &request.filter))
-                .collect()
         } else {
             Vec::new()
         };

@@ -10,9 +10,13 @@
 //! (each needs a scratch context); [`Contexts`] makes the rest wait their
 //! turn instead of failing.
 //!
-//! Below [`EXACT_MAX`] vectors an exact scan is as fast as the graph and
-//! always right, so small collections are searched exactly.
+//! The index stores vectors as i8 by default (a quarter of the memory and
+//! bandwidth of f32); an f32 copy of each vector re-ranks the graph's
+//! candidates, so quantisation costs no recall. Below [`EXACT_MAX`] vectors
+//! an exact f32 scan is as fast as the graph and always right, so small
+//! collections are searched exactly.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Condvar, Mutex, RwLock};
 
@@ -20,12 +24,45 @@ use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
 use crate::error::KnowledgeError;
 
-/// Collections up to this size are searched by exact scan (measured in
-/// BENCHMARKS.md: below it the scan is no slower than the graph).
-pub const EXACT_MAX: usize = 2_048;
+/// Collections up to this size are searched by exact scan: at 1,024
+/// vectors of 384 dimensions the scan and the graph answer equally fast
+/// (~60 µs), above it the graph wins (BENCHMARKS.md, "Knowledge").
+pub const EXACT_MAX: usize = 1_024;
 
 /// Concurrent operations usearch is prepared for.
 pub const THREAD_CONTEXTS: usize = 32;
+
+/// How the index stores vectors. The database keeps every embedding in
+/// full f32 whatever the index holds, so a rebuild can change this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scalar {
+    /// One byte per dimension: a quarter of f32's memory and bandwidth, and
+    /// faster than f32 at the same recall on this machine (BENCHMARKS.md).
+    #[default]
+    I8,
+    F16,
+    F32,
+}
+
+impl Scalar {
+    fn kind(self) -> ScalarKind {
+        match self {
+            Self::I8 => ScalarKind::I8,
+            Self::F16 => ScalarKind::F16,
+            Self::F32 => ScalarKind::F32,
+        }
+    }
+
+    /// Parses `i8`, `f16` or `f32`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "i8" => Some(Self::I8),
+            "f16" => Some(Self::F16),
+            "f32" => Some(Self::F32),
+            _ => None,
+        }
+    }
+}
 
 /// Graph parameters. The defaults reach recall@10 ≥ 0.95 on clustered
 /// 384-dimensional data at 100,000 vectors (BENCHMARKS.md).
@@ -37,6 +74,7 @@ pub struct GraphParams {
     pub expansion_add: usize,
     /// Candidates kept while searching (`ef`).
     pub expansion_search: usize,
+    pub scalar: Scalar,
 }
 
 impl Default for GraphParams {
@@ -45,6 +83,7 @@ impl Default for GraphParams {
             connectivity: 16,
             expansion_add: 128,
             expansion_search: 64,
+            scalar: Scalar::I8,
         }
     }
 }
@@ -53,7 +92,31 @@ impl Default for GraphParams {
 pub struct VectorIndex {
     dimension: usize,
     index: RwLock<Index>,
+    /// Every vector in f32, for re-ranking and exact scans (4 bytes per
+    /// dimension per vector beside the index's own copy).
+    full: RwLock<HashMap<u64, Box<[f32]>>>,
     contexts: Contexts,
+}
+
+/// Candidates the graph proposes per wanted hit, re-ranked exactly.
+pub const OVERSAMPLE: usize = 2;
+
+/// Inner product, in eight lanes so that it vectorises.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 fn usearch_error(e: impl std::fmt::Display) -> KnowledgeError {
@@ -64,7 +127,7 @@ fn options(dimension: usize, params: GraphParams) -> IndexOptions {
     IndexOptions {
         dimensions: dimension,
         metric: MetricKind::IP,
-        quantization: ScalarKind::F32,
+        quantization: params.scalar.kind(),
         connectivity: params.connectivity,
         expansion_add: params.expansion_add,
         expansion_search: params.expansion_search,
@@ -84,6 +147,8 @@ impl VectorIndex {
 
     /// The index saved at `path`; refused unless it holds vectors of
     /// `dimension` compared by inner product (a damaged or foreign file).
+    /// The file holds the graph and the stored (quantised) vectors; the f32
+    /// copies come back through [`VectorIndex::restore_full`].
     pub fn load(
         path: &Path,
         dimension: usize,
@@ -93,11 +158,16 @@ impl VectorIndex {
             .to_str()
             .ok_or_else(|| usearch_error("index path is not UTF-8"))?;
         let meta = Index::metadata(path_str).map_err(usearch_error)?;
-        if meta.dimensions as usize != dimension || meta.metric != MetricKind::IP {
+        if meta.dimensions as usize != dimension
+            || meta.metric != MetricKind::IP
+            || meta.quantization != params.scalar.kind()
+        {
             return Err(usearch_error(format!(
-                "{} holds {}-dimensional vectors, expected {dimension}",
+                "{} holds {}-dimensional {:?} vectors, expected {dimension}-dimensional {:?}",
                 path.display(),
-                meta.dimensions
+                meta.dimensions,
+                meta.quantization,
+                params.scalar
             )));
         }
         let index = Index::new(&options(dimension, params)).map_err(usearch_error)?;
@@ -115,6 +185,7 @@ impl VectorIndex {
         Self {
             dimension,
             index: RwLock::new(index),
+            full: RwLock::new(HashMap::new()),
             contexts: Contexts::new(THREAD_CONTEXTS),
         }
     }
@@ -188,6 +259,10 @@ impl VectorIndex {
             let _context = self.contexts.acquire();
             index.add(*key, vector).map_err(usearch_error)?;
         }
+        let mut full = self.full.write().unwrap_or_else(|e| e.into_inner());
+        for (key, vector) in entries {
+            full.insert(*key, (*vector).into());
+        }
         Ok(())
     }
 
@@ -198,11 +273,19 @@ impl VectorIndex {
             let _context = self.contexts.acquire();
             index.remove(*key).map_err(usearch_error)?;
         }
+        let mut full = self.full.write().unwrap_or_else(|e| e.into_inner());
+        for key in keys {
+            full.remove(key);
+        }
         Ok(())
     }
 
-    /// Up to `k` nearest keys with their similarity, best first. `allow`
-    /// keeps only the keys it accepts (metadata filters).
+    /// Up to `k` nearest keys with their cosine similarity, best first.
+    /// `allow` keeps only the keys it accepts (metadata filters).
+    ///
+    /// The graph (over the stored, possibly quantised vectors) proposes
+    /// [`OVERSAMPLE`] times `k` candidates; they are ranked again by the
+    /// exact f32 similarity, which restores what quantisation blurs.
     pub fn search(
         &self,
         query: &[f32],
@@ -215,36 +298,67 @@ impl VectorIndex {
         if size == 0 || k == 0 {
             return Ok(Vec::new());
         }
-        let _context = self.contexts.acquire();
-        let matches = match allow {
-            None if size <= EXACT_MAX => index.exact_search(query, k),
-            Some(_) if size <= EXACT_MAX => index.exact_search(query, size),
-            None => index.search(query, k),
-            Some(allow) => index.filtered_search(query, k, allow),
+        if size <= EXACT_MAX {
+            drop(index);
+            return Ok(self.scan(query, k, allow));
         }
-        .map_err(usearch_error)?;
-        Ok(matches
+        let wanted = (k * OVERSAMPLE).max(k + 10);
+        let matches = {
+            let _context = self.contexts.acquire();
+            match allow {
+                None => index.search(query, wanted),
+                Some(allow) => index.filtered_search(query, wanted, allow),
+            }
+            .map_err(usearch_error)?
+        };
+        drop(index);
+        let full = self.full.read().unwrap_or_else(|e| e.into_inner());
+        let mut ranked: Vec<(u64, f32)> = matches
             .keys
             .into_iter()
-            .zip(matches.distances)
-            .filter(|(key, _)| allow.is_none_or(|allow| allow(*key)))
-            .take(k)
-            .map(|(key, distance)| (key, 1.0 - distance))
-            .collect())
+            .filter(|key| allow.is_none_or(|allow| allow(*key)))
+            .filter_map(|key| full.get(&key).map(|v| (key, dot(v, query))))
+            .collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        ranked.truncate(k);
+        Ok(ranked)
     }
 
-    /// Exact top-`k` by scanning every vector (the reference for recall).
+    /// Exact top-`k` by scanning every vector in f32 (small collections,
+    /// and the reference for recall).
     pub fn exact(&self, query: &[f32], k: usize) -> Result<Vec<(u64, f32)>, KnowledgeError> {
         self.check(query)?;
-        let index = self.read();
-        let _context = self.contexts.acquire();
-        let matches = index.exact_search(query, k).map_err(usearch_error)?;
-        Ok(matches
-            .keys
-            .into_iter()
-            .zip(matches.distances)
-            .map(|(key, distance)| (key, 1.0 - distance))
-            .collect())
+        Ok(self.scan(query, k, None))
+    }
+
+    fn scan(
+        &self,
+        query: &[f32],
+        k: usize,
+        allow: Option<&(dyn Fn(u64) -> bool + Sync)>,
+    ) -> Vec<(u64, f32)> {
+        let full = self.full.read().unwrap_or_else(|e| e.into_inner());
+        let mut scored: Vec<(u64, f32)> = full
+            .iter()
+            .filter(|(key, _)| allow.is_none_or(|allow| allow(**key)))
+            .map(|(key, v)| (*key, dot(v, query)))
+            .collect();
+        let order = |a: &(u64, f32), b: &(u64, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if scored.len() > k {
+            scored.select_nth_unstable_by(k - 1, order);
+            scored.truncate(k);
+        }
+        scored.sort_by(order);
+        scored
+    }
+
+    /// Keeps the f32 copy of a vector the loaded index file already holds
+    /// (quantised): the collection hands them over from the database.
+    pub fn restore_full(&self, key: u64, vector: &[f32]) {
+        self.full
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, vector.into());
     }
 
     /// Writes the index to `path` atomically: a temporary file beside it,
@@ -361,6 +475,10 @@ mod tests {
         index.add(&entries).unwrap();
         index.save_atomically(&path).unwrap();
         let loaded = VectorIndex::load(&path, 8, GraphParams::default()).unwrap();
+        assert_eq!(loaded.len(), 50);
+        for (key, v) in &entries {
+            loaded.restore_full(*key, v);
+        }
         assert_eq!(
             loaded.search(&vectors[3], 5, None).unwrap(),
             index.search(&vectors[3], 5, None).unwrap()

@@ -98,7 +98,7 @@ impl Platform {
         let reports = ReportStore::open_with_index(&reports_dir, Arc::new(store.clone()))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let llm = LlmClient::from_settings(&settings.llm)?.map(Arc::new);
-        let knowledge = open_knowledge(&options, llm.as_ref()).await?;
+        let knowledge = open_knowledge(&options.settings, data_dir, llm.as_ref()).await?;
         let mut capabilities = Capabilities {
             cache: Arc::new(PluginCache::new(settings.cache.plugin.clone())),
             reports: Some(reports.clone()),
@@ -265,12 +265,23 @@ impl Platform {
     }
 }
 
+/// Opens the knowledge collections of `data_dir` with the configured
+/// embedder, without the rest of the platform (`bsm knowledge ingest`).
+pub async fn open_knowledge_only(
+    settings: &HostSettings,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Knowledge> {
+    let llm = LlmClient::from_settings(&settings.llm)?.map(Arc::new);
+    open_knowledge(settings, data_dir, llm.as_ref()).await
+}
+
 /// Opens the knowledge collections with the configured embedder.
 async fn open_knowledge(
-    options: &PlatformOptions,
+    settings: &HostSettings,
+    data_dir: &std::path::Path,
     llm: Option<&Arc<LlmClient>>,
 ) -> anyhow::Result<Knowledge> {
-    let config = &options.settings.knowledge;
+    let config = &settings.knowledge;
     let embedder = match (config.embedder, llm) {
         (EmbedderChoice::Builtin, _) => Embedder::builtin(),
         (EmbedderChoice::Provider, Some(client)) => {
@@ -283,7 +294,7 @@ async fn open_knowledge(
     let dir = config
         .dir
         .clone()
-        .unwrap_or_else(|| options.data_dir.join("knowledge"));
+        .unwrap_or_else(|| data_dir.join("knowledge"));
     Knowledge::open(&dir, embedder, config.service_settings())
         .await
         .with_context(|| format!("cannot open the knowledge collections in {}", dir.display()))

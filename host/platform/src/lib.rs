@@ -27,7 +27,7 @@ pub mod signing;
 pub mod store;
 pub mod watch;
 
-pub use compose::{AgentSet, PlatformOptions, PluginSelection};
+pub use compose::{AgentSet, PlatformOptions, PluginSelection, open_knowledge_only};
 pub use deploy::{DeployError, Route, Upload, VersionView};
 pub use governed::{ActionOutcome, ActionStatus, GovernedRun, GovernedStep, PlatformError};
 pub use platform::{AgentView, JobRuns, Platform, RunRow, StorageHealth};
