@@ -392,3 +392,60 @@ fn the_admin_token_is_never_a_command_line_value() {
     let help = stdout(&bsm(&["serve", "--help"], None));
     assert!(help.contains("BSM_ADMIN_TOKEN"), "{help}");
 }
+
+#[test]
+fn knowledge_ingest_reports_what_it_did_and_does_no_work_the_second_time() {
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap();
+    let dir = shipped_agents().join("data/knowledge");
+    let dir = dir.to_str().unwrap();
+    let ingest = || {
+        bsm_with_env(
+            &["knowledge", "ingest", dir, "--collection", "handbook"],
+            None,
+            &[("BSM_DATA_DIR", data_dir)],
+        )
+    };
+    let first = ingest();
+    assert!(first.status.success(), "{}", stderr(&first));
+    let line = stdout(&first);
+    assert!(line.starts_with("handbook: 2 files, 2 indexed ("), "{line}");
+    let second = ingest();
+    assert!(
+        stdout(&second).contains("0 indexed (0 chunks), 2 unchanged, 0 removed, 0 skipped"),
+        "{}",
+        stdout(&second)
+    );
+
+    let search = bsm_with_env(
+        &[
+            "knowledge",
+            "search",
+            "handbook",
+            "release notes",
+            "--top-k",
+            "1",
+        ],
+        None,
+        &[("BSM_DATA_DIR", data_dir)],
+    );
+    assert!(search.status.success(), "{}", stderr(&search));
+    assert!(
+        stdout(&search).contains("engineering-handbook.md#"),
+        "{}",
+        stdout(&search)
+    );
+
+    let missing = bsm_with_env(
+        &["knowledge", "search", "nowhere", "x"],
+        None,
+        &[("BSM_DATA_DIR", data_dir)],
+    );
+    assert_one_line_error(&missing, "no knowledge collection named \"nowhere\"");
+    let bad = bsm_with_env(
+        &["knowledge", "ingest", "/no/such/dir"],
+        None,
+        &[("BSM_DATA_DIR", data_dir)],
+    );
+    assert_one_line_error(&bad, "/no/such/dir");
+}

@@ -134,7 +134,6 @@ impl Collection {
         if keyword_rebuild {
             flush_keyword(&mut pending, true)?;
         }
-        drop(flush_keyword);
 
         let vectors = match (loaded, vector_rebuild) {
             (_, Some(rebuilt)) => {

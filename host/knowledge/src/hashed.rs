@@ -85,9 +85,13 @@ pub fn features(text: &str) -> Vec<Feature> {
             .chain(word.chars())
             .chain(std::iter::once('$'))
             .collect();
+        let mut buf = [0u8; 12];
         for gram in padded.windows(3) {
-            let gram: String = gram.iter().collect();
-            add(fnv1a(b't', &[gram.as_bytes()]), TRIGRAM_WEIGHT);
+            let mut len = 0;
+            for c in gram {
+                len += c.encode_utf8(&mut buf[len..]).len();
+            }
+            add(fnv1a(b't', &[&buf[..len]]), TRIGRAM_WEIGHT);
         }
     }
     counts

@@ -76,9 +76,11 @@ struct OriginalIndex {
     documents: Vec<String>,
 }
 
-/// The files of `dir` to ingest (relative path, absolute path), and the
-/// entries refused on the way.
-fn list(dir: &Path) -> Result<(Vec<(String, PathBuf)>, Vec<SkippedFile>), KnowledgeError> {
+/// A file to ingest: its path relative to the folder, and where it is.
+type Listed = (String, PathBuf);
+
+/// The files of `dir` to ingest, and the entries refused on the way.
+fn list(dir: &Path) -> Result<(Vec<Listed>, Vec<SkippedFile>), KnowledgeError> {
     let meta = std::fs::symlink_metadata(dir)
         .map_err(|e| KnowledgeError::Invalid(format!("cannot read {}: {e}", dir.display())))?;
     if !meta.is_dir() {
@@ -126,7 +128,7 @@ fn walk(
     root: &Path,
     dir: &Path,
     depth: usize,
-    files: &mut Vec<(String, PathBuf)>,
+    files: &mut Vec<Listed>,
     skipped: &mut Vec<SkippedFile>,
 ) {
     let entries = match std::fs::read_dir(dir) {

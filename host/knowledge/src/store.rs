@@ -244,20 +244,23 @@ impl Store {
         Ok(applied)
     }
 
-    /// The documents with these keys (missing keys are left out).
+    /// The documents with these keys (missing keys are left out), in one
+    /// statement.
     pub fn by_keys(&self, keys: &[u64]) -> Result<HashMap<u64, StoredDocument>, KnowledgeError> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
         let c = lock(&self.reader);
-        let mut stmt = c.prepare_cached(
-            "SELECT key, id, text, metadata, source FROM documents WHERE key = ?1",
-        )?;
+        let placeholders = vec!["?"; keys.len()].join(",");
+        let mut stmt = c.prepare_cached(&format!(
+            "SELECT key, id, text, metadata, source FROM documents WHERE key IN ({placeholders})"
+        ))?;
+        let params: Vec<i64> = keys.iter().map(|k| *k as i64).collect();
+        let rows = stmt.query_map(rusqlite::params_from_iter(params), row_to_document)?;
         let mut out = HashMap::with_capacity(keys.len());
-        for key in keys {
-            if let Some(doc) = stmt
-                .query_row(params![*key as i64], row_to_document)
-                .optional()?
-            {
-                out.insert(*key, doc);
-            }
+        for doc in rows {
+            let doc = doc?;
+            out.insert(doc.key, doc);
         }
         Ok(out)
     }
