@@ -250,14 +250,18 @@ async fn jaccard_against_the_service() {
         let queries: Vec<String> = texts(100, 8, 11);
         let started = Instant::now();
         let mut sink = 0usize;
-        for q in queries.iter().filter(|_| std::env::var("PROFILE_ROUNDS").is_err()) {
+        for q in queries
+            .iter()
+            .filter(|_| std::env::var("PROFILE_ROUNDS").is_err())
+        {
             sink += jaccard_search(&items, q, 5).len();
         }
         let jaccard = started.elapsed().as_secs_f64() * 1e3 / queries.len() as f64;
 
         // The index alone: the same texts embedded by the built-in embedder,
         // query vectors computed beforehand.
-        let index = VectorIndex::new(bsm_knowledge::hashed::DIMENSION, GraphParams::default()).unwrap();
+        let index =
+            VectorIndex::new(bsm_knowledge::hashed::DIMENSION, GraphParams::default()).unwrap();
         let mut stats = bsm_knowledge::hashed::FeatureStats::default();
         for (i, t) in items.iter().enumerate() {
             stats.add(t);
