@@ -55,31 +55,3 @@ impl TtlSettings {
         Duration::from_millis(self.ttl_ms)
     }
 }
-
-/// Size, soft and hard TTL of a stale-while-revalidate cache.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
-pub struct SwrSettings {
-    pub soft_ttl_ms: u64,
-    pub hard_ttl_ms: u64,
-    pub max_entries: u64,
-}
-
-impl Default for SwrSettings {
-    fn default() -> Self {
-        Self {
-            soft_ttl_ms: 60_000,
-            hard_ttl_ms: 60 * 60_000,
-            max_entries: 100,
-        }
-    }
-}
-
-impl SwrSettings {
-    pub fn ttl(&self) -> SwrTtl {
-        SwrTtl {
-            soft: Duration::from_millis(self.soft_ttl_ms),
-            hard: Duration::from_millis(self.hard_ttl_ms),
-        }
-    }
-}

@@ -245,6 +245,18 @@ bsm_sdk::export_agent!(PromptAgent);
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_knowledge_query_is_the_input_then_as_much_payload_as_fits() {
+        assert_eq!(knowledge_query("rollback?", None), "rollback?");
+        assert_eq!(
+            knowledge_query("review", Some(&json!({"pr": {"title": "Bump TLS"}}))),
+            r#"review {"pr":{"title":"Bump TLS"}}"#
+        );
+        assert_eq!(knowledge_query("review", Some(&json!({}))), "review");
+        let long = knowledge_query(&"x".repeat(5_000), Some(&json!({"a": "b"})));
+        assert_eq!(long.chars().count(), MAX_QUERY_CHARS + 1);
+    }
     use super::*;
     use std::collections::HashMap;
 
