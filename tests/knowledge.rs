@@ -462,6 +462,43 @@ async fn damaged_or_missing_index_files_are_rebuilt_from_the_stored_documents() 
 }
 
 #[tokio::test]
+async fn one_process_writes_a_knowledge_directory_and_others_read_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let writer = open(dir.path()).await;
+    assert!(!writer.is_read_only());
+    corpus(&writer, "handbook").await;
+    writer.flush().await.unwrap();
+    let reader = open(dir.path()).await;
+    assert!(reader.is_read_only());
+    let hits = reader
+        .search(
+            &caller(),
+            "handbook",
+            &search("vault secrets", 1, SearchMode::Hybrid),
+        )
+        .await
+        .unwrap();
+    assert_eq!(hits[0].id, "secrets", "a reader searches what was written");
+    let err = reader
+        .upsert(&caller(), "handbook", vec![doc("x", "text", &[])])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "KNOWLEDGE_READ_ONLY");
+    assert!(err.to_string().contains("another bsm process"), "{err}");
+    drop(reader);
+    drop(writer);
+    let again = open(dir.path()).await;
+    assert!(
+        !again.is_read_only(),
+        "the lock goes with its process's service"
+    );
+    again
+        .upsert(&caller(), "handbook", vec![doc("x", "text", &[])])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn the_shipped_bsm_knowledge_is_ingested_and_an_unchanged_reingest_does_no_work() {
     let source = tempfile::tempdir().unwrap();
     let knowledge_dir = source.path().join("knowledge");

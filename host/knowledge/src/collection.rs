@@ -58,14 +58,20 @@ impl Collection {
         dir: &Path,
         params: GraphParams,
         feature_stats: bool,
+        read_only: bool,
     ) -> Result<Self, KnowledgeError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| KnowledgeError::Storage(format!("creating {}: {e}", dir.display())))?;
+        if !read_only {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| KnowledgeError::Storage(format!("creating {}: {e}", dir.display())))?;
+        }
         let vectors_path = dir.join(VECTORS_FILE);
         let loaded = load_vectors(dir, row, params);
         let keyword_dir = dir.join(KEYWORD_DIR);
         let keyword = match KeywordIndex::open(&keyword_dir) {
-            Ok(k) => k,
+            Ok(k) if !read_only || k.generation().unwrap_or(0) == row.generation => k,
+            // A reader may not rewrite the files: it rebuilds in memory.
+            Ok(_) => KeywordIndex::in_memory()?,
+            Err(_) if read_only => KeywordIndex::in_memory()?,
             Err(e) => {
                 tracing::warn!(collection = %row.name, error = %e,
                     "keyword index unreadable; rebuilding it from the stored documents");
@@ -82,14 +88,19 @@ impl Collection {
         let vectors_ok = match &loaded {
             Ok(v) => Some(v.len()),
             Err(reason) => {
-                tracing::warn!(collection = %row.name, %reason, "rebuilding the vector index from the stored embeddings");
+                if read_only {
+                    // The writing process is at work: expected, rebuilt in memory.
+                    tracing::debug!(collection = %row.name, %reason, "vector index rebuilt in memory");
+                } else {
+                    tracing::warn!(collection = %row.name, %reason, "rebuilding the vector index from the stored embeddings");
+                }
                 vector_rebuild = Some(VectorIndex::new(row.dimension, params)?);
                 None
             }
         };
         let keyword_generation = keyword.generation().unwrap_or(0);
         let keyword_rebuild = keyword_generation != row.generation || row.generation == 0;
-        if keyword_rebuild && row.generation != 0 {
+        if keyword_rebuild && row.generation != 0 && !read_only {
             tracing::warn!(collection = %row.name, index = keyword_generation, database = row.generation,
                 "keyword index is stale; rebuilding it from the stored documents");
         }
@@ -137,13 +148,17 @@ impl Collection {
 
         let vectors = match (loaded, vector_rebuild) {
             (_, Some(rebuilt)) => {
-                rebuilt.save_atomically(&vectors_path)?;
-                write_meta(dir, row.generation, rebuilt.len(), row.dimension)?;
+                if !read_only {
+                    rebuilt.save_atomically(&vectors_path)?;
+                    write_meta(dir, row.generation, rebuilt.len(), row.dimension)?;
+                }
                 rebuilt
             }
             (Ok(v), None) if vectors_ok == Some(count) => v,
             (Ok(_), None) => {
-                tracing::warn!(collection = %row.name, "vector index holds another number of documents; rebuilding");
+                if !read_only {
+                    tracing::warn!(collection = %row.name, "vector index holds another number of documents; rebuilding");
+                }
                 let rebuilt = VectorIndex::new(row.dimension, params)?;
                 store.scan(&row.name, |doc, embedding| {
                     rebuilt.add(&[(doc.key, &embedding)])

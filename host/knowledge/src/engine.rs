@@ -14,9 +14,9 @@ fn to_wit(e: KnowledgeError) -> Error {
         e @ (KnowledgeError::Invalid(_) | KnowledgeError::EmbedderMismatch(_)) => {
             Error::InvalidRequest(e.to_string())
         }
-        e @ (KnowledgeError::Embedding(_) | KnowledgeError::Storage(_)) => {
-            Error::Unavailable(e.to_string())
-        }
+        e @ (KnowledgeError::ReadOnly(_)
+        | KnowledgeError::Embedding(_)
+        | KnowledgeError::Storage(_)) => Error::Unavailable(e.to_string()),
     }
 }
 

@@ -14,6 +14,10 @@ pub enum KnowledgeError {
     /// one asked to query or write it: mixing them would rank nonsense.
     #[error("{0}")]
     EmbedderMismatch(String),
+    /// Another process writes this knowledge directory; this one may only
+    /// read it.
+    #[error("{0}")]
+    ReadOnly(String),
     /// The embedding provider failed (after its retries and breaker).
     #[error("embedding failed: {0}")]
     Embedding(String),
@@ -29,6 +33,7 @@ impl KnowledgeError {
             Self::UnknownCollection(_) => "UNKNOWN_COLLECTION",
             Self::Invalid(_) => "INVALID_REQUEST",
             Self::EmbedderMismatch(_) => "EMBEDDER_MISMATCH",
+            Self::ReadOnly(_) => "KNOWLEDGE_READ_ONLY",
             Self::Embedding(_) => "EMBEDDING_FAILED",
             Self::Storage(_) => "KNOWLEDGE_STORAGE",
         }

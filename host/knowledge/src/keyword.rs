@@ -67,10 +67,19 @@ impl KeywordIndex {
     pub fn open(dir: &Path) -> Result<Self, KnowledgeError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| KnowledgeError::Storage(format!("creating {}: {e}", dir.display())))?;
-        let (schema, key, text, meta) = schema();
         let directory = tantivy::directory::MmapDirectory::open(dir)
             .map_err(|e| KnowledgeError::Storage(format!("opening {}: {e}", dir.display())))?;
-        let index = Index::open_or_create(directory, schema)?;
+        Self::with_index(Index::open_or_create(directory, schema().0)?)
+    }
+
+    /// An empty index in memory (a reader process rebuilding what it may
+    /// not write).
+    pub fn in_memory() -> Result<Self, KnowledgeError> {
+        Self::with_index(Index::create_in_ram(schema().0))
+    }
+
+    fn with_index(index: Index) -> Result<Self, KnowledgeError> {
+        let (_, key, text, meta) = schema();
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)

@@ -128,7 +128,10 @@ pub(crate) struct Inner {
     collections: RwLock<HashMap<String, Arc<Collection>>>,
     creating: tokio::sync::Mutex<()>,
     queries: QueryCache,
-    save_wanted: tokio::sync::Notify,
+    save_wanted: Arc<tokio::sync::Notify>,
+    /// Held while this process may write the directory: one writer process
+    /// per knowledge directory, any number of readers.
+    _writer_lock: Option<std::fs::File>,
 }
 
 /// Whether `name` can name a collection (it names a directory too).
@@ -160,6 +163,11 @@ impl Knowledge {
         let dir = dir.to_path_buf();
         std::fs::create_dir_all(dir.join("collections"))
             .map_err(|e| KnowledgeError::Storage(format!("creating {}: {e}", dir.display())))?;
+        let writer_lock = writer_lock(&dir)?;
+        let read_only = writer_lock.is_none();
+        if read_only {
+            tracing::info!(dir = %dir.display(), "another process writes these knowledge collections: opened for reading");
+        }
         let feature_stats = embedder.uses_feature_stats();
         let graph = settings.graph;
         let (store, collections) = tokio::task::spawn_blocking({
@@ -170,7 +178,7 @@ impl Knowledge {
                 for row in store.collections()? {
                     let path = dir.join("collections").join(&row.name);
                     let stats = feature_stats && row.embedder == crate::hashed::NAME;
-                    let c = Collection::open(&store, &row, &path, graph, stats)?;
+                    let c = Collection::open(&store, &row, &path, graph, stats, read_only)?;
                     collections.insert(row.name.clone(), Arc::new(c));
                 }
                 Ok((store, collections))
@@ -189,10 +197,22 @@ impl Knowledge {
             settings,
             collections: RwLock::new(collections),
             creating: tokio::sync::Mutex::new(()),
-            save_wanted: tokio::sync::Notify::new(),
+            save_wanted: Arc::new(tokio::sync::Notify::new()),
+            _writer_lock: writer_lock,
         });
-        tokio::spawn(save_in_background(Arc::downgrade(&inner)));
+        if !read_only {
+            tokio::spawn(save_in_background(
+                Arc::downgrade(&inner),
+                inner.save_wanted.clone(),
+            ));
+        }
         Ok(Self { inner })
+    }
+
+    /// Whether another process writes this directory (then this one only
+    /// reads what was there when it opened).
+    pub fn is_read_only(&self) -> bool {
+        self.inner._writer_lock.is_none()
     }
 
     /// The configured embedder.
@@ -279,6 +299,7 @@ impl Knowledge {
                 &path,
                 inner.settings.graph,
                 inner.embedder.uses_feature_stats(),
+                false,
             )
         })
         .await
@@ -390,6 +411,13 @@ impl Knowledge {
             .map(|d| d.embedding.len())
             .or(self.inner.embedder.known_dimension())
             .unwrap_or(0);
+        if self.is_read_only() {
+            return Err(KnowledgeError::ReadOnly(format!(
+                "the knowledge directory {} is written by another bsm process (a running server?): \
+                 write through its API, or stop it first",
+                self.inner.dir.display()
+            )));
+        }
         if dimension == 0 && self.collection(collection).is_err() {
             return Ok(0); // nothing to write into a collection that does not exist
         }
@@ -606,23 +634,19 @@ impl Inner {
 }
 
 /// Saves lagging vector files a little after writes (so a burst of writes
-/// is saved once), until the service is dropped.
-async fn save_in_background(inner: std::sync::Weak<Inner>) {
+/// is saved once), until the service is dropped. Holds the service only
+/// while saving, so dropping it releases the directory at once.
+async fn save_in_background(inner: std::sync::Weak<Inner>, wanted: Arc<tokio::sync::Notify>) {
     loop {
+        let notified = tokio::time::timeout(Duration::from_secs(5), wanted.notified()).await;
         let Some(strong) = inner.upgrade() else {
             return;
-        };
-        let delay = strong.settings.save_delay;
-        let notified = {
-            // Wait without keeping the service alive.
-            let wanted = async move {
-                strong.save_wanted.notified().await;
-            };
-            tokio::time::timeout(Duration::from_secs(5), wanted).await
         };
         if notified.is_err() {
             continue;
         }
+        let delay = strong.settings.save_delay;
+        drop(strong);
         tokio::time::sleep(delay).await;
         let Some(strong) = inner.upgrade() else {
             return;
@@ -631,5 +655,24 @@ async fn save_in_background(inner: std::sync::Weak<Inner>) {
         if let Ok(Err(e)) = result {
             tracing::warn!(error = %e, "saving a vector index failed; it is rebuilt at the next start if needed");
         }
+    }
+}
+
+/// The directory's writer lock if no other process holds it.
+fn writer_lock(dir: &Path) -> Result<Option<std::fs::File>, KnowledgeError> {
+    let path = dir.join("writer.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| KnowledgeError::Storage(format!("opening {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(KnowledgeError::Storage(format!(
+            "locking {}: {e}",
+            path.display()
+        ))),
     }
 }

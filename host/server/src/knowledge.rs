@@ -23,7 +23,9 @@ impl From<KnowledgeError> for ApiError {
         let status = match e {
             KnowledgeError::UnknownCollection(_) => StatusCode::NOT_FOUND,
             KnowledgeError::Invalid(_) => StatusCode::BAD_REQUEST,
-            KnowledgeError::EmbedderMismatch(_) => StatusCode::CONFLICT,
+            KnowledgeError::EmbedderMismatch(_) | KnowledgeError::ReadOnly(_) => {
+                StatusCode::CONFLICT
+            }
             KnowledgeError::Embedding(_) => StatusCode::SERVICE_UNAVAILABLE,
             KnowledgeError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };

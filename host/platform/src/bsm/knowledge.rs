@@ -28,6 +28,10 @@ impl BsmKnowledge {
     /// Ingests the directory, logging what changed; a failure is logged and
     /// leaves the collection as it was (agents then answer without it).
     pub async fn ingest_logged(&self) {
+        if self.knowledge.is_read_only() {
+            tracing::info!(dir = %self.dir.display(), "BSM knowledge not ingested: another process writes the collections");
+            return;
+        }
         match self
             .knowledge
             .ingest_dir(&self.dir, &self.binding.collection, |_| {})
