@@ -3,10 +3,11 @@
 //! BENCHMARKS.md).
 //!
 //! Vectors are unit length, so inner product ranks as cosine similarity and
-//! scores are `1 - distance`. Readers are never blocked by writers: usearch
+//! scores are `1 - distance`. Readers do not wait for writes: usearch
 //! adds, removes and searches concurrently, so all three take the read side
 //! of the lock; only growing the capacity (geometrically, rarely) takes the
-//! write side. usearch serves at most [`THREAD_CONTEXTS`] operations at once
+//! write side, and a write holds the f32 copies' map only to insert or
+//! remove its entries (microseconds, never while the graph works). usearch serves at most [`THREAD_CONTEXTS`] operations at once
 //! (each needs a scratch context); [`Contexts`] makes the rest wait their
 //! turn instead of failing.
 //!
