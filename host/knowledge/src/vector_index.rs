@@ -8,7 +8,7 @@
 //! of the lock; only growing the capacity (geometrically, rarely) takes the
 //! write side, and a write holds the f32 copies' map only to insert or
 //! remove its entries (microseconds, never while the graph works). usearch serves at most [`THREAD_CONTEXTS`] operations at once
-//! (each needs a scratch context); [`Contexts`] makes the rest wait their
+//! (each needs a scratch context); a counting semaphore makes the rest wait their
 //! turn instead of failing.
 //!
 //! The index stores vectors as i8 by default (a quarter of the memory and
