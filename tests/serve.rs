@@ -278,6 +278,18 @@ async fn governance_contexts_and_approvals() {
     let pending: Value = r.json().await.unwrap();
     assert_eq!(pending["approvals"][0]["id"], approval_id.as_str());
     assert_eq!(pending["approvals"][0]["approvers"], json!(["ci-system"]));
+    assert_eq!(
+        pending["nextCursor"],
+        Value::Null,
+        "one page holds them all"
+    );
+    let r = http()
+        .get(s.url("/api/approvals?limit=9999"))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "pages are bounded");
 
     let (status, body) = post(
         &s,
@@ -448,6 +460,52 @@ async fn pull_request_opened_reaches_each_decision() {
     assert_eq!(report["report"]["job"], job["jobId"]);
     let (_, reports) = get(&s, "/api/reports").await;
     assert_eq!(reports["reports"].as_array().unwrap().len(), 4);
+    assert_eq!(reports["nextCursor"], Value::Null);
+
+    // Pages: newest first, a cursor while more remain, every report once.
+    let (_, first) = get(&s, "/api/reports?limit=3").await;
+    assert_eq!(first["reports"].as_array().unwrap().len(), 3);
+    let cursor = first["nextCursor"]
+        .as_str()
+        .expect("more remain")
+        .to_string();
+    let (_, second) = get(&s, &format!("/api/reports?limit=3&cursor={cursor}")).await;
+    assert_eq!(second["reports"].as_array().unwrap().len(), 1);
+    assert_eq!(second["nextCursor"], Value::Null);
+    let mut ids: Vec<&str> = first["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second["reports"].as_array().unwrap())
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    let created: Vec<&str> = first["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r["createdAt"]
+                .as_str()
+                .or(r["created_at"].as_str())
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        created.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {created:?}"
+    );
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 4);
+    for (query, code) in [
+        ("limit=0", "VALIDATION_ERROR"),
+        ("limit=501", "VALIDATION_ERROR"),
+        ("cursor=not-hex", "INVALID_CURSOR"),
+    ] {
+        let (status, body) = get(&s, &format!("/api/reports?{query}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert_eq!(body["error"]["code"], code, "{query}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,6 +20,7 @@ pub mod compose;
 pub mod deploy;
 pub mod governed;
 pub mod orchestration;
+pub mod paging;
 pub mod platform;
 pub mod reports;
 pub mod settings;

@@ -370,6 +370,29 @@ impl Platform {
         self.governed.store().approvals(status).await
     }
 
+    /// One page of the reports, newest first.
+    pub async fn reports_page(
+        &self,
+        request: &crate::paging::PageRequest,
+    ) -> crate::paging::Page<ReportRecord> {
+        self.reports.page(request).await
+    }
+
+    /// One page of the approvals (of one status, or all), newest first.
+    pub async fn approvals_page(
+        &self,
+        status: Option<ApprovalStatus>,
+        request: &crate::paging::PageRequest,
+    ) -> Result<crate::paging::Page<ApprovalRecord>, StoreError> {
+        let all = self.governed.store().approvals(status).await?;
+        Ok(crate::paging::page(
+            all,
+            |a| (a.created_at.as_str(), a.id.as_str()),
+            request,
+            |_| true,
+        ))
+    }
+
     pub async fn decide_approval(
         &self,
         id: &str,

@@ -176,6 +176,28 @@ impl ReportStore {
         records
     }
 
+    /// One page of the reports whose files exist, newest first.
+    pub async fn page(
+        &self,
+        request: &crate::paging::PageRequest,
+    ) -> crate::paging::Page<ReportRecord> {
+        let records = self.index.all().await;
+        let (dir, request) = (self.dir.clone(), request.clone());
+        tokio::task::spawn_blocking(move || {
+            crate::paging::page(
+                records,
+                |r| (r.created_at.as_str(), r.id.as_str()),
+                &request,
+                |r| dir.join(&r.file).exists(),
+            )
+        })
+        .await
+        .unwrap_or(crate::paging::Page {
+            items: Vec::new(),
+            next: None,
+        })
+    }
+
     /// A report's record and content.
     pub async fn get(&self, id: &str) -> Option<(ReportRecord, String)> {
         let record = self.index.find(id).await?;

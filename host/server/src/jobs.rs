@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use bsm_platform::orchestration::JobEvent;
+use bsm_platform::paging::{PageError, PageRequest};
 use bsm_platform::store::{ApprovalStatus, JobRecord};
 
 use crate::admin::require_admin;
@@ -158,8 +159,34 @@ pub async fn pipelines(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "pipelines": state.platform.pipelines() }))
 }
 
-pub async fn list_reports(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({ "reports": state.platform.reports().await }))
+/// `limit` and `cursor` of a list endpoint.
+#[derive(Deserialize)]
+pub struct PageQuery {
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+impl PageQuery {
+    fn request(&self) -> Result<PageRequest, ApiError> {
+        PageRequest::parse(self.limit, self.cursor.as_deref()).map_err(|e| match e {
+            PageError::Limit => ApiError::bad_request(e.to_string()),
+            PageError::Cursor => {
+                ApiError::new(StatusCode::BAD_REQUEST, "INVALID_CURSOR", e.to_string())
+            }
+        })
+    }
+}
+
+/// `GET /api/reports?limit=&cursor=`: newest first, `nextCursor` while more remain.
+pub async fn list_reports(
+    State(state): State<AppState>,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let page = state.platform.reports_page(&q.request()?).await;
+    Ok(Json(json!({
+        "reports": page.items,
+        "nextCursor": page.next.map(|c| c.encode()),
+    })))
 }
 
 pub async fn get_report(
@@ -177,6 +204,8 @@ pub async fn get_report(
 #[derive(Deserialize)]
 pub struct ApprovalQuery {
     status: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
 }
 
 pub async fn list_approvals(
@@ -192,9 +221,16 @@ pub async fn list_approvals(
         Some("rejected") => Some(ApprovalStatus::Rejected),
         Some(other) => return Err(ApiError::bad_request(format!("unknown status {other:?}"))),
     };
-    Ok(Json(
-        json!({ "approvals": state.platform.approvals(status).await? }),
-    ))
+    let request = PageQuery {
+        limit: q.limit,
+        cursor: q.cursor,
+    }
+    .request()?;
+    let page = state.platform.approvals_page(status, &request).await?;
+    Ok(Json(json!({
+        "approvals": page.items,
+        "nextCursor": page.next.map(|c| c.encode()),
+    })))
 }
 
 async fn decide(
