@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use bsm_platform::knowledge::synthetic::{Rng, clustered};
 use bsm_platform::knowledge::vector_index::{GraphParams, VectorIndex};
 use bsm_platform::knowledge::{
-    DocumentInput, Embedder, Knowledge, KnowledgeError, KnowledgeSettings, SearchMode,
+    DocumentInput, Embedder, Knowledge, KnowledgeError, KnowledgeSettings, SearchHit, SearchMode,
     SearchRequest,
 };
 use bsm_runtime::capabilities::{Caller, Capabilities};
@@ -84,7 +84,12 @@ fn search(query: &str, top_k: usize, mode: SearchMode) -> SearchRequest {
     }
 }
 
-fn ids(hits: &[bsm_platform::knowledge::SearchHit]) -> Vec<String> {
+/// A search as `caller()`, unwrapped.
+async fn find(k: &Knowledge, collection: &str, request: &SearchRequest) -> Vec<SearchHit> {
+    k.search(&caller(), collection, request).await.unwrap()
+}
+
+fn ids(hits: &[SearchHit]) -> Vec<String> {
     hits.iter().map(|h| h.id.clone()).collect()
 }
 
@@ -192,7 +197,7 @@ async fn filters_keep_only_documents_with_every_pair_in_every_mode() {
     for mode in [SearchMode::Vector, SearchMode::Keyword, SearchMode::Hybrid] {
         let mut req = search("release pipeline review tests", 10, mode);
         req.filter = vec![("team".into(), "engineering".into())];
-        let hits = k.search(&caller(), "handbook", &req).await.unwrap();
+        let hits = find(&k, "handbook", &req).await;
         assert!(!hits.is_empty(), "{mode:?}");
         assert!(
             hits.iter()
@@ -201,7 +206,7 @@ async fn filters_keep_only_documents_with_every_pair_in_every_mode() {
             ids(&hits)
         );
         req.filter.push(("team".into(), "ops".into()));
-        let none = k.search(&caller(), "handbook", &req).await.unwrap();
+        let none = find(&k, "handbook", &req).await;
         assert!(
             none.is_empty(),
             "contradicting pairs match nothing ({mode:?})"
@@ -215,10 +220,7 @@ async fn a_deleted_document_is_not_found_by_any_mode_or_by_id() {
     let k = open(dir.path()).await;
     corpus(&k, "handbook").await;
     let query = "roll back a bad release";
-    let before = k
-        .search(&caller(), "handbook", &search(query, 3, SearchMode::Hybrid))
-        .await
-        .unwrap();
+    let before = find(&k, "handbook", &search(query, 3, SearchMode::Hybrid)).await;
     assert_eq!(before[0].id, "rollback");
     assert_eq!(
         k.delete("handbook", vec!["rollback".into(), "nope".into()])
@@ -231,10 +233,7 @@ async fn a_deleted_document_is_not_found_by_any_mode_or_by_id() {
         0
     );
     for mode in [SearchMode::Vector, SearchMode::Keyword, SearchMode::Hybrid] {
-        let hits = k
-            .search(&caller(), "handbook", &search(query, 20, mode))
-            .await
-            .unwrap();
+        let hits = find(&k, "handbook", &search(query, 20, mode)).await;
         assert!(!ids(&hits).contains(&"rollback".to_string()), "{mode:?}");
     }
     assert!(k.get("handbook", "rollback").await.unwrap().is_none());
@@ -248,14 +247,12 @@ async fn a_deleted_document_is_not_found_by_any_mode_or_by_id() {
     )
     .await
     .unwrap();
-    let hits = k
-        .search(
-            &caller(),
-            "handbook",
-            &search("certificates rotated", 20, SearchMode::Keyword),
-        )
-        .await
-        .unwrap();
+    let hits = find(
+        &k,
+        "handbook",
+        &search("certificates rotated", 20, SearchMode::Keyword),
+    )
+    .await;
     assert_eq!(ids(&hits).iter().filter(|i| *i == "tls").count(), 1);
     assert!(hits[0].text.contains("weekly"));
 }
@@ -275,10 +272,7 @@ async fn on_the_labelled_queries_hybrid_ranks_the_answer_at_least_as_high_as_eit
     for mode in [SearchMode::Vector, SearchMode::Keyword, SearchMode::Hybrid] {
         let mut total = 0.0;
         for (query, want) in LABELLED {
-            let hits = k
-                .search(&caller(), "handbook", &search(query, 10, mode))
-                .await
-                .unwrap();
+            let hits = find(&k, "handbook", &search(query, 10, mode)).await;
             total += reciprocal_rank(&ids(&hits), want);
         }
         mrr.insert(format!("{mode:?}"), total / LABELLED.len() as f64);
@@ -294,46 +288,38 @@ async fn each_mode_ranks_by_its_own_signal() {
     let k = open(dir.path()).await;
     corpus(&k, "handbook").await;
     // BM25 scores are unbounded; cosine similarities are at most 1.
-    let kw = k
-        .search(
-            &caller(),
-            "handbook",
-            &search("vault secrets", 3, SearchMode::Keyword),
-        )
-        .await
-        .unwrap();
+    let kw = find(
+        &k,
+        "handbook",
+        &search("vault secrets", 3, SearchMode::Keyword),
+    )
+    .await;
     assert_eq!(kw[0].id, "secrets");
     assert!(kw[0].score > 1.0, "{}", kw[0].score);
     // A word no document has (not even stemmed): keyword finds nothing,
     // vector still ranks by shared character n-grams ("passwords").
-    let kw = k
-        .search(
-            &caller(),
-            "handbook",
-            &search("passwordless", 3, SearchMode::Keyword),
-        )
-        .await
-        .unwrap();
+    let kw = find(
+        &k,
+        "handbook",
+        &search("passwordless", 3, SearchMode::Keyword),
+    )
+    .await;
     assert!(kw.is_empty(), "{:?}", ids(&kw));
-    let vector = k
-        .search(
-            &caller(),
-            "handbook",
-            &search("passwordless", 3, SearchMode::Vector),
-        )
-        .await
-        .unwrap();
+    let vector = find(
+        &k,
+        "handbook",
+        &search("passwordless", 3, SearchMode::Vector),
+    )
+    .await;
     assert_eq!(vector[0].id, "secrets");
     assert!(vector[0].score <= 1.0);
     // Hybrid scores are reciprocal-rank sums.
-    let hybrid = k
-        .search(
-            &caller(),
-            "handbook",
-            &search("vault secrets", 3, SearchMode::Hybrid),
-        )
-        .await
-        .unwrap();
+    let hybrid = find(
+        &k,
+        "handbook",
+        &search("vault secrets", 3, SearchMode::Hybrid),
+    )
+    .await;
     assert_eq!(hybrid[0].id, "secrets");
     assert!(hybrid[0].score <= 2.0 / 61.0 + 1e-6);
 }
@@ -374,18 +360,16 @@ async fn answers(k: &Knowledge) -> Vec<Vec<(String, u32)>> {
     ] {
         let mut req = search(query, 10, mode);
         out.push(
-            k.search(&caller(), "big", &req)
+            find(k, "big", &req)
                 .await
-                .unwrap()
                 .iter()
                 .map(|h| (h.id.clone(), h.score.to_bits()))
                 .collect(),
         );
         req.filter = vec![("team".into(), "b".into())];
         out.push(
-            k.search(&caller(), "big", &req)
+            find(k, "big", &req)
                 .await
-                .unwrap()
                 .iter()
                 .map(|h| (h.id.clone(), h.score.to_bits()))
                 .collect(),
@@ -470,14 +454,12 @@ async fn one_process_writes_a_knowledge_directory_and_others_read_it() {
     writer.flush().await.unwrap();
     let reader = open(dir.path()).await;
     assert!(reader.is_read_only());
-    let hits = reader
-        .search(
-            &caller(),
-            "handbook",
-            &search("vault secrets", 1, SearchMode::Hybrid),
-        )
-        .await
-        .unwrap();
+    let hits = find(
+        &reader,
+        "handbook",
+        &search("vault secrets", 1, SearchMode::Hybrid),
+    )
+    .await;
     assert_eq!(hits[0].id, "secrets", "a reader searches what was written");
     let err = reader
         .upsert(&caller(), "handbook", vec![doc("x", "text", &[])])
@@ -517,18 +499,16 @@ async fn the_shipped_bsm_knowledge_is_ingested_and_an_unchanged_reingest_does_no
     assert_eq!((first.files, first.indexed, first.unchanged), (2, 2, 0));
     assert!(first.chunks >= 6, "split by headings: {first:?}");
     assert_eq!(events, 3, "listed, then one event per file");
-    let hits = k
-        .search(
-            &caller(),
-            "bsm",
-            &search(
-                "security finding CRITICAL blocks merge",
-                1,
-                SearchMode::Hybrid,
-            ),
-        )
-        .await
-        .unwrap();
+    let hits = find(
+        &k,
+        "bsm",
+        &search(
+            "security finding CRITICAL blocks merge",
+            1,
+            SearchMode::Hybrid,
+        ),
+    )
+    .await;
     assert!(
         hits[0].text.contains("rated CRITICAL blocks the merge"),
         "{hits:?}"
@@ -579,14 +559,12 @@ async fn the_shipped_bsm_knowledge_is_ingested_and_an_unchanged_reingest_does_no
     .unwrap();
     let edited = k.ingest_dir(&knowledge_dir, "bsm", |_| {}).await.unwrap();
     assert_eq!((edited.indexed, edited.unchanged, edited.chunks), (1, 1, 1));
-    let hits = k
-        .search(
-            &caller(),
-            "bsm",
-            &search("release notes grouped", 10, SearchMode::Keyword),
-        )
-        .await
-        .unwrap();
+    let hits = find(
+        &k,
+        "bsm",
+        &search("release notes grouped", 10, SearchMode::Keyword),
+    )
+    .await;
     assert!(hits.is_empty(), "the old chunks are gone: {hits:?}");
     std::fs::write(
         knowledge_dir.join("index.json"),
@@ -612,14 +590,12 @@ async fn the_original_bsm_knowledge_is_ingested_and_found() {
         .await
         .unwrap();
     assert_eq!((summary.files, summary.indexed), (1, 1), "{summary:?}");
-    let hits = k
-        .search(
-            &caller(),
-            "bsm",
-            &search("private knowledge document", 1, SearchMode::Hybrid),
-        )
-        .await
-        .unwrap();
+    let hits = find(
+        &k,
+        "bsm",
+        &search("private knowledge document", 1, SearchMode::Hybrid),
+    )
+    .await;
     assert!(hits[0].text.contains("private knowledge document for BSU"));
     assert_eq!(hits[0].source.as_deref(), Some("example.md#0"));
 }
@@ -807,30 +783,11 @@ async fn a_collection_is_only_used_with_the_embedder_it_was_built_with() {
     .await
     .unwrap();
     assert_eq!(embed_calls(&llm), 3, "a restart embeds nothing");
-    let hits = k
-        .search(
-            &caller(),
-            "provided",
-            &search("abab", 1, SearchMode::Keyword),
-        )
-        .await
-        .unwrap();
+    let hits = find(&k, "provided", &search("abab", 1, SearchMode::Keyword)).await;
     assert_eq!(hits.len(), 1);
     assert_eq!(embed_calls(&llm), 3, "keyword search embeds nothing");
-    k.search(
-        &caller(),
-        "provided",
-        &search("abab", 3, SearchMode::Vector),
-    )
-    .await
-    .unwrap();
-    k.search(
-        &caller(),
-        "provided",
-        &search("abab", 3, SearchMode::Vector),
-    )
-    .await
-    .unwrap();
+    find(&k, "provided", &search("abab", 3, SearchMode::Vector)).await;
+    find(&k, "provided", &search("abab", 3, SearchMode::Vector)).await;
     assert_eq!(
         embed_calls(&llm),
         4,

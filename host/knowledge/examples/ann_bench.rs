@@ -250,10 +250,7 @@ async fn jaccard_against_the_service() {
         let queries: Vec<String> = texts(100, 8, 11);
         let started = Instant::now();
         let mut sink = 0usize;
-        for q in queries
-            .iter()
-            .filter(|_| std::env::var("PROFILE_ROUNDS").is_err())
-        {
+        for q in &queries {
             sink += jaccard_search(&items, q, 5).len();
         }
         let jaccard = started.elapsed().as_secs_f64() * 1e3 / queries.len() as f64;
@@ -303,20 +300,6 @@ async fn jaccard_against_the_service() {
         }
         // Measured once the vector file is saved (no background save competes).
         k.flush().await.unwrap();
-        if let Ok(rounds) = std::env::var("PROFILE_ROUNDS") {
-            // Many distinct vector searches, for a profiler.
-            for r in 0..rounds.parse::<usize>().unwrap_or(100) {
-                for q in &queries {
-                    let request = SearchRequest {
-                        query: format!("{q} p{r}"),
-                        top_k: 5,
-                        filter: Vec::new(),
-                        mode: SearchMode::Vector,
-                    };
-                    sink += k.search(&caller, "bench", &request).await.unwrap().len();
-                }
-            }
-        }
         // Each query once (cache cold), as the Jaccard scan has no cache.
         let mut per_mode = Vec::new();
         for (round, mode) in [SearchMode::Vector, SearchMode::Keyword, SearchMode::Hybrid]

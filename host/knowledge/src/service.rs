@@ -314,14 +314,8 @@ impl Knowledge {
     }
 
     fn check_documents(&self, docs: &[DocumentInput]) -> Result<(), KnowledgeError> {
+        self.check_batch(docs.len(), "documents")?;
         let s = &self.inner.settings;
-        if docs.len() > s.max_batch {
-            return Err(KnowledgeError::Invalid(format!(
-                "{} documents in one batch; at most {} are accepted",
-                docs.len(),
-                s.max_batch
-            )));
-        }
         let mut seen = std::collections::HashSet::new();
         for d in docs {
             if d.id.is_empty() || d.id.chars().count() > s.max_id_chars {
@@ -343,6 +337,16 @@ impl Knowledge {
                 )));
             }
             self.check_metadata(&d.metadata, &format!("document {:?}", d.id))?;
+        }
+        Ok(())
+    }
+
+    fn check_batch(&self, n: usize, what: &str) -> Result<(), KnowledgeError> {
+        let max = self.inner.settings.max_batch;
+        if n > max {
+            return Err(KnowledgeError::Invalid(format!(
+                "{n} {what} in one batch; at most {max} are accepted"
+            )));
         }
         Ok(())
     }
@@ -394,11 +398,14 @@ impl Knowledge {
                 embedding,
             })
             .collect();
+        let count = written.len();
         self.write(collection, written, Vec::new(), Vec::new())
-            .await
+            .await?;
+        Ok(count)
     }
 
     /// Applies one write to a collection: database first, then indexes.
+    /// Answers how many stored documents it replaced or deleted.
     pub(crate) async fn write(
         &self,
         collection: &str,
@@ -447,7 +454,6 @@ impl Knowledge {
         let inner = self.inner.clone();
         let name = collection.to_string();
         let c2 = c.clone();
-        let count = written.len();
         let removed = tokio::task::spawn_blocking(move || -> Result<usize, KnowledgeError> {
             let applied = inner.store.apply(&name, &written, &deletes, &sources)?;
             c2.apply(&applied, &written, inner.embedder.uses_feature_stats())?;
@@ -461,7 +467,7 @@ impl Knowledge {
             .invalidate_entries_if(move |k, _| k.0 == name)
             .map_err(KnowledgeError::storage)?;
         self.inner.save_wanted.notify_one();
-        Ok(count.max(removed))
+        Ok(removed)
     }
 
     /// Removes documents by id; answers how many existed.
@@ -470,24 +476,9 @@ impl Knowledge {
         collection: &str,
         ids: Vec<String>,
     ) -> Result<usize, KnowledgeError> {
-        if ids.len() > self.inner.settings.max_batch {
-            return Err(KnowledgeError::Invalid(format!(
-                "{} ids in one batch; at most {} are accepted",
-                ids.len(),
-                self.inner.settings.max_batch
-            )));
-        }
-        let c = self.collection(collection)?;
-        let existing = ids
-            .iter()
-            .filter(|id| matches!(self.inner.store.get(collection, id), Ok(Some(_))))
-            .count();
-        if existing == 0 {
-            return Ok(0);
-        }
-        drop(c);
-        self.write(collection, Vec::new(), ids, Vec::new()).await?;
-        Ok(existing)
+        self.check_batch(ids.len(), "ids")?;
+        self.collection(collection)?;
+        self.write(collection, Vec::new(), ids, Vec::new()).await
     }
 
     /// One document by id.

@@ -354,10 +354,6 @@ impl Platform {
 
     // ---- reports and approvals ----
 
-    pub async fn reports(&self) -> Vec<ReportRecord> {
-        self.reports.list().await
-    }
-
     /// One report with its markdown.
     pub async fn report(&self, id: &str) -> Option<(ReportRecord, String)> {
         self.reports.get(id).await
