@@ -139,7 +139,8 @@ enum Command {
         #[command(subcommand)]
         command: PluginsCommand,
     },
-    /// Keys for signed plugins.
+    /// API keys (who may call the server, in which contexts, with which
+    /// scopes; kept in the data directory) and signing keys for plugins.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
@@ -185,6 +186,29 @@ enum KnowledgeCommand {
 
 #[derive(Subcommand)]
 enum KeysCommand {
+    /// Create an API key and print it once (only its digest is stored).
+    /// A running server on the same data directory accepts it within 2 s.
+    Create {
+        /// What the key is for (shown in listings and approval records).
+        name: String,
+        /// A context the key may act in (repeat; the first is its default).
+        #[arg(long = "context", required = true)]
+        contexts: Vec<String>,
+        /// A scope: run, orchestrate, read or admin (repeat).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// Print the key and its secret as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the API keys (never their secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an API key by its id; a running server on the same data
+    /// directory refuses it within 2 s.
+    Revoke { id: String },
     /// Make an ed25519 key pair: the private key goes to a file (mode 0600),
     /// the public key (for `[plugins] trusted-keys`) is printed.
     Generate {
@@ -221,6 +245,10 @@ struct ServeArgs {
     /// printed on stdout) [default: 127.0.0.1:3000]
     #[arg(long, env = "BSM_ADDR")]
     addr: Option<String>,
+    /// Serve unauthenticated requests on a non-loopback address while no
+    /// API key exists (without it such a server refuses to start)
+    #[arg(long, env = "BSM_ALLOW_OPEN")]
+    allow_open: Option<bool>,
     /// Requests per second allowed per client; 0 turns rate limiting off [default: 50]
     #[arg(long, env = "BSM_RATE_LIMIT")]
     rate_limit: Option<u32>,
@@ -332,6 +360,118 @@ struct ServerArgs {
     /// The server's base URL.
     #[arg(long, env = "BSM_SERVER", default_value = "http://127.0.0.1:3000")]
     server: String,
+}
+
+/// `bsm keys create|list|revoke` on the data directory.
+async fn api_keys(data_dir: &Path, command: KeysCommand) -> anyhow::Result<()> {
+    use bsm_platform::access::{ApiKeys, KeyRequest};
+    use secrecy::ExposeSecret;
+    let keys = ApiKeys::open(data_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    match command {
+        KeysCommand::Create {
+            name,
+            contexts,
+            scopes,
+            json,
+        } => {
+            let issued = keys
+                .create(KeyRequest {
+                    name,
+                    contexts,
+                    scopes,
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let secret = issued.token.expose_secret();
+            if json {
+                let body = serde_json::json!({ "key": issued.key, "secret": secret });
+                println!("{}", serde_json::to_string_pretty(&body)?);
+            } else {
+                println!("{secret}");
+                eprintln!(
+                    "created API key {} ({}) for contexts {} with scopes {}; the key is shown only now",
+                    issued.key.id,
+                    issued.key.name,
+                    issued.key.contexts.join(", "),
+                    issued
+                        .key
+                        .scopes
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+        KeysCommand::List { json } => {
+            let list = keys.list().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "keys": list }))?
+                );
+            } else {
+                for k in list {
+                    println!(
+                        "{}  {:<24} contexts {:<16} scopes {:<28} {}",
+                        k.id,
+                        k.name,
+                        k.contexts.join(","),
+                        k.scopes
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        k.revoked_at.map_or_else(
+                            || format!("created {}", k.created_at),
+                            |at| format!("revoked {at}")
+                        )
+                    );
+                }
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            let key = keys.revoke(&id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("revoked API key {} ({})", key.id, key.name);
+        }
+        KeysCommand::Generate { .. } => unreachable!("signing keys are handled by the caller"),
+    }
+    Ok(())
+}
+
+/// The GitHub webhook secret: `BSM_GITHUB_WEBHOOK_SECRET`, else the
+/// configured file, which must not be readable or writable by others.
+fn webhook_secret(file: Option<&Path>) -> anyhow::Result<Option<secrecy::SecretString>> {
+    if let Ok(secret) = std::env::var("BSM_GITHUB_WEBHOOK_SECRET")
+        && !secret.is_empty()
+    {
+        return Ok(Some(secret.into()));
+    }
+    let Some(path) = file else {
+        return Ok(None);
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .with_context(|| format!("cannot read the webhook secret file {}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o007 != 0 {
+            bail!(
+                "refusing the webhook secret file {}: others may read or change it (mode {:o}); `chmod 600` it",
+                path.display(),
+                mode & 0o777
+            );
+        }
+    }
+    let secret = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the webhook secret file {}", path.display()))?;
+    let secret = secret.trim();
+    if secret.is_empty() {
+        bail!("the webhook secret file {} is empty", path.display());
+    }
+    Ok(Some(secret.to_string().into()))
 }
 
 fn main() -> ExitCode {
@@ -514,10 +654,13 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     .unwrap_or_else(|| "127.0.0.1:3000".into()),
                 platform,
                 // A secret is never a command-line value (visible in `ps`
-                // and shell history): the environment only.
+                // and shell history): the environment (or a file) only.
                 admin_token: std::env::var("BSM_ADMIN_TOKEN")
                     .ok()
-                    .filter(|t| !t.is_empty()),
+                    .filter(|t| !t.is_empty())
+                    .map(Into::into),
+                github_webhook_secret: webhook_secret(file.github_webhook_secret_file.as_deref())?,
+                allow_open: args.allow_open.or(file.allow_open).unwrap_or(false),
                 rate_limit_per_second: args.rate_limit.or(file.rate_limit).unwrap_or(50),
                 rate_limit_burst: args.rate_burst.or(file.rate_burst).unwrap_or(100),
                 trusted_proxies: bsm_server::rate_limit::parse_proxies(
@@ -673,6 +816,9 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("private key: {} (keep it secret)", out.display());
             println!("public key:  {public}");
             println!("trust it with: [plugins] trusted-keys = [\"{public}\"]");
+        }
+        Command::Keys { command } => {
+            api_keys(&global.data_dir, command).await?;
         }
         Command::Plugins {
             command: PluginsCommand::Check { file, json },

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 
+use crate::access::ApiKeys;
 use crate::agent_reload::AgentReload;
 use crate::bsm::agents::manifest_for;
 use crate::bsm::governance::KNOWN_CONTEXTS;
@@ -212,6 +213,7 @@ impl Platform {
                     .collect()
             })
             .unwrap_or_default();
+        let api_keys = ApiKeys::new(store.clone());
         let governed = Arc::new(Governed::new(runtime, governance, store, deployer.clone()));
         let mut watches = Vec::new();
         if options.watch && settings.plugins.watch {
@@ -248,6 +250,7 @@ impl Platform {
             settings.jobs,
         );
         Ok(Platform {
+            api_keys,
             governed,
             orchestrator,
             reports,

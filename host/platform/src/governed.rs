@@ -96,7 +96,7 @@ impl PlatformError {
     pub fn code(&self) -> &'static str {
         match self {
             PlatformError::ContextNotAllowed { .. } => "CONTEXT_NOT_ALLOWED",
-            PlatformError::UnknownContext { .. } => "VALIDATION_ERROR",
+            PlatformError::UnknownContext { .. } => "UNKNOWN_CONTEXT",
             PlatformError::Quarantined { .. } => "AGENT_QUARANTINED",
             PlatformError::Overloaded { .. } => "JOBS_OVERLOADED",
             PlatformError::Run(e) => e.code(),

@@ -13,6 +13,7 @@
 //! Depends on the runtime, the LLM client and the caches; it must not
 //! depend on the HTTP server or the CLI (they depend on it).
 
+pub mod access;
 pub mod agent_reload;
 pub mod batch_writer;
 pub mod bsm;

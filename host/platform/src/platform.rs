@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
+use crate::access::ApiKeys;
 use crate::bsm::governance::{KNOWN_CONTEXTS, Policy, Violation};
 use crate::bsm::knowledge::BsmKnowledge;
 use crate::deploy::{DeployError, Upload, VersionView};
@@ -85,6 +86,7 @@ pub(crate) struct Activity {
 /// The BSM application. Built by [`Platform::build`](crate::compose) from
 /// settings; shared behind an `Arc`.
 pub struct Platform {
+    pub(crate) api_keys: ApiKeys,
     pub(crate) governed: Arc<Governed>,
     pub(crate) orchestrator: Arc<Orchestrator>,
     pub(crate) reports: Arc<ReportStore>,
@@ -107,6 +109,7 @@ impl Platform {
         agent: &str,
         request: AgentRequest,
     ) -> Result<GovernedRun, PlatformError> {
+        self.check_context(&request.context.calling_context)?;
         self.counted(self.governed.run_agent(agent, request).await)
     }
 
@@ -147,6 +150,19 @@ impl Platform {
                 known: KNOWN_CONTEXTS.join(", "),
             })
         }
+    }
+
+    // ---- callers ----
+
+    /// The API keys callers present (created, listed, revoked by admins).
+    pub fn api_keys(&self) -> &ApiKeys {
+        &self.api_keys
+    }
+
+    /// Records a webhook delivery id of `source`; `false` if it was seen
+    /// before (a replay). Ids are kept as long as the retention keeps jobs.
+    pub async fn first_delivery(&self, source: &str, id: &str) -> Result<bool, StoreError> {
+        self.governed.store().record_delivery(source, id).await
     }
 
     // ---- agents and plugins ----

@@ -46,6 +46,12 @@ pub struct ServerSettings {
     pub request_timeout_ms: Option<u64>,
     pub wait_timeout_ms: Option<u64>,
     pub shutdown_grace_ms: Option<u64>,
+    /// Serve unauthenticated requests on a non-loopback address while no
+    /// API key exists (off: such a server refuses to start).
+    pub allow_open: Option<bool>,
+    /// A file holding the GitHub webhook secret (owner-only permissions);
+    /// `BSM_GITHUB_WEBHOOK_SECRET` takes precedence.
+    pub github_webhook_secret_file: Option<PathBuf>,
 }
 
 /// The `[plugins]` table: how versions arrive, how many are kept, and

@@ -177,6 +177,13 @@ CREATE TABLE IF NOT EXISTS approvals (
     id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, job_id TEXT NOT NULL, action TEXT NOT NULL, args TEXT NOT NULL,
     status TEXT NOT NULL, approvers TEXT NOT NULL, created_at TEXT NOT NULL, decided_at TEXT, decided_by TEXT
 );
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, digest BLOB NOT NULL, contexts TEXT NOT NULL, scopes TEXT NOT NULL,
+    created_at TEXT NOT NULL, revoked_at TEXT
+);
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    source TEXT NOT NULL, id TEXT NOT NULL, received_at TEXT NOT NULL, PRIMARY KEY (source, id)
+);
 ";
 
 impl Store {
@@ -218,7 +225,7 @@ impl Store {
         .await
     }
 
-    async fn with<T: Send + 'static>(
+    pub(crate) async fn with<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
@@ -237,6 +244,21 @@ impl Store {
         f: impl FnOnce(&Connection) -> rusqlite::Result<()> + Send + 'static,
     ) -> Result<(), StoreError> {
         self.writer.write(f).await.map_err(StoreError)
+    }
+
+    /// Records a webhook delivery; `false` if `(source, id)` was recorded
+    /// before. Written at once (not batched): a replay racing the first
+    /// delivery must see it.
+    pub async fn record_delivery(&self, source: &str, id: &str) -> Result<bool, StoreError> {
+        let (source, id) = (source.to_string(), id.to_string());
+        self.with(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO webhook_deliveries (source, id, received_at) VALUES (?1, ?2, ?3)",
+                params![source, id, now()],
+            )
+            .map(|inserted| inserted == 1)
+        })
+        .await
     }
 
     /// Checks the database answers (for health endpoints).

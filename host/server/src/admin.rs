@@ -1,63 +1,38 @@
-//! The admin token: who may use the mutating operations endpoints. Checked
-//! in constant time; a weak token is refused before the server starts.
+//! The admin token: the operator's credential before any API key exists
+//! (every scope, every context). A weak token is refused before the server
+//! starts.
 
-use axum::http::{HeaderMap, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::error::ApiError;
-
-/// The configured admin token. Its `Debug` does not print it.
+/// The configured admin token, kept as its SHA-256 digest: a presented
+/// token is hashed and the two fixed-length digests compared in constant
+/// time, so neither the comparison's time nor a memory dump tells the
+/// token. Its `Debug` prints nothing of it.
 #[derive(Clone)]
-pub struct AdminToken(String);
+pub struct AdminToken([u8; 32]);
 
 impl AdminToken {
     /// Accepts a token only if it is strong enough (see [`weak_token_reason`]).
-    pub fn new(token: String) -> Result<Self, String> {
-        match weak_token_reason(&token) {
+    pub fn new(token: &SecretString) -> Result<Self, String> {
+        let token = token.expose_secret();
+        match weak_token_reason(token) {
             Some(reason) => Err(reason),
-            None => Ok(Self(token)),
+            None => Ok(Self(Sha256::digest(token.as_bytes()).into())),
         }
     }
 
-    fn matches(&self, given: &str) -> bool {
-        bool::from(given.as_bytes().ct_eq(self.0.as_bytes()))
+    /// Whether `given` is the token.
+    pub fn matches(&self, given: &str) -> bool {
+        let given: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+        bool::from(given.ct_eq(&self.0))
     }
 }
 
 impl std::fmt::Debug for AdminToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("AdminToken(<redacted>)")
-    }
-}
-
-/// Checks the admin token of a mutating operations request against the
-/// configured one (`None`: admin endpoints disabled).
-pub fn require_admin(configured: Option<&AdminToken>, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = configured else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "ADMIN_DISABLED",
-            "admin endpoints are disabled: start the server with BSM_ADMIN_TOKEN set",
-        ));
-    };
-    let given = headers
-        .get("x-admin-token")
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| {
-            headers
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-        })
-        .unwrap_or("");
-    if expected.matches(given) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHORIZED",
-            "a valid admin token is required (header `x-admin-token` or `Authorization: Bearer`)",
-        ))
     }
 }
 

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use bsm_platform::runtime::Plugin;
 use bsm_platform::runtime::api::{AgentRequest, RunContext};
 
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiJson, correlation_id};
 use crate::state::AppState;
 
@@ -36,27 +37,27 @@ pub struct RunBody {
     input: String,
     #[serde(default)]
     payload: Option<Value>,
-    /// A context name (`ci`...) or an object with `callingContext`/`event`.
+    /// A context name (`ci`...) or an object with `callingContext`/`event`;
+    /// it narrows the caller's contexts, never widens them.
     #[serde(default)]
     context: Option<Value>,
 }
 
 pub async fn run_agent(
     State(state): State<AppState>,
+    caller: Caller,
     ApiJson(body): ApiJson<RunBody>,
 ) -> Result<Json<Value>, ApiError> {
     if body.agent_id.trim().is_empty() {
         return Err(ApiError::bad_request("agentId is required"));
     }
-    let (calling_context, event) = match &body.context {
-        None | Some(Value::Null) => ("api".to_string(), None),
-        Some(Value::String(s)) => (s.clone(), None),
+    let (requested, event) = match &body.context {
+        None | Some(Value::Null) => (None, None),
+        Some(Value::String(s)) => (Some(s.as_str()), None),
         Some(Value::Object(o)) => (
             o.get("callingContext")
                 .or_else(|| o.get("context"))
-                .and_then(Value::as_str)
-                .unwrap_or("api")
-                .to_string(),
+                .and_then(Value::as_str),
             o.get("event").and_then(Value::as_str).map(String::from),
         ),
         Some(_) => {
@@ -65,6 +66,7 @@ pub async fn run_agent(
             ));
         }
     };
+    let calling_context = caller.context(requested)?;
     let request = AgentRequest {
         input: body.input,
         payload: body.payload.unwrap_or_else(|| json!({})),

@@ -132,7 +132,9 @@ impl From<PlatformError> for ApiError {
             PlatformError::ContextNotAllowed { .. } => {
                 ApiError::new(StatusCode::FORBIDDEN, "CONTEXT_NOT_ALLOWED", e.to_string())
             }
-            PlatformError::UnknownContext { .. } => ApiError::bad_request(e.to_string()),
+            PlatformError::UnknownContext { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "UNKNOWN_CONTEXT", e.to_string())
+            }
             PlatformError::Overloaded { retry_after_ms, .. } => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "JOBS_OVERLOADED",

@@ -4,7 +4,7 @@ use std::convert::Infallible;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
@@ -15,7 +15,7 @@ use bsm_platform::orchestration::JobEvent;
 use bsm_platform::paging::{PageError, PageRequest};
 use bsm_platform::store::{ApprovalStatus, JobRecord};
 
-use crate::admin::require_admin;
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiJson};
 use crate::state::AppState;
 
@@ -25,7 +25,8 @@ pub struct JobBody {
     event: String,
     #[serde(default)]
     payload: Option<Value>,
-    /// The calling context every agent of the job runs in (default `api`).
+    /// The calling context every agent of the job runs in: one of the
+    /// caller's key's (its first by default), `api` without a key.
     #[serde(default)]
     context: Option<String>,
 }
@@ -38,13 +39,14 @@ pub struct WaitQuery {
 
 pub async fn run_job(
     State(state): State<AppState>,
+    caller: Caller,
     Query(q): Query<WaitQuery>,
     ApiJson(body): ApiJson<JobBody>,
 ) -> Result<Response, ApiError> {
     if body.event.trim().is_empty() {
         return Err(ApiError::bad_request("event is required"));
     }
-    let context = body.context.unwrap_or_else(|| "api".into());
+    let context = caller.context(body.context.as_deref())?;
     // The job's channel is opened (with its event history) before the job
     // starts, so a caller that subscribes afterwards cannot miss the end.
     let job = state
@@ -210,10 +212,8 @@ pub struct ApprovalQuery {
 
 pub async fn list_approvals(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Query(q): Query<ApprovalQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(state.admin_token.as_ref(), &headers)?;
     let status = match q.status.as_deref() {
         None => None,
         Some("pending") => Some(ApprovalStatus::Pending),
@@ -235,27 +235,29 @@ pub async fn list_approvals(
 
 async fn decide(
     state: &AppState,
-    headers: &HeaderMap,
+    caller: &Caller,
     id: &str,
     approve: bool,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(state.admin_token.as_ref(), headers)?;
-    let record = state.platform.decide_approval(id, approve, "admin").await?;
+    let record = state
+        .platform
+        .decide_approval(id, approve, &caller.name())
+        .await?;
     Ok(Json(json!({ "approval": record })))
 }
 
 pub async fn approve(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    decide(&state, &headers, &id, true).await
+    decide(&state, &caller, &id, true).await
 }
 
 pub async fn reject(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    decide(&state, &headers, &id, false).await
+    decide(&state, &caller, &id, false).await
 }

@@ -7,14 +7,13 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use bsm_platform::knowledge::{DocumentInput, KnowledgeError, SearchMode, SearchRequest};
 use bsm_platform::runtime::capabilities::Caller;
 
-use crate::admin::require_admin;
 use crate::error::{ApiError, ApiJson, correlation_id};
 use crate::state::AppState;
 
@@ -69,11 +68,9 @@ pub struct UpsertBody {
 /// `POST /api/knowledge/{collection}/documents` (admin): batch upsert.
 pub async fn upsert(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(collection): Path<String>,
     ApiJson(body): ApiJson<UpsertBody>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(state.admin_token.as_ref(), &headers)?;
     let documents = body
         .documents
         .into_iter()
@@ -94,10 +91,8 @@ pub async fn upsert(
 /// `DELETE /api/knowledge/{collection}/documents/{id}` (admin).
 pub async fn delete(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path((collection, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(state.admin_token.as_ref(), &headers)?;
     let deleted = state
         .platform
         .knowledge()

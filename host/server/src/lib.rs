@@ -12,14 +12,17 @@
 
 pub mod admin;
 pub mod agents;
+pub mod auth;
 pub mod error;
 pub mod jobs;
+pub mod keys;
 pub mod knowledge;
 pub mod middleware;
 pub mod ops;
 pub mod plugins;
 pub mod rate_limit;
 pub mod state;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,6 +35,7 @@ use axum::http::StatusCode;
 use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::routing::{get, post};
 use bsm_platform::{Platform, PlatformOptions};
+use secrecy::SecretString;
 
 use crate::admin::AdminToken;
 use crate::error::ApiError;
@@ -45,7 +49,15 @@ use crate::state::AppState;
 pub struct ServeOptions {
     pub addr: String,
     pub platform: PlatformOptions,
-    pub admin_token: Option<String>,
+    /// Every scope and context; from the environment only.
+    pub admin_token: Option<SecretString>,
+    /// The secret GitHub signs webhook deliveries with; `None` turns the
+    /// webhook endpoint off.
+    pub github_webhook_secret: Option<SecretString>,
+    /// Serve unauthenticated requests (while no API key exists) on a
+    /// non-loopback address too. Off by default: such a server refuses to
+    /// start without keys.
+    pub allow_open: bool,
     /// Requests per second per client; 0 disables rate limiting.
     pub rate_limit_per_second: u32,
     pub rate_limit_burst: u32,
@@ -78,9 +90,9 @@ pub fn wait_timeout(request_timeout: Duration, configured: Option<Duration>) -> 
 /// Builds the platform and the handlers' state, or says why the server
 /// cannot start (a weak admin token, governance violations in strict
 /// mode, an unreadable layout...).
-pub async fn build(options: &ServeOptions) -> anyhow::Result<AppState> {
+pub async fn build(options: &ServeOptions, open_allowed: bool) -> anyhow::Result<AppState> {
     let admin_token = match &options.admin_token {
-        Some(token) => Some(AdminToken::new(token.clone()).map_err(|reason| {
+        Some(token) => Some(AdminToken::new(token).map_err(|reason| {
             anyhow::anyhow!(
                 "refusing to start: BSM_ADMIN_TOKEN is too weak ({reason}); use a long random value, e.g. `openssl rand -hex 32`"
             )
@@ -91,6 +103,8 @@ pub async fn build(options: &ServeOptions) -> anyhow::Result<AppState> {
     Ok(AppState {
         platform,
         admin_token,
+        github_webhook_secret: options.github_webhook_secret.clone(),
+        open_allowed,
         metrics: install_metrics_recorder(),
         requests: Arc::new(RequestCounters::default()),
         wait_timeout: wait_timeout(options.request_timeout, options.wait_timeout),
@@ -139,7 +153,11 @@ fn routes(upload_limit: usize) -> Router<AppState> {
         .route("/api/reports/{id}", get(jobs::get_report))
         .route("/api/approvals", get(jobs::list_approvals))
         .route("/api/approvals/{id}/approve", post(jobs::approve))
-        .route("/api/approvals/{id}/reject", post(jobs::reject));
+        .route("/api/approvals/{id}/reject", post(jobs::reject))
+        .route("/api/webhooks/github", post(webhooks::github));
+    let keys = Router::new()
+        .route("/api/keys", get(keys::list).post(keys::create))
+        .route("/api/keys/{id}", axum::routing::delete(keys::revoke));
     let knowledge = Router::new()
         .route("/api/knowledge", get(knowledge::list))
         .route(
@@ -171,6 +189,7 @@ fn routes(upload_limit: usize) -> Router<AppState> {
         .merge(agents)
         .merge(jobs)
         .merge(knowledge)
+        .merge(keys)
         .merge(operations)
 }
 
@@ -186,6 +205,7 @@ pub fn router(state: AppState, options: &ServeOptions) -> Router {
                 "this endpoint does not take that method",
             )
         })
+        .route_layer(from_fn_with_state(state.clone(), auth::authenticate))
         .route_layer(from_fn_with_state(
             state.requests.clone(),
             middleware::metrics,
@@ -210,13 +230,19 @@ pub fn router(state: AppState, options: &ServeOptions) -> Router {
 /// Runs the server until ctrl-c or SIGTERM, then lets running jobs finish
 /// (up to the shutdown grace) and marks the rest interrupted.
 pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
-    let state = build(&options).await?;
-    let platform = state.platform.clone();
-    let app = router(state, &options);
     let listener = tokio::net::TcpListener::bind(&options.addr)
         .await
         .with_context(|| format!("cannot listen on {}", options.addr))?;
     let addr = listener.local_addr()?;
+    let open_allowed = addr.ip().is_loopback() || options.allow_open;
+    let state = build(&options, open_allowed).await?;
+    if !open_allowed && !state.platform.api_keys().configured().await? {
+        anyhow::bail!(
+            "refusing to start: {addr} is not a loopback address and no API key exists, so anyone who can reach it could run every agent; create a key first (`bsm keys create NAME --context api --scope run`), or allow open access explicitly with BSM_ALLOW_OPEN=true ([server] allow-open = true)"
+        );
+    }
+    let platform = state.platform.clone();
+    let app = router(state, &options);
     // The one line on stdout: scripts and tests read the bound address here.
     println!("listening on http://{addr}");
     if let Some(hook) = options.on_listening {

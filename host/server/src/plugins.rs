@@ -4,13 +4,12 @@
 
 use axum::Json;
 use axum::extract::{Multipart, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use bsm_platform::{DeployError, Route, Upload};
 
-use crate::admin::require_admin;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -39,12 +38,10 @@ pub struct InstallQuery {
 /// (the TOML).
 pub async fn install(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
     Query(query): Query<InstallQuery>,
     mut form: Multipart,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    require_admin(state.admin_token.as_ref(), &headers)?;
     if let Some(p) = query.canary
         && !(1..=99).contains(&p)
     {
@@ -120,11 +117,9 @@ pub struct RollbackBody {
 /// `POST /api/plugins/{id}/rollback`, optionally `{"version": "..."}`.
 pub async fn rollback(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(state.admin_token.as_ref(), &headers)?;
     let body: RollbackBody = if body.iter().all(u8::is_ascii_whitespace) {
         RollbackBody::default()
     } else {
@@ -141,10 +136,8 @@ pub async fn rollback(
 /// `POST /api/plugins/{id}/promote`.
 pub async fn promote(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(state.admin_token.as_ref(), &headers)?;
     let current = state.platform.promote_plugin(&id).await?;
     Ok(Json(json!({ "current": current })))
 }
@@ -152,10 +145,8 @@ pub async fn promote(
 /// `DELETE /api/plugins/{id}`.
 pub async fn remove(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(state.admin_token.as_ref(), &headers)?;
     state.platform.remove_plugin(&id).await?;
     Ok(Json(json!({ "removed": id })))
 }

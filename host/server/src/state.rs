@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use bsm_platform::Platform;
 use metrics_exporter_prometheus::PrometheusHandle;
+use secrecy::SecretString;
 
 use crate::admin::AdminToken;
 use crate::middleware::RequestCounters;
@@ -16,6 +17,11 @@ pub struct AppState {
     pub platform: Arc<Platform>,
     /// `None`: the admin endpoints are disabled.
     pub admin_token: Option<AdminToken>,
+    /// `None`: the GitHub webhook endpoint is off.
+    pub github_webhook_secret: Option<SecretString>,
+    /// Whether callers without credentials are served while no API key
+    /// exists (loopback, or explicitly allowed).
+    pub open_allowed: bool,
     pub metrics: PrometheusHandle,
     pub requests: Arc<RequestCounters>,
     /// How long `?wait=true` waits for a job.
