@@ -1,0 +1,527 @@
+//! Trust boundaries of `bsm serve`, over real HTTP against the real server
+//! process: API keys and the contexts they may act in, open mode only on
+//! loopback, signed GitHub webhooks, secrets kept out of the logs.
+
+mod common;
+#[path = "common/llm_server.rs"]
+mod llm_server;
+#[path = "common/server.rs"]
+mod server;
+
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use llm_server::LlmServer;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use server::{ADMIN_TOKEN, BsmServer, http};
+use sha2::Sha256;
+
+const WEBHOOK_SECRET: &str = "whs-7Hq2Lp9Xc4Vb8Nm3Kd6Fg1Jt5Rz0Ys";
+
+fn start(data: &std::path::Path, llm: &LlmServer, extra: &[(&str, &str)]) -> BsmServer {
+    let mut env = vec![
+        ("BSM_LLM_BASE_URL", llm.base_url.as_str()),
+        ("BSM_LLM_MODEL", "test-model"),
+        ("BSM_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("BSM_GITHUB_WEBHOOK_SECRET", WEBHOOK_SECRET),
+        ("BSM_RATE_LIMIT", "0"),
+    ];
+    env.extend_from_slice(extra);
+    BsmServer::start(data, &env).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A request with an optional bearer credential; the status and JSON body.
+async fn call(
+    s: &BsmServer,
+    method: reqwest::Method,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request = http().request(method, s.url(path));
+    if let Some(token) = bearer {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let r = request.send().await.unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn run(s: &BsmServer, bearer: Option<&str>, body: Value) -> (StatusCode, Value) {
+    call(
+        s,
+        reqwest::Method::POST,
+        "/api/agents/run",
+        bearer,
+        Some(body),
+    )
+    .await
+}
+
+/// Creates a key through the API with the admin token; returns its secret.
+async fn create_key(s: &BsmServer, name: &str, contexts: &[&str], scopes: &[&str]) -> String {
+    let (status, body) = call(
+        s,
+        reqwest::Method::POST,
+        "/api/keys",
+        Some(ADMIN_TOKEN),
+        Some(json!({"name": name, "contexts": contexts, "scopes": scopes})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["secret"].as_str().unwrap().to_string()
+}
+
+fn assert_code(status: StatusCode, body: &Value, expected: StatusCode, code: &str) {
+    assert_eq!(status, expected, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+}
+
+fn bsm(data: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_bsm"))
+        .args(args)
+        .env("BSM_DATA_DIR", data)
+        .env_remove("BSM_ADMIN_TOKEN")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_without_ci_cannot_run_a_ci_only_agent_however_the_body_is_written() {
+    let llm = LlmServer::start().await;
+    llm.set_reply("All gates passed.");
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), &llm, &[]);
+    let api_only = create_key(&s, "api runner", &["api"], &["run"]).await;
+    // pr-merge-agent is allowed in ci and github only.
+    for context in [
+        json!("ci"),
+        json!({"callingContext": "ci"}),
+        json!({"context": "ci", "event": "pull_request.opened"}),
+        Value::Null,
+    ] {
+        let (status, body) = run(
+            &s,
+            Some(&api_only),
+            json!({"agentId": "pr-merge-agent", "input": "merge?", "context": context}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{context}: {body}");
+        assert_eq!(body["error"]["code"], "CONTEXT_NOT_ALLOWED", "{body}");
+    }
+    let (status, body) = call(
+        &s,
+        reqwest::Method::POST,
+        "/api/orchestrator/run",
+        Some(&api_only),
+        Some(json!({"event": "check_suite.completed", "context": "ci"})),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "no orchestrate scope: {body}"
+    );
+    assert_eq!(llm.hits(), 0, "nothing ran");
+
+    let ci = create_key(&s, "ci runner", &["ci", "api"], &["run", "orchestrate"]).await;
+    let (status, body) = run(
+        &s,
+        Some(&ci),
+        json!({"agentId": "pr-merge-agent", "input": "merge?"}),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the key's first context, ci: {body}"
+    );
+    let (status, body) = run(
+        &s,
+        Some(&ci),
+        json!({"agentId": "pr-merge-agent", "input": "merge?", "context": "api"}),
+    )
+    .await;
+    assert_code(status, &body, StatusCode::FORBIDDEN, "CONTEXT_NOT_ALLOWED");
+    let (status, body) = call(
+        &s,
+        reqwest::Method::POST,
+        "/api/orchestrator/run?wait=true",
+        Some(&ci),
+        Some(json!({"event": "check_suite.completed"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["job"]["context"], "ci",
+        "the job runs in the key's context"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_context_is_refused_on_every_endpoint() {
+    let llm = LlmServer::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), &llm, &[]);
+    for bearer in [None, Some(ADMIN_TOKEN)] {
+        let (status, body) = run(
+            &s,
+            bearer,
+            json!({"agentId": "code-review-agent", "input": "x", "context": "nowhere"}),
+        )
+        .await;
+        assert_code(status, &body, StatusCode::BAD_REQUEST, "UNKNOWN_CONTEXT");
+        let (status, body) = call(
+            &s,
+            reqwest::Method::POST,
+            "/api/orchestrator/run",
+            bearer,
+            Some(json!({"event": "pull_request.opened", "context": "nowhere"})),
+        )
+        .await;
+        assert_code(status, &body, StatusCode::BAD_REQUEST, "UNKNOWN_CONTEXT");
+    }
+    let (status, body) = call(
+        &s,
+        reqwest::Method::POST,
+        "/api/keys",
+        Some(ADMIN_TOKEN),
+        Some(json!({"name": "x", "contexts": ["nowhere"], "scopes": ["run"]})),
+    )
+    .await;
+    assert_code(status, &body, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    assert_eq!(llm.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_hashed_listed_scoped_and_revoked_and_end_open_mode() {
+    let llm = LlmServer::start().await;
+    llm.set_reply("fine");
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), &llm, &[]);
+    let agent = json!({"agentId": "code-review-agent", "input": "x"});
+    let (status, _) = run(&s, None, agent.clone()).await;
+    assert_eq!(status, StatusCode::OK, "open mode on loopback without keys");
+
+    let (status, body) = call(
+        &s,
+        reqwest::Method::POST,
+        "/api/keys",
+        None,
+        Some(json!({"name": "x", "contexts": ["api"], "scopes": ["admin"]})),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "open callers do not administer: {body}"
+    );
+    let reader = create_key(&s, "dashboard", &["api"], &["read"]).await;
+    let runner = create_key(&s, "runner", &["api"], &["run"]).await;
+
+    let (status, body) = run(&s, None, agent.clone()).await;
+    assert_code(status, &body, StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    let (status, body) = run(&s, Some("bsm_000000000000_00"), agent.clone()).await;
+    assert_code(status, &body, StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    let (status, body) = run(&s, Some(&reader), agent.clone()).await;
+    assert_code(status, &body, StatusCode::FORBIDDEN, "SCOPE_REQUIRED");
+    let (status, _) = call(&s, reqwest::Method::GET, "/api/agents", Some(&reader), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call(&s, reqwest::Method::GET, "/api/agents", Some(&runner), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "run does not imply read");
+    let (status, _) = run(&s, Some(&runner), agent.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call(&s, reqwest::Method::GET, "/health", None, None).await;
+    assert_eq!(status, StatusCode::OK, "health stays public");
+
+    let (status, list) = call(
+        &s,
+        reqwest::Method::GET,
+        "/api/keys",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let text = list.to_string();
+    assert!(
+        !text.contains(&runner[20..]) && !text.contains(&reader[20..]),
+        "no secrets listed: {text}"
+    );
+    let runner_id = list["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "runner")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, _) = call(
+        &s,
+        reqwest::Method::DELETE,
+        &format!("/api/keys/{runner_id}"),
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = run(&s, Some(&runner), agent.clone()).await;
+    assert_code(status, &body, StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+
+    // The command line writes to the same data directory; the server
+    // accepts its key within its lookup time.
+    let out = bsm(
+        data.path(),
+        &[
+            "keys",
+            "create",
+            "from-cli",
+            "--context",
+            "api",
+            "--scope",
+            "run",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli_key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let mut accepted = false;
+    for _ in 0..50 {
+        if run(&s, Some(&cli_key), agent.clone()).await.0 == StatusCode::OK {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        accepted,
+        "the server accepts a key made by `bsm keys create`"
+    );
+    let out = bsm(data.path(), &["keys", "list"]);
+    let listed = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        listed.contains("from-cli") && listed.contains("revoked"),
+        "{listed}"
+    );
+    assert!(!listed.contains(&cli_key[17..]), "no secret in the listing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_mode_is_refused_on_a_non_loopback_address() {
+    let llm = LlmServer::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let err = BsmServer::start(
+        data.path(),
+        &[
+            ("BSM_ADDR", "0.0.0.0:0"),
+            ("BSM_LLM_BASE_URL", llm.base_url.as_str()),
+        ],
+    )
+    .err()
+    .expect("no keys, not loopback: refused");
+    assert!(
+        err.contains("not a loopback address") && err.contains("BSM_ALLOW_OPEN"),
+        "{err}"
+    );
+
+    // With a key it starts, and requests without one are refused.
+    let out = bsm(
+        data.path(),
+        &[
+            "keys",
+            "create",
+            "ops",
+            "--context",
+            "api",
+            "--scope",
+            "read",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let s = BsmServer::start(
+        data.path(),
+        &[
+            ("BSM_ADDR", "0.0.0.0:0"),
+            ("BSM_LLM_BASE_URL", llm.base_url.as_str()),
+        ],
+    )
+    .unwrap();
+    let (status, _) = call(&s, reqwest::Method::GET, "/api/agents", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = call(&s, reqwest::Method::GET, "/api/agents", Some(&key), None).await;
+    assert_eq!(status, StatusCode::OK);
+    drop(s);
+
+    // Allowed explicitly, it serves open.
+    let other = tempfile::tempdir().unwrap();
+    let s = BsmServer::start(
+        other.path(),
+        &[
+            ("BSM_ADDR", "0.0.0.0:0"),
+            ("BSM_ALLOW_OPEN", "true"),
+            ("BSM_LLM_BASE_URL", llm.base_url.as_str()),
+        ],
+    )
+    .unwrap();
+    let (status, _) = call(&s, reqwest::Method::GET, "/api/agents", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+fn signature(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+async fn deliver(
+    s: &BsmServer,
+    event: &str,
+    delivery: &str,
+    body: &Value,
+    signature: Option<String>,
+) -> (StatusCode, Value) {
+    let bytes = serde_json::to_vec(body).unwrap();
+    let mut request = http()
+        .post(s.url("/api/webhooks/github"))
+        .header("content-type", "application/json")
+        .header("x-github-event", event)
+        .header("x-github-delivery", delivery)
+        .body(bytes);
+    if let Some(sig) = signature {
+        request = request.header("x-hub-signature-256", sig);
+    }
+    let r = request.send().await.unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_webhooks_need_a_valid_signature_and_are_never_replayed() {
+    let llm = LlmServer::start().await;
+    llm.set_reply("Looks good. APPROVE");
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), &llm, &[("BSM_LOG", "debug")]);
+    // Keys exist: the webhook still authenticates by its signature alone.
+    create_key(&s, "someone", &["api"], &["read"]).await;
+    let pr = json!({
+        "action": "opened",
+        "number": 7,
+        "pull_request": {"title": "Add a feature", "body": "Adds it."},
+        "repository": {"full_name": "acme/app"}
+    });
+    let bytes = serde_json::to_vec(&pr).unwrap();
+
+    let (status, body) = deliver(&s, "pull_request", "d-1", &pr, None).await;
+    assert_code(status, &body, StatusCode::UNAUTHORIZED, "SIGNATURE_MISSING");
+    let wrong = signature("another-secret-another-secret", &bytes);
+    let (status, body) = deliver(&s, "pull_request", "d-1", &pr, Some(wrong)).await;
+    assert_code(status, &body, StatusCode::UNAUTHORIZED, "SIGNATURE_INVALID");
+    let tampered = json!({"action": "opened", "number": 8});
+    let (status, body) = deliver(
+        &s,
+        "pull_request",
+        "d-1",
+        &tampered,
+        Some(signature(WEBHOOK_SECRET, &bytes)),
+    )
+    .await;
+    assert_code(status, &body, StatusCode::UNAUTHORIZED, "SIGNATURE_INVALID");
+    assert_eq!(llm.hits(), 0, "nothing ran for a bad signature");
+
+    let good = signature(WEBHOOK_SECRET, &bytes);
+    let (status, body) = deliver(&s, "pull_request", "d-1", &pr, Some(good.clone())).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["event"], "pull_request.opened");
+    let job_id = body["jobId"].as_str().unwrap().to_string();
+    let (status, body) = deliver(&s, "pull_request", "d-1", &pr, Some(good)).await;
+    assert_code(status, &body, StatusCode::CONFLICT, "WEBHOOK_REPLAY");
+
+    let mut job = Value::Null;
+    for _ in 0..100 {
+        let (_, body) = call(
+            &s,
+            reqwest::Method::GET,
+            &format!("/api/orchestrator/jobs/{job_id}"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+        job = body;
+        if job["status"] != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["job"]["context"], "ci");
+    assert_eq!(job["job"]["event"], "pull_request.opened");
+    assert_eq!(job["agentRuns"].as_array().unwrap().len(), 4, "{job}");
+
+    let ping = json!({"zen": "Keep it logically awesome."});
+    let ping_sig = signature(WEBHOOK_SECRET, &serde_json::to_vec(&ping).unwrap());
+    let (status, body) = deliver(&s, "ping", "d-2", &ping, Some(ping_sig)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "ignored");
+
+    let logs = s.logs();
+    assert!(logs.contains("GitHub webhook accepted"), "debug logs on");
+    assert!(
+        !logs.contains(WEBHOOK_SECRET) && !logs.contains(ADMIN_TOKEN),
+        "no secret in the logs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_is_off_without_a_secret_and_a_readable_secret_file_is_refused() {
+    let llm = LlmServer::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let s = BsmServer::start(data.path(), &[("BSM_LLM_BASE_URL", llm.base_url.as_str())]).unwrap();
+    let (status, body) = deliver(&s, "push", "d-1", &json!({}), Some("sha256=00".into())).await;
+    assert_code(status, &body, StatusCode::NOT_FOUND, "WEBHOOK_DISABLED");
+    drop(s);
+
+    use std::os::unix::fs::PermissionsExt;
+    let secret = data.path().join("webhook.secret");
+    std::fs::write(&secret, WEBHOOK_SECRET).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = data.path().join("bsm.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ngithub-webhook-secret-file = {:?}\n",
+            secret.display().to_string()
+        ),
+    )
+    .unwrap();
+    let config_env = config.display().to_string();
+    let err = BsmServer::start(data.path(), &[("BSM_CONFIG", config_env.as_str())])
+        .err()
+        .expect("a world-readable secret file is refused");
+    assert!(err.contains("chmod 600"), "{err}");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let s = BsmServer::start(
+        data.path(),
+        &[
+            ("BSM_CONFIG", config_env.as_str()),
+            ("BSM_LLM_BASE_URL", llm.base_url.as_str()),
+        ],
+    )
+    .unwrap();
+    let ping = json!({"zen": "x"});
+    let sig = signature(WEBHOOK_SECRET, &serde_json::to_vec(&ping).unwrap());
+    let (status, body) = deliver(&s, "ping", "d-9", &ping, Some(sig)).await;
+    assert_eq!(status, StatusCode::OK, "the file's secret verifies: {body}");
+}
