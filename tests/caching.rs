@@ -214,7 +214,9 @@ async fn the_plugin_cache_is_namespaced_per_plugin_and_outlives_runs() {
         let manifest = plugin_with_manifest(
             dir.path(),
             &test_plugins_dir().join("cache-user.wasm"),
-            &format!("id = \"{id}\"\nversion = \"1\"\nkind = \"agent\"\n"),
+            &format!(
+                "id = \"{id}\"\nversion = \"1\"\nkind = \"agent\"\n[capabilities.cache]\nquota-bytes = 65536\n"
+            ),
         );
         runtime
             .registry()

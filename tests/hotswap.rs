@@ -752,7 +752,7 @@ async fn an_llm_outage_does_not_roll_a_version_back() {
     let prompt_agent = std::fs::read(common::shipped_dir().join("prompt-agent.wasm")).unwrap();
     let manifest = |version: &str| {
         format!(
-            "id = \"prompt-agent\"\nversion = \"{version}\"\nkind = \"agent\"\n[rollout]\nprobation-runs = 5\nmax-failure-rate = 0.2\n[config]\nname = \"Canary writer\"\n"
+            "id = \"prompt-agent\"\nversion = \"{version}\"\nkind = \"agent\"\n[rollout]\nprobation-runs = 5\nmax-failure-rate = 0.2\n[config]\nname = \"Canary writer\"\n[capabilities.llm]\n[capabilities.knowledge]\n"
         )
     };
     let (status, body) = upload(&s, "prompt-agent", prompt_agent, manifest("2.0.0"), "").await;

@@ -540,6 +540,9 @@ instructions = "افحص الثغرات"
 user-template = "Scan {{{{payload.repo}}}}: {{{{input}}}}"
 model = "gpt-4o"
 actions = ["scan_vulnerabilities", "block_pr", "alert_security_team"]
+[capabilities.llm]
+models = ["gpt-4o"]
+[capabilities.knowledge]
 "#
         ),
     );

@@ -166,6 +166,9 @@ model = "gpt-4o"
 temperature = 0
 max-tokens = 256
 actions = ["review_pr", "request_changes", "approve_pr"]
+[capabilities.llm]
+models = ["gpt-4o"]
+[capabilities.knowledge]
 "#,
     );
     let plugin = runtime.load_plugin(&manifest).await.unwrap();
@@ -253,7 +256,7 @@ async fn actions_outside_the_manifest_allow_list_are_rejected() {
     let manifest = plugin_with_manifest(
         dir.path(),
         &shipped_dir().join("prompt-agent.wasm"),
-        "id = \"eager\"\nversion = \"1\"\nkind = \"agent\"\nallowed-actions = [\"review_pr\"]\n[config]\nactions = [\"deploy_prod\", \"review_pr\"]\n",
+        "id = \"eager\"\nversion = \"1\"\nkind = \"agent\"\nallowed-actions = [\"review_pr\"]\n[config]\nactions = [\"deploy_prod\", \"review_pr\"]\n[capabilities.llm]\n[capabilities.knowledge]\n",
     );
     runtime
         .registry()

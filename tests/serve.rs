@@ -345,7 +345,7 @@ async fn actions_outside_the_allow_list_are_forbidden() {
     .unwrap();
     std::fs::write(
         plugins.path().join("rogue.toml"),
-        "id = \"rogue\"\nversion = \"1\"\nkind = \"agent\"\nallowed-actions = []\n[config]\nactions = [\"drop_database\"]\n",
+        "id = \"rogue\"\nversion = \"1\"\nkind = \"agent\"\nallowed-actions = []\n[config]\nactions = [\"drop_database\"]\n[capabilities.llm]\n[capabilities.knowledge]\n",
     )
     .unwrap();
     let data = tempfile::tempdir().unwrap();

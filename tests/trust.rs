@@ -525,3 +525,189 @@ async fn the_webhook_is_off_without_a_secret_and_a_readable_secret_file_is_refus
     let (status, body) = deliver(&s, "ping", "d-9", &ping, Some(sig)).await;
     assert_eq!(status, StatusCode::OK, "the file's secret verifies: {body}");
 }
+
+/// A plugins directory of test components under restrictive manifests.
+fn granted_plugins() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let put = |id: &str, wasm: std::path::PathBuf, grants: &str| {
+        std::fs::copy(&wasm, dir.path().join(format!("{id}.wasm"))).unwrap();
+        std::fs::write(
+            dir.path().join(format!("{id}.toml")),
+            format!("id = \"{id}\"\nversion = \"1\"\nkind = \"agent\"\n{grants}"),
+        )
+        .unwrap();
+    };
+    let test = common::test_plugins_dir();
+    put(
+        "cache-small",
+        test.join("cache-user.wasm"),
+        "[capabilities.cache]\nquota-bytes = 250\n",
+    );
+    put(
+        "reporter-small",
+        test.join("reporter.wasm"),
+        "[capabilities.reports]\nmax-count = 1\nmax-bytes = 64\n",
+    );
+    put(
+        "reader",
+        test.join("knowledge-user.wasm"),
+        "[capabilities.knowledge]\nread = [\"bsm\"]\n",
+    );
+    put(
+        "picky",
+        common::shipped_dir().join("prompt-agent.wasm"),
+        "[config]\nmodel = \"gpt-4o\"\n[capabilities.llm]\nmodels = [\"gpt-4o-mini\"]\n[capabilities.knowledge]\n",
+    );
+    // Imports reports without a grant: refused, the rest still load.
+    put("ungranted", test.join("reporter.wasm"), "");
+    dir
+}
+
+async fn output(s: &BsmServer, agent: &str, input: &str) -> String {
+    let (status, body) = run(s, None, json!({"agentId": agent, "input": input})).await;
+    assert_eq!(status, StatusCode::OK, "{agent}: {body}");
+    body["output"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_importing_an_ungranted_capability_is_refused_at_load() {
+    let llm = LlmServer::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let plugins = granted_plugins();
+    let s = start(
+        data.path(),
+        &llm,
+        &[("BSM_PLUGINS_DIR", plugins.path().to_str().unwrap())],
+    );
+    let (_, listed) = call(&s, reqwest::Method::GET, "/api/plugins", None, None).await;
+    let ids: Vec<&str> = listed["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["id"].as_str())
+        .collect();
+    assert!(
+        ids.contains(&"cache-small") && !ids.contains(&"ungranted"),
+        "{ids:?}"
+    );
+    assert!(
+        s.logs()
+            .contains("imports bsm:plugin/reports@0.1.0, which its manifest does not grant"),
+        "{}",
+        s.logs()
+    );
+
+    // An upload without the grant is refused and the serving version stays.
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "component",
+            reqwest::multipart::Part::bytes(
+                std::fs::read(common::test_plugins_dir().join("cache-user.wasm")).unwrap(),
+            )
+            .file_name("cache-user.wasm"),
+        )
+        .text(
+            "manifest",
+            "id = \"cache-small\"\nversion = \"2\"\nkind = \"agent\"\n",
+        );
+    let r = http()
+        .put(s.url("/api/plugins/cache-small"))
+        .bearer_auth(ADMIN_TOKEN)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    assert_code(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "CAPABILITY_NOT_GRANTED",
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("[capabilities.cache]"),
+        "{body}"
+    );
+    let (_, plugin) = call(
+        &s,
+        reqwest::Method::GET,
+        "/api/plugins/cache-small",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(plugin["version"], "1", "{plugin}");
+    assert_eq!(output(&s, "cache-small", "set k v").await, "stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_beyond_a_grant_or_its_quota_fail_with_their_own_errors() {
+    let llm = LlmServer::start().await;
+    llm.set_reply("fine");
+    let data = tempfile::tempdir().unwrap();
+    let plugins = granted_plugins();
+    let s = start(
+        data.path(),
+        &llm,
+        &[("BSM_PLUGINS_DIR", plugins.path().to_str().unwrap())],
+    );
+    // Cache: each entry weighs id (11) + key (1) + value (100) = 112 bytes.
+    assert_eq!(output(&s, "cache-small", "big a 100").await, "stored");
+    assert_eq!(output(&s, "cache-small", "big b 100").await, "stored");
+    let refused = output(&s, "cache-small", "big c 100").await;
+    assert!(
+        refused.contains("QuotaExceeded") && refused.contains("quota-bytes"),
+        "{refused}"
+    );
+    assert_eq!(output(&s, "cache-small", "del a").await, "deleted");
+    assert_eq!(
+        output(&s, "cache-small", "big c 100").await,
+        "stored",
+        "deleting frees room"
+    );
+
+    // Reports: 64 bytes per run.
+    let small = output(&s, "reporter-small", "short").await;
+    assert!(small.contains("wrote"), "{small}");
+    let big = output(&s, "reporter-small", &"x".repeat(100)).await;
+    assert!(
+        big.contains("QuotaExceeded") && big.contains("max-bytes"),
+        "{big}"
+    );
+
+    // Knowledge: reading `bsm` only.
+    let upsert =
+        json!({"op": "upsert", "collection": "bsm", "documents": [{"id": "1", "text": "x"}]});
+    let refused = output(&s, "reader", &upsert.to_string()).await;
+    assert!(
+        refused.contains("NotPermitted") && refused.contains("write"),
+        "{refused}"
+    );
+    let other = json!({"op": "search", "collection": "secrets", "query": "x"});
+    let refused = output(&s, "reader", &other.to_string()).await;
+    assert!(refused.contains("NotPermitted"), "{refused}");
+    let allowed = json!({"op": "search", "collection": "bsm", "query": "governance"});
+    let answer = output(&s, "reader", &allowed.to_string()).await;
+    // No BSM agents here, so no `bsm` collection: the engine, reached past
+    // the grant, says so.
+    assert!(
+        answer.contains("UnknownCollection") && !answer.contains("NotPermitted"),
+        "the granted collection is admitted: {answer}"
+    );
+
+    // LLM: a model the manifest does not grant.
+    let (status, body) = run(&s, None, json!({"agentId": "picky", "input": "hi"})).await;
+    assert_code(status, &body, StatusCode::FORBIDDEN, "LLM_NOT_PERMITTED");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("gpt-4o"),
+        "{body}"
+    );
+    assert_eq!(llm.hits(), 0, "refused before any call");
+}

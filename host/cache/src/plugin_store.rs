@@ -72,6 +72,18 @@ pub enum PluginCacheError {
     TooLarge(u64),
     #[error("invalid cache key: {0}")]
     InvalidKey(String),
+    #[error(
+        "{needed} more bytes would pass this plugin's cache quota of {quota} bytes (it holds {held})"
+    )]
+    QuotaExceeded { needed: u64, held: u64, quota: u64 },
+}
+
+/// Bytes each plugin's entries hold now, kept by inserts and the removal
+/// listener (every cause: replaced, deleted, expired, evicted).
+type Usage = Arc<std::sync::Mutex<std::collections::HashMap<Arc<str>, u64>>>;
+
+fn weight(k: &Key, v: &Entry) -> u64 {
+    (k.0.len() + k.1.len() + v.bytes.len()) as u64
 }
 
 /// The shared store of every plugin's cache entries.
@@ -79,6 +91,7 @@ pub struct PluginCache {
     inner: moka::future::Cache<Key, Entry>,
     settings: PluginCacheSettings,
     stats: Arc<CacheStats>,
+    usage: Usage,
 }
 
 impl Default for PluginCache {
@@ -92,23 +105,33 @@ impl PluginCache {
     pub fn new(settings: PluginCacheSettings) -> Self {
         let stats = Arc::new(CacheStats::default());
         let listener_stats = stats.clone();
+        let usage: Usage = Arc::default();
+        let listener_usage = usage.clone();
         let inner = moka::future::Cache::builder()
             .name("plugin")
             .max_capacity(settings.max_bytes)
-            .weigher(|k: &Key, v: &Entry| {
-                u32::try_from(k.0.len() + k.1.len() + v.bytes.len()).unwrap_or(u32::MAX)
-            })
+            .weigher(|k: &Key, v: &Entry| u32::try_from(weight(k, v)).unwrap_or(u32::MAX))
             .expire_after(PerEntryTtl)
-            .eviction_listener(move |_k, _v, cause| match cause {
-                RemovalCause::Size => listener_stats.eviction(),
-                RemovalCause::Expired => listener_stats.expiration(),
-                _ => {}
+            .eviction_listener(move |k: Arc<Key>, v: Entry, cause| {
+                match cause {
+                    RemovalCause::Size => listener_stats.eviction(),
+                    RemovalCause::Expired => listener_stats.expiration(),
+                    _ => {}
+                }
+                let mut usage = listener_usage.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(held) = usage.get_mut(&k.0) {
+                    *held = held.saturating_sub(weight(&k, &v));
+                    if *held == 0 {
+                        usage.remove(&k.0);
+                    }
+                }
             })
             .build();
         Self {
             inner,
             settings,
             stats,
+            usage,
         }
     }
 
@@ -143,13 +166,16 @@ impl PluginCache {
         }
     }
 
-    /// Stores a value for `ttl` (the default when `None`, capped at the maximum).
+    /// Stores a value for `ttl` (the default when `None`, capped at the
+    /// maximum), if the plugin's entries stay within `quota` bytes (keys
+    /// and values; a replaced entry's bytes are freed).
     pub async fn set(
         &self,
         plugin: &Arc<str>,
         key: &str,
         value: &[u8],
         ttl: Option<Duration>,
+        quota: Option<u64>,
     ) -> Result<(), PluginCacheError> {
         let key = Self::key(plugin, key)?;
         if value.len() as u64 > self.settings.max_value_bytes {
@@ -159,16 +185,50 @@ impl PluginCache {
         let ttl = ttl
             .unwrap_or(Duration::from_millis(self.settings.default_ttl_ms))
             .min(max_ttl);
-        self.inner
-            .insert(
-                key,
-                Entry {
-                    bytes: Arc::from(value),
-                    ttl,
-                },
-            )
-            .await;
+        let entry = Entry {
+            bytes: Arc::from(value),
+            ttl,
+        };
+        let needed = weight(&key, &entry);
+        if let Some(quota) = quota {
+            let replaced = self
+                .inner
+                .get(&key)
+                .await
+                .map_or(0, |old| weight(&key, &old));
+            if self.held(plugin) + needed > quota + replaced {
+                // Expired entries are freed by maintenance: run it once.
+                self.inner.run_pending_tasks().await;
+                let held = self.held(plugin);
+                if held + needed > quota + replaced {
+                    return Err(PluginCacheError::QuotaExceeded {
+                        needed,
+                        held,
+                        quota,
+                    });
+                }
+            }
+        }
+        // Counted before the insert, so the removal of this very entry
+        // (evicted at once, or replaced later) always finds it counted.
+        *self
+            .usage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(plugin.clone())
+            .or_default() += needed;
+        self.inner.insert(key, entry).await;
         Ok(())
+    }
+
+    /// Bytes a plugin's entries hold (keys and values).
+    pub fn held(&self, plugin: &str) -> u64 {
+        self.usage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(plugin)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub async fn delete(&self, plugin: &Arc<str>, key: &str) -> Result<(), PluginCacheError> {
@@ -212,8 +272,8 @@ mod tests {
     async fn keys_are_namespaced_per_plugin() {
         let c = cache(1 << 20);
         let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
-        c.set(&a, "k", b"from a", None).await.unwrap();
-        c.set(&b, "k", b"from b", None).await.unwrap();
+        c.set(&a, "k", b"from a", None, None).await.unwrap();
+        c.set(&b, "k", b"from b", None, None).await.unwrap();
         assert_eq!(
             c.get(&a, "k").await.unwrap().as_deref(),
             Some(&b"from a"[..])
@@ -233,10 +293,10 @@ mod tests {
     async fn entries_expire_after_their_own_ttl() {
         let c = cache(1 << 20);
         let p: Arc<str> = Arc::from("p");
-        c.set(&p, "short", b"x", Some(Duration::from_millis(30)))
+        c.set(&p, "short", b"x", Some(Duration::from_millis(30)), None)
             .await
             .unwrap();
-        c.set(&p, "long", b"y", Some(Duration::from_secs(60)))
+        c.set(&p, "long", b"y", Some(Duration::from_secs(60)), None)
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(80)).await;
@@ -249,7 +309,7 @@ mod tests {
         let c = cache(10_000);
         let p: Arc<str> = Arc::from("p");
         for i in 0..50 {
-            c.set(&p, &format!("k{i}"), &[0u8; 1000], None)
+            c.set(&p, &format!("k{i}"), &[0u8; 1000], None, None)
                 .await
                 .unwrap();
         }
@@ -265,16 +325,51 @@ mod tests {
         });
         let p: Arc<str> = Arc::from("p");
         assert_eq!(
-            c.set(&p, "k", &[0; 11], None).await,
+            c.set(&p, "k", &[0; 11], None, None).await,
             Err(PluginCacheError::TooLarge(11))
         );
         assert!(matches!(
-            c.set(&p, "", b"x", None).await,
+            c.set(&p, "", b"x", None, None).await,
             Err(PluginCacheError::InvalidKey(_))
         ));
         assert!(matches!(
             c.get(&p, &"k".repeat(600)).await,
             Err(PluginCacheError::InvalidKey(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_plugin_stays_within_its_quota_and_replacing_frees_the_old_bytes() {
+        let c = cache(1 << 20);
+        let (p, q): (Arc<str>, Arc<str>) = (Arc::from("p"), Arc::from("q"));
+        // Each entry weighs 1 (plugin) + 2 (key) + 100 (value) = 103 bytes.
+        for i in 0..3 {
+            c.set(&p, &format!("k{i}"), &[0; 100], None, Some(350))
+                .await
+                .unwrap();
+        }
+        assert_eq!(c.held("p"), 309);
+        let refused = c.set(&p, "k3", &[0; 100], None, Some(350)).await;
+        assert!(
+            matches!(
+                refused,
+                Err(PluginCacheError::QuotaExceeded {
+                    held: 309,
+                    quota: 350,
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+        c.set(&p, "k0", &[1; 100], None, Some(350))
+            .await
+            .expect("a replacement needs no new room");
+        c.set(&q, "k0", &[0; 100], None, Some(350))
+            .await
+            .expect("another plugin has its own quota");
+        c.delete(&p, "k1").await.unwrap();
+        c.run_pending_tasks().await;
+        assert_eq!(c.held("p"), 206, "a deletion frees its bytes");
+        c.set(&p, "k3", &[0; 100], None, Some(350)).await.unwrap();
     }
 }

@@ -144,6 +144,8 @@ pub enum LoadStage {
     /// It imports what the host does not provide, or does not export the
     /// world its manifest names.
     World,
+    /// It imports a capability its manifest does not grant.
+    Capabilities,
     /// `describe()` trapped, timed out or failed.
     Describe,
     /// A file could not be read.
@@ -158,6 +160,7 @@ impl LoadStage {
             LoadStage::Manifest => "INVALID_MANIFEST",
             LoadStage::Component => "INVALID_COMPONENT",
             LoadStage::World => "WRONG_WORLD",
+            LoadStage::Capabilities => "CAPABILITY_NOT_GRANTED",
             LoadStage::Describe => "DESCRIBE_FAILED",
             LoadStage::Io => "LOAD_FAILED",
         }
@@ -225,6 +228,7 @@ impl From<&crate::bindings::llm::Error> for LlmFailure {
                 },
                 None,
             ),
+            E::NotPermitted(m) => ("not-permitted", m.clone(), None),
             E::Unavailable(m) => ("unavailable", m.clone(), None),
         };
         Self {

@@ -57,6 +57,137 @@ pub struct Manifest {
     /// Overrides of the host's rollout policy for new versions of this plugin.
     #[serde(default)]
     pub rollout: Rollout,
+    /// The host capabilities the plugin may use, with their quotas. A
+    /// component importing a capability not granted here is refused at
+    /// load; `log` and `config` need no grant.
+    #[serde(default)]
+    pub capabilities: Grants,
+}
+
+/// What a plugin may use beyond its own memory: one optional grant per
+/// capability (absent: not granted), in the manner of Spin's per-component
+/// `allowed_outbound_hosts` and key-value stores.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Grants {
+    pub llm: Option<LlmGrant>,
+    pub cache: Option<CacheGrant>,
+    pub reports: Option<ReportsGrant>,
+    pub knowledge: Option<KnowledgeGrant>,
+}
+
+/// `[capabilities.llm]`: which models, how many tokens.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct LlmGrant {
+    /// Models the plugin may name; `["*"]` for any, empty for the host's
+    /// default only (a request naming no model is always allowed).
+    pub models: Vec<String>,
+    /// Tokens one run may use; caps `budget.llm-max-tokens` when lower.
+    pub max_tokens: Option<u32>,
+}
+
+impl LlmGrant {
+    pub fn allows_model(&self, model: &str) -> bool {
+        self.models.iter().any(|m| m == "*" || m == model)
+    }
+}
+
+/// `[capabilities.cache]`: bytes the plugin's entries may hold together.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct CacheGrant {
+    pub quota_bytes: u64,
+}
+
+/// `[capabilities.reports]`: reports one run may write.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ReportsGrant {
+    pub max_count: u32,
+    pub max_bytes: u64,
+}
+
+impl Default for ReportsGrant {
+    fn default() -> Self {
+        Self {
+            max_count: 8,
+            max_bytes: 4 << 20,
+        }
+    }
+}
+
+/// `[capabilities.knowledge]`: collections the plugin may search and
+/// read (`read`), and change (`write`, which implies reading). `"*"`
+/// names every collection; with none named every call is refused.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct KnowledgeGrant {
+    pub read: Vec<String>,
+    pub write: Vec<String>,
+}
+
+impl KnowledgeGrant {
+    pub fn may_read(&self, collection: &str) -> bool {
+        self.may_write(collection) || self.read.iter().any(|c| c == "*" || c == collection)
+    }
+
+    pub fn may_write(&self, collection: &str) -> bool {
+        self.write.iter().any(|c| c == "*" || c == collection)
+    }
+}
+
+/// The capability interfaces that need a grant, by their WIT name.
+pub const GRANTED_INTERFACES: [&str; 4] = ["llm", "cache", "reports", "knowledge"];
+
+impl Grants {
+    /// Whether the interface `name` (`llm`, `cache`...) is granted; the
+    /// interfaces outside [`GRANTED_INTERFACES`] need no grant.
+    pub fn grants(&self, name: &str) -> bool {
+        match name {
+            "llm" => self.llm.is_some(),
+            "cache" => self.cache.is_some(),
+            "reports" => self.reports.is_some(),
+            "knowledge" => self.knowledge.is_some(),
+            _ => true,
+        }
+    }
+
+    /// The first `bsm:plugin` interface among a component's `imports` that
+    /// is not granted, with the import's full name.
+    pub fn first_ungranted<'a>(
+        &self,
+        imports: impl IntoIterator<Item = &'a str>,
+    ) -> Option<(&'static str, &'a str)> {
+        imports.into_iter().find_map(|import| {
+            let interface = import
+                .strip_prefix("bsm:plugin/")?
+                .split('@')
+                .next()
+                .unwrap_or_default();
+            GRANTED_INTERFACES
+                .into_iter()
+                .find(|g| *g == interface && !self.grants(g))
+                .map(|g| (g, import))
+        })
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.llm.as_ref().is_some_and(|l| l.max_tokens == Some(0)) {
+            return Err("capabilities.llm.max-tokens must be at least 1".into());
+        }
+        if self.cache.as_ref().is_some_and(|c| c.quota_bytes == 0) {
+            return Err("capabilities.cache.quota-bytes must be at least 1".into());
+        }
+        if self
+            .reports
+            .as_ref()
+            .is_some_and(|r| r.max_count == 0 || r.max_bytes == 0)
+        {
+            return Err("capabilities.reports.max-count and max-bytes must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 /// When a new (or canary) version of this plugin is rolled back by itself:
@@ -180,7 +311,8 @@ impl Manifest {
         if self.version.trim().is_empty() {
             return Err("version must not be empty".into());
         }
-        self.budget.validate()
+        self.budget.validate()?;
+        self.capabilities.validate()
     }
 
     /// The `[config]` table flattened to the string pairs the `config`

@@ -281,6 +281,24 @@ impl Runtime {
             })
             .await
             .map_err(|e: Arc<LoadError>| LoadError::clone(&e))?;
+        let ty = component.component_type();
+        let imports: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        if let Some((interface, import)) = manifest
+            .capabilities
+            .first_ungranted(imports.iter().map(String::as_str))
+        {
+            return Err(LoadError::at(
+                LoadStage::Capabilities,
+                &origin,
+                format!(
+                    "plugin {:?} imports {import}, which its manifest does not grant: add a [capabilities.{interface}] table to the manifest",
+                    manifest.id
+                ),
+            ));
+        }
         let exports = self
             .pre_instantiate(&component, manifest.kind)
             .map_err(|m| LoadError::at(LoadStage::World, &origin, m))?;

@@ -103,6 +103,7 @@ impl From<RunError> for ApiError {
                     "timeout" => (StatusCode::GATEWAY_TIMEOUT, "LLM_TIMEOUT"),
                     "budget-exceeded" => (StatusCode::TOO_MANY_REQUESTS, "LLM_BUDGET_EXCEEDED"),
                     "unavailable" => (StatusCode::SERVICE_UNAVAILABLE, "LLM_NOT_CONFIGURED"),
+                    "not-permitted" => (StatusCode::FORBIDDEN, "LLM_NOT_PERMITTED"),
                     _ => (StatusCode::BAD_GATEWAY, "LLM_ERROR"),
                 };
                 let mut error = ApiError::new(status, code, format!("{message} ({})", llm.message));

@@ -3,7 +3,7 @@
 
 use super::knowledge::KnowledgeBinding;
 use super::layout::AgentDefinition;
-use bsm_runtime::manifest::{Budget, Manifest, PluginKind};
+use bsm_runtime::manifest::{Budget, Grants, KnowledgeGrant, LlmGrant, Manifest, PluginKind};
 
 /// The original BSM action allow-list (see `shared/fixtures/bsm/README.md`).
 pub const ORIGINAL_ALLOW_LIST: &[&str] = &[
@@ -107,5 +107,21 @@ pub fn manifest_for(def: &AgentDefinition, knowledge: Option<&KnowledgeBinding>)
         budget: agent_budget(),
         config,
         rollout: Default::default(),
+        // What prompt-agent uses, and no more: the agent's own model, and
+        // reading its knowledge collection (if the directory has one).
+        capabilities: Grants {
+            llm: Some(LlmGrant {
+                models: def.model_name.iter().cloned().collect(),
+                max_tokens: None,
+            }),
+            knowledge: Some(KnowledgeGrant {
+                read: knowledge
+                    .map(|k| k.collection.clone())
+                    .into_iter()
+                    .collect(),
+                write: Vec::new(),
+            }),
+            ..Grants::default()
+        },
     }
 }

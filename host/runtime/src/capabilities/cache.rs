@@ -27,7 +27,9 @@ impl Capability for Cache {
     }
 
     fn for_run(store: &Arc<PluginCache>, run: &RunInfo<'_>) -> CacheState {
-        CacheState::new(store.clone(), run.caller.clone())
+        let mut state = CacheState::new(store.clone(), run.caller.clone());
+        state.quota = run.manifest.capabilities.cache.as_ref().map(|g| g.quota_bytes);
+        state
     }
 }
 
@@ -35,11 +37,18 @@ impl Capability for Cache {
 pub struct CacheState {
     store: Arc<PluginCache>,
     caller: Caller,
+    /// Bytes the plugin's entries may hold (`None`: built outside a
+    /// manifest, only the cache's total bound).
+    quota: Option<u64>,
 }
 
 impl CacheState {
     pub fn new(store: Arc<PluginCache>, caller: Caller) -> Self {
-        Self { store, caller }
+        Self {
+            store,
+            caller,
+            quota: None,
+        }
     }
 }
 
@@ -47,6 +56,9 @@ fn to_wit(e: PluginCacheError) -> Error {
     match e {
         PluginCacheError::TooLarge(n) => Error::TooLarge(n),
         PluginCacheError::InvalidKey(m) => Error::InvalidKey(m),
+        e @ PluginCacheError::QuotaExceeded { .. } => Error::QuotaExceeded(format!(
+            "{e} (capabilities.cache.quota-bytes)"
+        )),
     }
 }
 
@@ -65,6 +77,7 @@ impl Host for CacheState {
                 &key,
                 &value,
                 ttl_ms.map(Duration::from_millis),
+                self.quota,
             )
             .await
             .map_err(to_wit)

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use wasmtime::component::{HasSelf, Linker};
 
 use super::{Caller, Capability, RunInfo};
+use crate::manifest::KnowledgeGrant;
 use crate::bindings::knowledge::{self, Document, Error, Hit, Host, Query};
 
 /// Told to a plugin when the host keeps no knowledge collections.
@@ -50,6 +51,7 @@ impl Capability for Knowledge {
 
     fn for_run(engine: &Self::Shared, run: &RunInfo<'_>) -> KnowledgeState {
         KnowledgeState::new(engine.clone(), run.caller.clone())
+            .granted(run.manifest.capabilities.knowledge.clone())
     }
 }
 
@@ -57,11 +59,44 @@ impl Capability for Knowledge {
 pub struct KnowledgeState {
     engine: Option<Arc<dyn KnowledgeEngine>>,
     caller: Caller,
+    /// The collections the manifest grants (`None`: built outside a
+    /// manifest, unrestricted).
+    grant: Option<KnowledgeGrant>,
 }
 
 impl KnowledgeState {
     pub fn new(engine: Option<Arc<dyn KnowledgeEngine>>, caller: Caller) -> Self {
-        Self { engine, caller }
+        Self {
+            engine,
+            caller,
+            grant: None,
+        }
+    }
+
+    /// Restricts the run to the collections its manifest grants.
+    pub fn granted(mut self, grant: Option<KnowledgeGrant>) -> Self {
+        self.grant = grant;
+        self
+    }
+
+    fn check(&self, collection: &str, write: bool) -> Result<(), Error> {
+        let Some(grant) = &self.grant else {
+            return Ok(());
+        };
+        let allowed = if write {
+            grant.may_write(collection)
+        } else {
+            grant.may_read(collection)
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(Error::NotPermitted(format!(
+                "collection {collection:?} is not granted for {} to this plugin (capabilities.knowledge.{})",
+                if write { "writing" } else { "reading" },
+                if write { "write" } else { "read" }
+            )))
+        }
     }
 
     fn engine(&self) -> Result<&Arc<dyn KnowledgeEngine>, Error> {
@@ -73,22 +108,26 @@ impl KnowledgeState {
 
 impl Host for KnowledgeState {
     async fn search(&mut self, collection: String, query: Query) -> Result<Vec<Hit>, Error> {
+        self.check(&collection, false)?;
         self.engine()?
             .search(&self.caller, &collection, query)
             .await
     }
 
     async fn upsert(&mut self, collection: String, documents: Vec<Document>) -> Result<(), Error> {
+        self.check(&collection, true)?;
         self.engine()?
             .upsert(&self.caller, &collection, documents)
             .await
     }
 
     async fn delete(&mut self, collection: String, ids: Vec<String>) -> Result<u32, Error> {
+        self.check(&collection, true)?;
         self.engine()?.delete(&self.caller, &collection, ids).await
     }
 
     async fn get(&mut self, collection: String, id: String) -> Result<Option<Document>, Error> {
+        self.check(&collection, false)?;
         self.engine()?.get(&self.caller, &collection, &id).await
     }
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use wasmtime::component::{HasSelf, Linker};
 
 use super::{Caller, Capability, RunInfo};
+use crate::manifest::LlmGrant;
 use crate::bindings::llm::{self, ChatRequest, ChatResponse, Error, Host};
 
 /// The `llm` capability: one engine for the process, a budget per run.
@@ -39,14 +40,20 @@ impl Capability for Llm {
 
     fn for_run(shared: &LlmShared, run: &RunInfo<'_>) -> LlmState {
         let budget = &run.manifest.budget;
+        let grant = run.manifest.capabilities.llm.clone();
+        let max_tokens = grant
+            .as_ref()
+            .and_then(|g| g.max_tokens)
+            .map_or(budget.llm_max_tokens, |t| t.min(budget.llm_max_tokens));
         LlmState::new(
             shared.0.clone(),
             run.caller.clone(),
             LlmBudget {
                 max_calls: budget.llm_max_calls,
-                max_tokens: budget.llm_max_tokens,
+                max_tokens,
             },
         )
+        .granted(grant)
     }
 }
 
@@ -120,6 +127,9 @@ pub struct LlmState {
     caller: Caller,
     budget: LlmBudget,
     usage: LlmUsage,
+    /// The models the manifest grants (`None`: built outside a manifest,
+    /// unrestricted).
+    grant: Option<LlmGrant>,
 }
 
 impl LlmState {
@@ -129,6 +139,27 @@ impl LlmState {
             caller,
             budget,
             usage: LlmUsage::default(),
+            grant: None,
+        }
+    }
+
+    /// Restricts the run to what its manifest grants.
+    pub fn granted(mut self, grant: Option<LlmGrant>) -> Self {
+        self.grant = grant;
+        self
+    }
+
+    /// Refuses a model the manifest does not grant (naming none asks for
+    /// the host's default, always allowed).
+    fn check_model(&self, model: Option<&str>) -> Result<(), Error> {
+        match (&self.grant, model) {
+            (Some(grant), Some(model)) if !grant.allows_model(model) => {
+                Err(Error::NotPermitted(format!(
+                    "model {model:?} is not granted to this plugin (capabilities.llm.models: {})",
+                    grant.models.join(", ")
+                )))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -172,7 +203,9 @@ impl Host for LlmState {
                 "a chat request needs at least one message".into(),
             ));
         }
-        let admitted = self.admit();
+        let admitted = self
+            .check_model(request.model.as_deref())
+            .and_then(|()| self.admit());
         self.noted(admitted)?;
         // The completion may not outgrow what is left of the token budget.
         let left = self.budget.max_tokens - self.usage.tokens();
@@ -198,7 +231,7 @@ impl Host for LlmState {
         if inputs.is_empty() {
             return Ok(Vec::new());
         }
-        let admitted = self.admit();
+        let admitted = self.check_model(model.as_deref()).and_then(|()| self.admit());
         self.noted(admitted)?;
         let vectors = self.engine.embed(&self.caller, model, inputs).await;
         self.noted(vectors)

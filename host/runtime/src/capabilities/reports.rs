@@ -8,6 +8,7 @@ use std::sync::Arc;
 use wasmtime::component::{HasSelf, Linker};
 
 use super::{Caller, Capability, RunInfo};
+use crate::manifest::ReportsGrant;
 use crate::bindings::reports::{self, Error, Host, ReportRef};
 
 /// Told to a plugin when the host has no report directory.
@@ -42,6 +43,7 @@ impl Capability for Reports {
 
     fn for_run(sink: &Self::Shared, run: &RunInfo<'_>) -> ReportsState {
         ReportsState::new(sink.clone(), run.caller.clone())
+            .granted(run.manifest.capabilities.reports.clone())
     }
 }
 
@@ -49,11 +51,48 @@ impl Capability for Reports {
 pub struct ReportsState {
     sink: Option<Arc<dyn ReportSink>>,
     caller: Caller,
+    /// The run's quota (`None`: built outside a manifest, unbounded).
+    grant: Option<ReportsGrant>,
+    written: u32,
+    written_bytes: u64,
 }
 
 impl ReportsState {
     pub fn new(sink: Option<Arc<dyn ReportSink>>, caller: Caller) -> Self {
-        Self { sink, caller }
+        Self {
+            sink,
+            caller,
+            grant: None,
+            written: 0,
+            written_bytes: 0,
+        }
+    }
+
+    /// Bounds the run by its manifest's quota.
+    pub fn granted(mut self, grant: Option<ReportsGrant>) -> Self {
+        self.grant = grant;
+        self
+    }
+
+    /// Counts a report against the quota, or refuses it.
+    fn admit(&mut self, bytes: u64) -> Result<(), Error> {
+        if let Some(grant) = &self.grant {
+            if self.written >= grant.max_count {
+                return Err(Error::QuotaExceeded(format!(
+                    "this run already wrote its {} reports (capabilities.reports.max-count)",
+                    grant.max_count
+                )));
+            }
+            if self.written_bytes.saturating_add(bytes) > grant.max_bytes {
+                return Err(Error::QuotaExceeded(format!(
+                    "{bytes} more bytes would pass this run's {} report bytes (capabilities.reports.max-bytes)",
+                    grant.max_bytes
+                )));
+            }
+        }
+        self.written += 1;
+        self.written_bytes = self.written_bytes.saturating_add(bytes);
+        Ok(())
     }
 }
 
@@ -62,7 +101,9 @@ impl Host for ReportsState {
         let sink = self
             .sink
             .as_ref()
-            .ok_or_else(|| Error::Unavailable(NOT_CONFIGURED.into()))?;
+            .ok_or_else(|| Error::Unavailable(NOT_CONFIGURED.into()))?
+            .clone();
+        self.admit(markdown.len() as u64)?;
         sink.write(
             &self.caller.plugin_id,
             &self.caller.correlation_id,
