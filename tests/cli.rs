@@ -232,7 +232,10 @@ async fn prompt_agent_answers_through_the_llm_named_by_the_environment() {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].body["model"], "llama3");
     assert_eq!(seen[0].authorization.as_deref(), Some("Bearer sk-cli"));
-    assert_eq!(seen[0].body["messages"][1]["content"], "Is this compliant?");
+    assert_eq!(
+        seen[0].body["messages"][1]["content"],
+        "<input>\nIs this compliant?\n</input>"
+    );
 }
 
 #[test]

@@ -594,7 +594,7 @@ async fn prompt_agent_end_to_end_through_the_llm_server() {
     );
     assert_eq!(
         body["messages"][1],
-        json!({"role": "user", "content": "Scan lexbank/bsm: check the PR"})
+        json!({"role": "user", "content": "Scan lexbank/bsm: <input>\ncheck the PR\n</input>"})
     );
 
     assert!(run.output.text.starts_with("Severity: CRITICAL."));

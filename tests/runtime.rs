@@ -215,7 +215,7 @@ models = ["gpt-4o"]
     );
     assert_eq!(
         call.request.messages[1].content,
-        "Review PR Fix login (#42): be strict"
+        "Review PR Fix login (#42): <input>\nbe strict\n</input>"
     );
 
     assert!(run.output.text.starts_with("Needs work."));
