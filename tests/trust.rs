@@ -753,3 +753,87 @@ async fn caller_text_reaches_the_model_only_in_the_user_message_and_never_replac
         "{user}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_prunes_old_jobs_and_reports_in_the_background() {
+    let llm = LlmServer::start().await;
+    llm.set_reply("Healthy.");
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("bsm.toml");
+    std::fs::write(
+        &config,
+        "[retention]\nmax-jobs = 2\nmax-reports = 2\ninterval-ms = 100\n",
+    )
+    .unwrap();
+    let s = start(
+        data.path(),
+        &llm,
+        &[("BSM_CONFIG", config.to_str().unwrap())],
+    );
+    let mut jobs = Vec::new();
+    for _ in 0..4 {
+        let (status, body) = call(
+            &s,
+            reqwest::Method::POST,
+            "/api/orchestrator/run?wait=true",
+            None,
+            Some(json!({"event": "repository.health_check"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        jobs.push(body["jobId"].as_str().unwrap().to_string());
+        // Distinct creation times, so "newest" is well defined.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut pruned = false;
+    for _ in 0..100 {
+        let (status, _) = call(
+            &s,
+            reqwest::Method::GET,
+            &format!("/api/orchestrator/jobs/{}", jobs[0]),
+            None,
+            None,
+        )
+        .await;
+        if status == StatusCode::NOT_FOUND {
+            pruned = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(pruned, "the oldest job is pruned");
+    // Let the pass that removed it finish with the reports.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (i, id) in jobs.iter().enumerate() {
+        let (status, _) = call(
+            &s,
+            reqwest::Method::GET,
+            &format!("/api/orchestrator/jobs/{id}"),
+            None,
+            None,
+        )
+        .await;
+        let kept = i >= 2;
+        assert_eq!(status == StatusCode::OK, kept, "job {i}: {status}");
+    }
+    let (_, reports) = call(&s, reqwest::Method::GET, "/api/reports", None, None).await;
+    assert_eq!(reports["reports"].as_array().unwrap().len(), 2, "{reports}");
+    let files = walk(&data.path().join("reports"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .count();
+    assert_eq!(files, 2, "the pruned reports' files are gone too");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

@@ -631,6 +631,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         agents: agents.clone(),
         settings: settings.clone(),
         watch: false,
+        retention: false,
     };
     match cli.command {
         Command::Serve(args) => {
@@ -638,6 +639,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             let file = settings.server.clone();
             let mut platform = platform_options(PluginSelection::All);
             platform.watch = true;
+            platform.retention = true;
             if let Some(limit) = args.upload_limit {
                 platform.settings.plugins.upload_limit = limit;
             }

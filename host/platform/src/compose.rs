@@ -22,6 +22,7 @@ use crate::governed::Governed;
 use crate::orchestration::{Orchestrator, Pipelines};
 use crate::platform::{Activity, Platform};
 use crate::reports::ReportStore;
+use crate::retention::Retention;
 use crate::settings::{EmbedderChoice, HostSettings};
 use crate::signing::TrustedKeys;
 use crate::store::Store;
@@ -70,6 +71,9 @@ pub struct PlatformOptions {
     /// Install what changes in the plugins directory while running (the
     /// server; `[plugins] watch` can turn it off).
     pub watch: bool,
+    /// Prune old records in the background by `[retention]` (the server;
+    /// one-off CLI runs leave that to it).
+    pub retention: bool,
 }
 
 /// The plugin every BSM agent is an instance of.
@@ -243,6 +247,25 @@ impl Platform {
                 }
             }
         }
+        let retention = options.retention.then(|| {
+            let runtime = governed.runtime().clone();
+            crate::retention::spawn(
+                Retention {
+                    store: governed.store().clone(),
+                    settings: settings.retention.clone(),
+                    reports_dir: reports.dir().to_path_buf(),
+                    artifacts_dir: Some(data_dir.join("cache").join("components")),
+                },
+                move || {
+                    runtime
+                        .registry()
+                        .list()
+                        .iter()
+                        .map(|p| p.digest.clone())
+                        .collect()
+                },
+            )
+        });
         let orchestrator = Orchestrator::new(
             governed.clone(),
             reports.clone(),
@@ -258,6 +281,7 @@ impl Platform {
             knowledge,
             bsm_knowledge,
             _watches: watches,
+            _retention: retention,
             activity: Activity {
                 runs_ok: AtomicU64::new(0),
                 runs_failed: AtomicU64::new(0),

@@ -24,6 +24,7 @@ pub mod orchestration;
 pub mod paging;
 pub mod platform;
 pub mod reports;
+pub mod retention;
 pub mod settings;
 pub mod signing;
 pub mod store;

@@ -96,6 +96,8 @@ pub struct Platform {
     pub(crate) bsm_knowledge: Option<BsmKnowledge>,
     /// Keeps the plugins and BSM directories watched while the platform lives.
     pub(crate) _watches: Vec<crate::watch::DirWatch>,
+    /// Prunes old records while the platform lives (the server).
+    pub(crate) _retention: Option<tokio_util::task::AbortOnDropHandle<()>>,
     pub(crate) activity: Activity,
     pub(crate) started_at: Instant,
 }

@@ -162,10 +162,13 @@ CREATE TABLE IF NOT EXISTS step_runs (
     duration_ms REAL NOT NULL, created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS step_runs_job ON step_runs(job_id);
+CREATE INDEX IF NOT EXISTS step_runs_created ON step_runs(created_at);
+CREATE INDEX IF NOT EXISTS agent_runs_created ON agent_runs(created_at);
 CREATE TABLE IF NOT EXISTS reports (
     id TEXT PRIMARY KEY, plugin TEXT NOT NULL, job TEXT NOT NULL, name TEXT NOT NULL, file TEXT NOT NULL,
     bytes INTEGER NOT NULL, created_at TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS reports_created ON reports(created_at);
 CREATE TABLE IF NOT EXISTS plugin_versions (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, plugin_id TEXT NOT NULL, version TEXT NOT NULL,
     digest TEXT NOT NULL, size INTEGER NOT NULL, manifest TEXT NOT NULL, installed_at TEXT NOT NULL,
@@ -184,6 +187,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
 CREATE TABLE IF NOT EXISTS webhook_deliveries (
     source TEXT NOT NULL, id TEXT NOT NULL, received_at TEXT NOT NULL, PRIMARY KEY (source, id)
 );
+CREATE INDEX IF NOT EXISTS webhook_deliveries_received ON webhook_deliveries(received_at);
 ";
 
 impl Store {
