@@ -177,9 +177,9 @@ impl BsmLayout {
         let registry_path = root.join("agents/registry.yaml");
         let registry = if registry_path.is_file() {
             let text = std::fs::read_to_string(&registry_path)?;
-            let file: RegistryFile = serde_yaml_ng::from_str(&text)
-                .with_context(|| format!("{} is not a valid registry", registry_path.display()))?;
-            file.agents
+            parse_registry(&text).map_err(|e| {
+                anyhow::anyhow!("{} is not a valid registry: {e}", registry_path.display())
+            })?
         } else {
             Vec::new()
         };
@@ -212,13 +212,27 @@ fn read_definition(agents_dir: &Path, file: &str) -> Result<AgentDefinition, Str
     let path = agents_dir.join(file);
     let text = std::fs::read_to_string(&path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut def: AgentDefinition = serde_yaml_ng::from_str(&text)
-        .map_err(|e| format!("{} is not a valid agent definition: {e}", path.display()))?;
+    parse_definition(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Parses an agent definition (YAML); the error says what is wrong in one
+/// line. Untrusted text: never panics.
+pub fn parse_definition(text: &str) -> Result<AgentDefinition, String> {
+    let mut def: AgentDefinition =
+        serde_yaml_ng::from_str(text).map_err(|e| format!("not a valid agent definition: {e}"))?;
     if def.id.trim().is_empty() {
-        return Err(format!("{}: the agent has no id", path.display()));
+        return Err("the agent has no id".into());
     }
     if def.name.trim().is_empty() {
         def.name = def.id.clone();
     }
     Ok(def)
+}
+
+/// Parses the governance registry (`agents/registry.yaml`). Untrusted
+/// text: never panics.
+pub fn parse_registry(text: &str) -> Result<Vec<RegistryEntry>, String> {
+    serde_yaml_ng::from_str::<RegistryFile>(text)
+        .map(|file| file.agents)
+        .map_err(|e| e.to_string())
 }
