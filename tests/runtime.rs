@@ -327,6 +327,38 @@ async fn a_memory_budget_above_what_the_instance_pool_holds_is_refused_at_load()
 }
 
 #[tokio::test]
+async fn start_up_names_the_budgets_the_instance_pool_cannot_hold_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime_with(Capabilities::default());
+    let install = |id: &str, concurrent: u32| {
+        plugin_with_manifest(
+            dir.path(),
+            &shipped_dir().join("hello-agent.wasm"),
+            &format!(
+                "id = \"{id}\"\nversion = \"1\"\nkind = \"agent\"\n[budget]\nmax-concurrent = {concurrent}\n"
+            ),
+        )
+    };
+    for (id, n) in [("small", 16), ("fits", 4_000)] {
+        let plugin = runtime.load_plugin(&install(id, n)).await.unwrap();
+        runtime.registry().install(plugin);
+    }
+    assert!(runtime.pool_pressure().is_empty(), "4,016 of 4,096 places");
+    let plugin = runtime.load_plugin(&install("huge", 5_000)).await.unwrap();
+    runtime.registry().install(plugin);
+    let lines = runtime.pool_pressure();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].contains("\"huge\"") && lines[0].contains("5000 exceeds the instance pool's 4096"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].contains("9016 at once together") && lines[1].contains("PLUGIN_BUSY"),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_broken_plugin_in_the_directory_does_not_stop_the_others() {
     let dir = tempfile::tempdir().unwrap();
     plugin_with_manifest(

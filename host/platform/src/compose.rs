@@ -247,6 +247,9 @@ impl Platform {
                 }
             }
         }
+        for line in governed.runtime().pool_pressure() {
+            tracing::info!("{line}");
+        }
         let retention = options.retention.then(|| {
             let runtime = governed.runtime().clone();
             crate::retention::spawn(

@@ -64,6 +64,7 @@ pub struct Runtime {
     bulkheads: std::sync::Mutex<std::collections::HashMap<String, Arc<Bulkhead>>>,
     /// Places in the instance pool: a run waits for one rather than fail.
     instances: Arc<tokio::sync::Semaphore>,
+    pool_slots: u32,
     guests: GuestPool,
     _ticker: EpochTicker,
 }
@@ -107,8 +108,42 @@ impl Runtime {
             instances: Arc::new(tokio::sync::Semaphore::new(
                 options.pool.max_instances as usize,
             )),
+            pool_slots: options.pool.max_instances,
             guests: GuestPool::new(options.pool.guest_threads)?,
         })
+    }
+
+    /// What the instance pool cannot hold at once, in words for start-up:
+    /// each plugin whose `max-concurrent` alone exceeds the pool, and the
+    /// loaded plugins' total when it does. Runs beyond the pool wait for a
+    /// place within their queue wait, then are refused as busy: never a
+    /// start failure. Empty when every budget fits.
+    pub fn pool_pressure(&self) -> Vec<String> {
+        let slots = self.pool_slots;
+        let plugins = self.registry.list();
+        let mut lines: Vec<String> = plugins
+            .iter()
+            .filter(|p| p.manifest.budget.max_concurrent > slots)
+            .map(|p| {
+                format!(
+                    "plugin {:?}: budget.max-concurrent {} exceeds the instance pool's {slots} places; runs beyond {slots} wait up to its max-queue-wait-ms ({} ms) for a place, then are refused as PLUGIN_BUSY",
+                    p.id(),
+                    p.manifest.budget.max_concurrent,
+                    p.manifest.budget.max_queue_wait_ms
+                )
+            })
+            .collect();
+        let total: u64 = plugins
+            .iter()
+            .map(|p| u64::from(p.manifest.budget.max_concurrent))
+            .sum();
+        if total > u64::from(slots) {
+            lines.push(format!(
+                "the {} loaded plugins may run {total} at once together, the instance pool holds {slots}: when several are at their limits, runs wait for a place (each within its max-queue-wait-ms), then are refused as PLUGIN_BUSY",
+                plugins.len()
+            ));
+        }
+        lines
     }
 
     /// The threads guest code runs on, and their fair CPU turns.
