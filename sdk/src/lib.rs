@@ -26,7 +26,8 @@
 //!
 //! Everything a plugin can do outside its sandbox goes through the host
 //! capability modules: [`llm`], [`cache`], [`knowledge`], [`reports`],
-//! [`log`] and [`config`].
+//! [`http`], [`log`] and [`config`]. Action handlers implement
+//! [`ActionHandler`] and export it with [`export_handler!`].
 
 #[doc(hidden)]
 pub mod bindings;
@@ -34,6 +35,8 @@ pub mod bindings;
 mod agent;
 pub mod cache;
 pub mod config;
+mod handler;
+pub mod http;
 pub mod knowledge;
 pub mod llm;
 pub mod log;
@@ -41,6 +44,7 @@ pub mod reports;
 mod step;
 
 pub use agent::{Action, Agent, AgentError, AgentInfo, Context, Input, Output};
+pub use handler::{ActionHandler, ActionRequest, DeliveryError, HandlerInfo};
 pub use step::{
     AgentResult, Contribution, Decision, PipelineState, Route, RunMode, Step, StepError, StepInfo,
     Verdict,
@@ -119,6 +123,48 @@ macro_rules! export_step {
 
             $crate::bindings::step::export_step_world!(
                 __BsmStepExport with_types_in $crate::bindings::step
+            );
+        };
+    };
+}
+
+/// Exports a type implementing [`ActionHandler`] as the plugin's
+/// `action-handler` world.
+///
+/// Use it exactly once per plugin crate.
+///
+/// ```no_run
+/// # use bsm_sdk::{ActionHandler, ActionRequest, DeliveryError, HandlerInfo};
+/// struct Logger;
+/// impl ActionHandler for Logger {
+///     fn describe() -> HandlerInfo { HandlerInfo::new("logger", "Logger", "1.0.0") }
+///     fn handle(request: ActionRequest) -> Result<String, DeliveryError> {
+///         bsm_sdk::log::info(&format!("{} {}", request.name, request.args));
+///         Ok("logged".into())
+///     }
+/// }
+/// bsm_sdk::export_handler!(Logger);
+/// ```
+#[macro_export]
+macro_rules! export_handler {
+    ($handler:ty) => {
+        const _: () = {
+            struct __BsmHandlerExport;
+
+            impl $crate::bindings::handler::Guest for __BsmHandlerExport {
+                fn describe() -> $crate::HandlerInfo {
+                    <$handler as $crate::ActionHandler>::describe()
+                }
+
+                fn handle(
+                    request: $crate::ActionRequest,
+                ) -> ::core::result::Result<::std::string::String, $crate::DeliveryError> {
+                    <$handler as $crate::ActionHandler>::handle(request)
+                }
+            }
+
+            $crate::bindings::handler::export_handler_world!(
+                __BsmHandlerExport with_types_in $crate::bindings::handler
             );
         };
     };

@@ -167,6 +167,44 @@ pub struct StepRun {
     pub duration_ms: f64,
 }
 
+/// An action handed to an action-handler plugin (see the WIT
+/// `action-request`): what the outbox knows about the action and its job.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionRequest {
+    pub id: String,
+    pub name: String,
+    pub args: Value,
+    pub idempotency_key: String,
+    pub attempt: u32,
+    pub source_plugin: String,
+    pub job_id: Option<String>,
+    pub event: Option<String>,
+    pub payload: Value,
+    pub decision: Option<String>,
+    pub report: Option<String>,
+    pub correlation_id: String,
+}
+
+/// Why a handler did not deliver: worth a retry, or never going to work.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind", content = "reason")]
+pub enum DeliveryFailure {
+    Retry(String),
+    Permanent(String),
+}
+
+/// One run of an action handler.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HandlerRun {
+    pub plugin_id: String,
+    pub plugin_version: String,
+    /// What was done (`Ok`), or why not.
+    pub outcome: Result<String, DeliveryFailure>,
+    pub duration_ms: f64,
+}
+
 // ---- conversions at the sandbox boundary ----
 
 impl From<&RunContext> for wit::InvocationContext {

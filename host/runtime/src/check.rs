@@ -4,7 +4,7 @@
 use serde::Serialize;
 use wasmtime::component::Component;
 
-use crate::bindings::{agent::AgentPre, step::StepPre};
+use crate::bindings::{agent::AgentPre, handler::ActionHandlerPre, step::StepPre};
 use crate::manifest::PluginKind;
 use crate::runtime::Runtime;
 
@@ -40,15 +40,21 @@ pub fn check_component(runtime: &Runtime, bytes: &[u8]) -> Result<CheckReport, S
             imports.join(", ")
         )
     })?;
-    let world = match (AgentPre::new(pre.clone()), StepPre::new(pre)) {
-        (Ok(_), _) => PluginKind::Agent,
-        (_, Ok(_)) => PluginKind::Step,
-        (Err(agent), Err(step)) => {
+    let world = match (
+        AgentPre::new(pre.clone()),
+        StepPre::new(pre.clone()),
+        ActionHandlerPre::new(pre),
+    ) {
+        (Ok(_), _, _) => PluginKind::Agent,
+        (_, Ok(_), _) => PluginKind::Step,
+        (_, _, Ok(_)) => PluginKind::Handler,
+        (Err(agent), Err(step), Err(handler)) => {
             return Err(format!(
-                "the component exports neither BSM world: as an agent: {agent:#}; as a step: {step:#} \
-                 (it exports: {}). A plugin exports `describe` and `run` of \
-                 bsm:plugin/agent@0.1.0 or bsm:plugin/step@0.1.0; with bsm-sdk use \
-                 `export_agent!` or `export_step!`",
+                "the component exports no BSM world: as an agent: {agent:#}; as a step: {step:#}; \
+                 as an action handler: {handler:#} (it exports: {}). A plugin exports `describe` \
+                 and `run` of bsm:plugin/agent@0.1.0 or bsm:plugin/step@0.1.0, or `describe` and \
+                 `handle` of bsm:plugin/action-handler@0.1.0; with bsm-sdk use `export_agent!`, \
+                 `export_step!` or `export_handler!`",
                 if exports.is_empty() {
                     "nothing".to_string()
                 } else {

@@ -15,6 +15,8 @@ pub enum PluginKind {
     Agent,
     /// Exports the `step` world.
     Step,
+    /// Exports the `action-handler` world.
+    Handler,
 }
 
 impl PluginKind {
@@ -23,6 +25,7 @@ impl PluginKind {
         match self {
             PluginKind::Agent => "agent",
             PluginKind::Step => "step",
+            PluginKind::Handler => "action-handler",
         }
     }
 }
@@ -74,6 +77,96 @@ pub struct Grants {
     pub cache: Option<CacheGrant>,
     pub reports: Option<ReportsGrant>,
     pub knowledge: Option<KnowledgeGrant>,
+    pub http: Option<HttpGrant>,
+}
+
+/// `[capabilities.http]`: where the plugin may send requests, and which of
+/// the host's secrets it may have put in a header or sign with (it never
+/// sees their values), as Spin's `allowed_outbound_hosts`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct HttpGrant {
+    /// `[scheme://]host[:port]` each: `https://api.github.com`,
+    /// `http://127.0.0.1:8080`, `hooks.example.com` (any scheme, its
+    /// default port).
+    pub allowed_hosts: Vec<String>,
+    /// Names of host secrets (`[secrets]` of the host's configuration).
+    pub secrets: Vec<String>,
+}
+
+impl HttpGrant {
+    /// Whether a URL's scheme, host and port (explicit or the scheme's
+    /// default) are granted. Hosts compare without case.
+    pub fn allows(&self, scheme: &str, host: &str, port: u16) -> bool {
+        let default_port = match scheme {
+            "https" => 443,
+            "http" => 80,
+            _ => return false,
+        };
+        self.allowed_hosts.iter().any(|entry| {
+            let (entry_scheme, rest) = match entry.split_once("://") {
+                Some((s, rest)) => (Some(s), rest),
+                None => (None, entry.as_str()),
+            };
+            let rest = rest.trim_end_matches('/');
+            let (entry_host, entry_port) = match rest.rsplit_once(':') {
+                Some((h, p)) if p.parse::<u16>().is_ok() => (h, p.parse::<u16>().ok()),
+                _ => (rest, None),
+            };
+            entry_scheme.is_none_or(|s| s.eq_ignore_ascii_case(scheme))
+                && entry_host.eq_ignore_ascii_case(host)
+                && entry_port.unwrap_or(default_port) == port
+        })
+    }
+
+    pub fn allows_secret(&self, name: &str) -> bool {
+        self.secrets.iter().any(|s| s == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbound_hosts_match_scheme_host_and_port_exactly() {
+        let grant = HttpGrant {
+            allowed_hosts: vec![
+                "https://api.github.com".into(),
+                "http://127.0.0.1:8080".into(),
+                "hooks.example.com".into(),
+            ],
+            secrets: vec!["github-token".into()],
+        };
+        assert!(grant.allows("https", "api.github.com", 443));
+        assert!(grant.allows("https", "API.GitHub.com", 443));
+        assert!(!grant.allows("http", "api.github.com", 80), "scheme named");
+        assert!(
+            !grant.allows("https", "api.github.com", 8443),
+            "default port only"
+        );
+        assert!(!grant.allows("https", "api.github.com.evil.io", 443));
+        assert!(grant.allows("http", "127.0.0.1", 8080));
+        assert!(!grant.allows("http", "127.0.0.1", 8081));
+        assert!(grant.allows("http", "hooks.example.com", 80));
+        assert!(grant.allows("https", "hooks.example.com", 443));
+        assert!(!grant.allows("ftp", "hooks.example.com", 21));
+        assert!(grant.allows_secret("github-token") && !grant.allows_secret("other"));
+    }
+
+    #[test]
+    fn wildcards_and_paths_are_not_hosts() {
+        for bad in ["*.github.com", "https://api.github.com/repos", ""] {
+            let grants = Grants {
+                http: Some(HttpGrant {
+                    allowed_hosts: vec![bad.into()],
+                    secrets: vec![],
+                }),
+                ..Grants::default()
+            };
+            assert!(grants.validate().is_err(), "{bad:?}");
+        }
+    }
 }
 
 /// `[capabilities.llm]`: which models, how many tokens.
@@ -138,7 +231,7 @@ impl KnowledgeGrant {
 }
 
 /// The capability interfaces that need a grant, by their WIT name.
-pub const GRANTED_INTERFACES: [&str; 4] = ["llm", "cache", "reports", "knowledge"];
+pub const GRANTED_INTERFACES: [&str; 5] = ["llm", "cache", "reports", "knowledge", "http"];
 
 impl Grants {
     /// Whether the interface `name` (`llm`, `cache`...) is granted; the
@@ -149,6 +242,7 @@ impl Grants {
             "cache" => self.cache.is_some(),
             "reports" => self.reports.is_some(),
             "knowledge" => self.knowledge.is_some(),
+            "http" => self.http.is_some(),
             _ => true,
         }
     }
@@ -185,6 +279,17 @@ impl Grants {
             .is_some_and(|r| r.max_count == 0 || r.max_bytes == 0)
         {
             return Err("capabilities.reports.max-count and max-bytes must be at least 1".into());
+        }
+        if let Some(http) = &self.http {
+            for entry in &http.allowed_hosts {
+                let host = entry.split_once("://").map_or(entry.as_str(), |(_, h)| h);
+                let host = host.trim_end_matches('/');
+                if host.is_empty() || host.contains('*') || host.contains('/') {
+                    return Err(format!(
+                        "capabilities.http.allowed-hosts: {entry:?} is not [scheme://]host[:port] (no wildcards, no paths)"
+                    ));
+                }
+            }
         }
         Ok(())
     }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
-use crate::bindings::{agent::AgentPre, step::StepPre};
+use crate::bindings::{agent::AgentPre, handler::ActionHandlerPre, step::StepPre};
 use crate::bulkhead::Bulkhead;
 use crate::capabilities::config::ConfigValues;
 use crate::manifest::{Manifest, PluginKind};
@@ -21,6 +21,7 @@ use crate::run_state::RunState;
 pub(crate) enum Exports {
     Agent(AgentPre<RunState>),
     Step(StepPre<RunState>),
+    Handler(ActionHandlerPre<RunState>),
 }
 
 /// What the plugin says about itself (`describe()`), read once at load.
@@ -90,6 +91,7 @@ impl Plugin {
         match self.exports {
             Exports::Agent(_) => PluginKind::Agent,
             Exports::Step(_) => PluginKind::Step,
+            Exports::Handler(_) => PluginKind::Handler,
         }
     }
 

@@ -10,9 +10,13 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
-use crate::api::{self, AgentOutput, AgentRequest, AgentRun, Contribution, StepRequest, StepRun};
+use crate::api::{
+    self, ActionRequest, AgentOutput, AgentRequest, AgentRun, Contribution, DeliveryFailure,
+    HandlerRun, StepRequest, StepRun,
+};
 use crate::artifact_cache::{self, ArtifactCache};
 use crate::bindings::agent::{Agent, AgentPre};
+use crate::bindings::handler::ActionHandlerPre;
 use crate::bindings::step::StepPre;
 use crate::bindings::types as wit;
 use crate::bulkhead::{Bulkhead, Busy, Rejection};
@@ -391,6 +395,9 @@ impl Runtime {
             PluginKind::Step => StepPre::new(pre)
                 .map(Exports::Step)
                 .map_err(|e| format!("the manifest says `kind = \"step\"` but the component does not export the step world: {e:#}")),
+            PluginKind::Handler => ActionHandlerPre::new(pre)
+                .map(Exports::Handler)
+                .map_err(|e| format!("the manifest says `kind = \"handler\"` but the component does not export the action-handler world: {e:#}")),
         }
     }
 
@@ -430,6 +437,29 @@ impl Runtime {
                             Box::pin(async move {
                                 let step = pre.instantiate_async(&mut *store).await?;
                                 step.call_describe(&mut *store).await
+                            })
+                        }),
+                    )
+                    .await
+                    .0?;
+                Ok(Described {
+                    id: info.id,
+                    name: info.name,
+                    version: info.version,
+                    description: info.description,
+                    actions: Vec::new(),
+                })
+            }
+            Exports::Handler(pre) => {
+                let pre = pre.clone();
+                let info = self
+                    .sandboxed(
+                        plugin,
+                        &correlation_id,
+                        Box::new(move |store| {
+                            Box::pin(async move {
+                                let handler = pre.instantiate_async(&mut *store).await?;
+                                handler.call_describe(&mut *store).await
                             })
                         }),
                     )
@@ -658,6 +688,78 @@ impl Runtime {
             plugin_version: plugin.manifest.version.clone(),
             correlation_id: request.context.correlation_id,
             contribution,
+            duration_ms: started.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    /// Hands an action to an action-handler plugin, within its budget. A
+    /// trap, timeout or busy handler is an error of the run (the outbox
+    /// retries it); the handler's own answer is in [`HandlerRun::outcome`].
+    pub async fn run_handler(
+        &self,
+        id: &str,
+        request: ActionRequest,
+    ) -> Result<HandlerRun, RunError> {
+        let plugin = self.plugin_of_kind(id, PluginKind::Handler)?;
+        let result = self.execute_handler(&plugin, request).await;
+        record_outcome(&plugin, &result);
+        result
+    }
+
+    async fn execute_handler(
+        &self,
+        plugin: &Arc<Plugin>,
+        request: ActionRequest,
+    ) -> Result<HandlerRun, RunError> {
+        let Exports::Handler(pre) = &plugin.exports else {
+            return Err(RunError::WrongPluginKind {
+                id: plugin.id().to_string(),
+                expected: PluginKind::Handler,
+                actual: plugin.kind(),
+            });
+        };
+        let started = Instant::now();
+        let correlation_id = request.correlation_id.clone();
+        let wit_request = wit::ActionRequest {
+            id: request.id,
+            name: request.name,
+            args: request.args.to_string(),
+            idempotency_key: request.idempotency_key,
+            attempt: request.attempt,
+            source_plugin: request.source_plugin,
+            job_id: request.job_id,
+            event: request.event,
+            payload: request.payload.to_string(),
+            decision: request.decision,
+            report: request.report,
+            correlation_id: request.correlation_id,
+        };
+        let _slot = plugin
+            .bulkhead
+            .acquire()
+            .await
+            .map_err(|b| busy(plugin, b))?;
+        let pre = pre.clone();
+        let (result, _usage) = self
+            .sandboxed(
+                plugin,
+                &correlation_id,
+                Box::new(move |store| {
+                    Box::pin(async move {
+                        let handler = pre.instantiate_async(&mut *store).await?;
+                        handler.call_handle(&mut *store, &wit_request).await
+                    })
+                }),
+            )
+            .await;
+        let outcome = result?.map_err(|e| match e {
+            wit::DeliveryError::Retry(m) => DeliveryFailure::Retry(m),
+            wit::DeliveryError::Permanent(m) => DeliveryFailure::Permanent(m),
+        });
+        Ok(HandlerRun {
+            plugin_id: plugin.id().to_string(),
+            plugin_version: plugin.manifest.version.clone(),
+            outcome,
             duration_ms: started.elapsed().as_secs_f64() * 1e3,
         })
     }

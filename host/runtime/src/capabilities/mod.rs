@@ -118,6 +118,8 @@ capabilities! {
     knowledge: Knowledge,
     /// Where reports go (`None`: `unavailable`).
     reports: Reports,
+    /// Outbound HTTP and the host's secrets (`None`: `unavailable`).
+    http: Http,
 }
 
 impl bindings::types::Host for RunCapabilities {}

@@ -1,0 +1,125 @@
+//! Outbound HTTP, for plugins whose manifest grants it:
+//!
+//! ```toml
+//! [capabilities.http]
+//! allowed-hosts = ["https://api.github.com"]
+//! secrets = ["github-token"]      # host secrets it may use, by name
+//! ```
+//!
+//! A secret never enters the plugin: name it in a header template, or ask
+//! the host to sign a body with it.
+//!
+//! ```no_run
+//! use bsm_sdk::http::{self, Request};
+//! let response = http::send(
+//!     &Request::post("https://api.github.com/repos/acme/app/issues/7/comments")
+//!         .json(&br#"{"body":"LGTM"}"#[..])
+//!         .secret_header("authorization", "github-token", "Bearer {secret}"),
+//! )
+//! .unwrap();
+//! assert!(response.status < 300, "{}", response.text());
+//! ```
+
+use crate::bindings::agent::bsm::plugin::http as wit;
+
+pub use wit::{Error as HttpError, Header, Response, SecretHeader};
+
+/// An outbound request, built step by step.
+#[derive(Debug, Clone)]
+pub struct Request(wit::Request);
+
+impl Request {
+    /// A request with no headers and no body.
+    pub fn new(method: &str, url: impl Into<String>) -> Self {
+        Self(wit::Request {
+            method: method.to_string(),
+            url: url.into(),
+            headers: Vec::new(),
+            secret_headers: Vec::new(),
+            body: None,
+            timeout_ms: None,
+        })
+    }
+
+    pub fn get(url: impl Into<String>) -> Self {
+        Self::new("GET", url)
+    }
+
+    pub fn post(url: impl Into<String>) -> Self {
+        Self::new("POST", url)
+    }
+
+    pub fn put(url: impl Into<String>) -> Self {
+        Self::new("PUT", url)
+    }
+
+    pub fn patch(url: impl Into<String>) -> Self {
+        Self::new("PATCH", url)
+    }
+
+    pub fn delete(url: impl Into<String>) -> Self {
+        Self::new("DELETE", url)
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.0.headers.push(Header {
+            name: name.to_string(),
+            value: value.to_string(),
+        });
+        self
+    }
+
+    /// Adds a header whose value the host fills from a granted secret:
+    /// `{secret}` in `template` is replaced, e.g. `"Bearer {secret}"`.
+    pub fn secret_header(mut self, name: &str, secret: &str, template: &str) -> Self {
+        self.0.secret_headers.push(SecretHeader {
+            name: name.to_string(),
+            secret: secret.to_string(),
+            template: template.to_string(),
+        });
+        self
+    }
+
+    /// Sets a JSON body (and its content type).
+    pub fn json(self, body: &[u8]) -> Self {
+        self.header("content-type", "application/json").body(body)
+    }
+
+    /// Sets the body.
+    pub fn body(mut self, body: &[u8]) -> Self {
+        self.0.body = Some(body.to_vec());
+        self
+    }
+
+    /// Gives up after this long (the host's default is 10 s, at most 60 s).
+    pub fn timeout_ms(mut self, ms: u32) -> Self {
+        self.0.timeout_ms = Some(ms);
+        self
+    }
+}
+
+/// Sends a request through the host.
+pub fn send(request: &Request) -> Result<Response, HttpError> {
+    wit::send(&request.0)
+}
+
+/// HMAC-SHA256 of `body` with a granted host secret, lowercase hex.
+pub fn sign(secret: &str, body: &[u8]) -> Result<String, HttpError> {
+    wit::sign(secret, body)
+}
+
+impl Response {
+    /// The body as text (lossy UTF-8).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// A header's value (names compare without case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value.as_str())
+    }
+}
