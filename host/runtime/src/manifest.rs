@@ -125,7 +125,7 @@ impl HttpGrant {
 }
 
 #[cfg(test)]
-mod tests {
+mod http_grant_tests {
     use super::*;
 
     #[test]
