@@ -178,7 +178,7 @@ fn plugins_check_says_what_is_wrong() {
 
     let command = test_plugins_dir().join("cli-command.wasm");
     let o = bsm(&["plugins", "check", command.to_str().unwrap()], None);
-    assert_one_line_error(&o, "exports neither BSM world");
+    assert_one_line_error(&o, "exports no BSM world");
     assert!(
         stderr(&o).contains("wasi:cli/run"),
         "names what it does export: {}",
@@ -299,7 +299,7 @@ async fn run_a_bsm_agent_of_a_bsm_dir_through_its_governance() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["pluginId"], "security-agent");
     assert_eq!(v["governedActions"][0]["name"], "scan_vulnerabilities");
-    assert_eq!(v["governedActions"][0]["status"], "applied");
+    assert_eq!(v["governedActions"][0]["status"], "queued");
     let seen = server.seen();
     let system = seen[0].body["messages"][0]["content"].as_str().unwrap();
     assert!(system.starts_with("You are Security Scanner."), "{system}");

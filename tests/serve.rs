@@ -208,8 +208,27 @@ async fn agents_run_through_the_api_with_usage_and_correlation_id() {
     assert_eq!(body["agentId"], "code-review-agent");
     assert_eq!(body["output"], "Compliant.\nACTION: review_pr");
     assert_eq!(body["actions"][0]["name"], "review_pr");
-    assert_eq!(body["actions"][0]["status"], "applied");
+    assert_eq!(body["actions"][0]["status"], "queued");
     assert_eq!(body["usage"]["calls"], 1);
+    // No handler is routed here: the outbox says so instead of pretending.
+    let action_id = body["actions"][0]["id"].as_str().unwrap().to_string();
+    let mut action = Value::Null;
+    for _ in 0..50 {
+        let (_, a) = get(&s, &format!("/api/actions/{action_id}")).await;
+        action = a["action"].clone();
+        if action["status"] == "dead" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(action["status"], "dead", "{action}");
+    assert!(
+        action["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("no handler is configured"),
+        "{action}"
+    );
     assert_eq!(body["usage"]["promptTokens"], 11);
     assert!(body["durationMs"].as_f64().unwrap() > 0.0);
     assert_eq!(body["correlationId"], "corr-e2e-1");

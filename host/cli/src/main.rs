@@ -631,7 +631,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         agents: agents.clone(),
         settings: settings.clone(),
         watch: false,
-        retention: false,
+        background: false,
     };
     match cli.command {
         Command::Serve(args) => {
@@ -639,7 +639,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             let file = settings.server.clone();
             let mut platform = platform_options(PluginSelection::All);
             platform.watch = true;
-            platform.retention = true;
+            platform.background = true;
             if let Some(limit) = args.upload_limit {
                 platform.settings.plugins.upload_limit = limit;
             }

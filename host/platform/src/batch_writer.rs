@@ -75,8 +75,9 @@ impl BatchWriter {
     }
 }
 
-/// One transaction for the batch. A failing statement fails its own write
-/// only (SQLite undoes just that statement); a failed commit fails them all.
+/// One transaction for the batch, each write in a savepoint of its own: a
+/// write of several statements lands whole or not at all, and a failing
+/// write fails alone; a failed commit fails them all.
 fn commit(conn: &Mutex<Connection>, batch: Vec<Write>) {
     let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
@@ -87,7 +88,16 @@ fn commit(conn: &Mutex<Connection>, batch: Vec<Write>) {
     }
     let mut answers = Vec::with_capacity(batch.len());
     for write in batch {
-        let result = (write.apply)(&conn).map_err(|e| e.to_string());
+        let result = conn
+            .execute_batch("SAVEPOINT write")
+            .and_then(|()| match (write.apply)(&conn) {
+                Ok(()) => conn.execute_batch("RELEASE write"),
+                Err(e) => {
+                    let _ = conn.execute_batch("ROLLBACK TO write; RELEASE write");
+                    Err(e)
+                }
+            })
+            .map_err(|e| e.to_string());
         answers.push((write.done, result));
     }
     match conn.execute_batch("COMMIT") {

@@ -18,8 +18,10 @@ use crate::bsm::governance::KNOWN_CONTEXTS;
 use crate::bsm::knowledge::{BsmKnowledge, KnowledgeBinding};
 use crate::bsm::{BsmLayout, Governance};
 use crate::deploy::Deployer;
+use crate::dispatch::{Deliverer, Dispatch};
 use crate::governed::Governed;
 use crate::orchestration::{Orchestrator, Pipelines};
+use crate::outbox::Outbox;
 use crate::platform::{Activity, Platform};
 use crate::reports::ReportStore;
 use crate::retention::Retention;
@@ -71,9 +73,9 @@ pub struct PlatformOptions {
     /// Install what changes in the plugins directory while running (the
     /// server; `[plugins] watch` can turn it off).
     pub watch: bool,
-    /// Prune old records in the background by `[retention]` (the server;
-    /// one-off CLI runs leave that to it).
-    pub retention: bool,
+    /// Run the server's background work: retention by `[retention]` and
+    /// the outbox dispatcher (one-off CLI runs leave both to the server).
+    pub background: bool,
 }
 
 /// The plugin every BSM agent is an instance of.
@@ -250,7 +252,19 @@ impl Platform {
         for line in governed.runtime().pool_pressure() {
             tracing::info!("{line}");
         }
-        let retention = options.retention.then(|| {
+        let outbox = Outbox::new(governed.store().clone());
+        let dispatch = if options.background {
+            Dispatch::start(Deliverer {
+                outbox,
+                store: governed.store().clone(),
+                reports: reports.clone(),
+                runtime: governed.runtime().clone(),
+                settings: settings.actions.clone(),
+            })
+        } else {
+            Dispatch::idle(outbox)
+        };
+        let retention = options.background.then(|| {
             let runtime = governed.runtime().clone();
             crate::retention::spawn(
                 Retention {
@@ -277,6 +291,7 @@ impl Platform {
         );
         Ok(Platform {
             api_keys,
+            dispatch,
             governed,
             orchestrator,
             reports,

@@ -14,16 +14,19 @@ use serde_json::Value;
 use crate::bsm::Governance;
 use crate::bsm::governance::{Policy, Violation};
 use crate::deploy::Deployer;
-use crate::store::{ApprovalRecord, ApprovalStatus, Store, StoreError};
+use crate::outbox::OutboxAction;
+use crate::store::{ActionWrites, ApprovalRecord, ApprovalStatus, Store, StoreError};
 use bsm_runtime::api::{Action, AgentRequest, AgentRun, Contribution, StepRequest, StepRun};
 use bsm_runtime::error::RunError;
 use bsm_runtime::{Plugin, Runtime};
 
-/// What happens to an action a plugin emitted.
+/// What happens to an action a plugin emitted: it waits for approval, or
+/// it is queued in the outbox for its handler (see `crate::outbox` for the
+/// rest of its life, `GET /api/actions`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ActionStatus {
-    Applied,
+    Queued,
     PendingApproval,
 }
 
@@ -31,6 +34,8 @@ pub enum ActionStatus {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ActionOutcome {
+    /// Its outbox id.
+    pub id: String,
     pub name: String,
     pub args: Value,
     pub status: ActionStatus,
@@ -43,6 +48,9 @@ pub struct ActionOutcome {
 pub struct GovernedRun {
     pub run: AgentRun,
     pub actions: Vec<ActionOutcome>,
+    /// The approvals and outbox entries to write with the run's record.
+    #[serde(skip)]
+    pub writes: ActionWrites,
 }
 
 /// A step run that passed governance; a decision's actions went through
@@ -51,6 +59,8 @@ pub struct GovernedRun {
 pub struct GovernedStep {
     pub run: StepRun,
     pub actions: Vec<ActionOutcome>,
+    #[serde(skip)]
+    pub writes: ActionWrites,
 }
 
 /// Why a governed run did not happen or failed.
@@ -169,10 +179,12 @@ impl Governed {
         let run = self.runtime.run_agent_plugin(&plugin, request).await;
         self.deployer.after_run(&plugin);
         let run = counted(agent, run)?;
-        let actions = self
-            .govern_actions(agent, &job, policy, &run.output.actions)
-            .await?;
-        Ok(GovernedRun { run, actions })
+        let (actions, writes) = govern_actions(agent, &job, policy, &run.output.actions);
+        Ok(GovernedRun {
+            run,
+            actions,
+            writes,
+        })
     }
 
     /// Runs a step (routing or decision) under its governance policy; a
@@ -193,58 +205,64 @@ impl Governed {
         let run = self.runtime.run_step_plugin(&plugin, request).await;
         self.deployer.after_run(&plugin);
         let run = counted(step, run)?;
-        let actions = match &run.contribution {
-            Contribution::Decision { actions, .. } => {
-                self.govern_actions(step, &job, policy, actions).await?
-            }
-            Contribution::Route { .. } => Vec::new(),
+        let (actions, writes) = match &run.contribution {
+            Contribution::Decision { actions, .. } => govern_actions(step, &job, policy, actions),
+            Contribution::Route { .. } => Default::default(),
         };
-        Ok(GovernedStep { run, actions })
+        Ok(GovernedStep {
+            run,
+            actions,
+            writes,
+        })
     }
+}
 
-    /// Applies each action, or stores it as a pending approval when the
-    /// plugin's policy requires one.
-    async fn govern_actions(
-        &self,
-        plugin: &str,
-        job: &str,
-        policy: Option<&Policy>,
-        emitted: &[Action],
-    ) -> Result<Vec<ActionOutcome>, StoreError> {
-        let needs_approval = policy.is_some_and(|p| p.approval_required);
-        let mut actions = Vec::with_capacity(emitted.len());
-        for action in emitted {
-            let approval_id = if needs_approval {
-                let record = ApprovalRecord {
-                    id: uuid::Uuid::new_v4().simple().to_string(),
-                    agent_id: plugin.to_string(),
-                    job_id: job.to_string(),
-                    action: action.name.clone(),
-                    args: action.args.clone(),
-                    status: ApprovalStatus::Pending,
-                    approvers: policy.map(|p| p.approvers.clone()).unwrap_or_default(),
-                    created_at: crate::store::now(),
-                    decided_at: None,
-                    decided_by: None,
-                };
-                self.store.insert_approval(&record).await?;
-                Some(record.id)
-            } else {
-                None
-            };
-            actions.push(ActionOutcome {
-                name: action.name.clone(),
+/// What governance makes of emitted actions: each becomes an outbox entry,
+/// queued, or waiting for an approval (also to be written) when the
+/// plugin's policy requires one. Nothing is written here: the caller writes
+/// it with the run's record, in one transaction.
+fn govern_actions(
+    plugin: &str,
+    job: &str,
+    policy: Option<&Policy>,
+    emitted: &[Action],
+) -> (Vec<ActionOutcome>, ActionWrites) {
+    let needs_approval = policy.is_some_and(|p| p.approval_required);
+    let mut writes = ActionWrites::default();
+    let mut outcomes = Vec::with_capacity(emitted.len());
+    for action in emitted {
+        let approval_id = needs_approval.then(|| {
+            let record = ApprovalRecord {
+                id: uuid::Uuid::new_v4().simple().to_string(),
+                agent_id: plugin.to_string(),
+                job_id: job.to_string(),
+                action: action.name.clone(),
                 args: action.args.clone(),
-                status: if approval_id.is_some() {
-                    ActionStatus::PendingApproval
-                } else {
-                    ActionStatus::Applied
-                },
-                approval_id,
-            });
-        }
-        Ok(actions)
+                status: ApprovalStatus::Pending,
+                approvers: policy.map(|p| p.approvers.clone()).unwrap_or_default(),
+                created_at: crate::store::now(),
+                decided_at: None,
+                decided_by: None,
+            };
+            let id = record.id.clone();
+            writes.approvals.push(record);
+            id
+        });
+        let entry = OutboxAction::new(job, plugin, &action.name, &action.args, approval_id.clone());
+        outcomes.push(ActionOutcome {
+            id: entry.id.clone(),
+            name: action.name.clone(),
+            args: action.args.clone(),
+            status: if approval_id.is_some() {
+                ActionStatus::PendingApproval
+            } else {
+                ActionStatus::Queued
+            },
+            approval_id,
+        });
+        writes.actions.push(entry);
     }
+    (outcomes, writes)
 }
 
 /// The plugin version that will run (looked up once), if its governance

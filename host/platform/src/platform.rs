@@ -17,8 +17,10 @@ use crate::access::ApiKeys;
 use crate::bsm::governance::{KNOWN_CONTEXTS, Policy, Violation};
 use crate::bsm::knowledge::BsmKnowledge;
 use crate::deploy::{DeployError, Upload, VersionView};
+use crate::dispatch::Dispatch;
 use crate::governed::{Governed, GovernedRun, GovernedStep, PlatformError};
 use crate::orchestration::{JobEvent, Orchestrator, Pipelines};
+use crate::outbox::Outbox;
 use crate::reports::{ReportRecord, ReportStore};
 use crate::store::{ApprovalRecord, ApprovalStatus, DecideError, JobRecord, StoreError};
 use bsm_cache::StatsSnapshot;
@@ -87,6 +89,8 @@ pub(crate) struct Activity {
 /// settings; shared behind an `Arc`.
 pub struct Platform {
     pub(crate) api_keys: ApiKeys,
+    /// The outbox and its dispatcher (running only in the server).
+    pub(crate) dispatch: Dispatch,
     pub(crate) governed: Arc<Governed>,
     pub(crate) orchestrator: Arc<Orchestrator>,
     pub(crate) reports: Arc<ReportStore>,
@@ -112,7 +116,13 @@ impl Platform {
         request: AgentRequest,
     ) -> Result<GovernedRun, PlatformError> {
         self.check_context(&request.context.calling_context)?;
-        self.counted(self.governed.run_agent(agent, request).await)
+        let mut run = self.counted(self.governed.run_agent(agent, request).await)?;
+        // A direct run has no run record: its actions are written alone
+        // (one transaction) before the caller hears of them.
+        let writes = std::mem::take(&mut run.writes);
+        self.governed.store().insert_action_writes(writes).await?;
+        self.dispatch.wake();
+        Ok(run)
     }
 
     /// Runs a step under its governance; a decision's actions are governed
@@ -122,7 +132,11 @@ impl Platform {
         step: &str,
         request: StepRequest,
     ) -> Result<GovernedStep, PlatformError> {
-        self.counted(self.governed.run_step(step, request).await)
+        let mut run = self.counted(self.governed.run_step(step, request).await)?;
+        let writes = std::mem::take(&mut run.writes);
+        self.governed.store().insert_action_writes(writes).await?;
+        self.dispatch.wake();
+        Ok(run)
     }
 
     fn counted<T>(&self, result: Result<T, PlatformError>) -> Result<T, PlatformError> {
@@ -407,13 +421,52 @@ impl Platform {
         ))
     }
 
+    /// Approves (the action is queued for delivery) or rejects (recorded
+    /// with who and why) a pending approval.
     pub async fn decide_approval(
         &self,
         id: &str,
         approve: bool,
         by: &str,
+        reason: Option<&str>,
     ) -> Result<ApprovalRecord, DecideError> {
-        self.governed.store().decide_approval(id, approve, by).await
+        let record = self
+            .governed
+            .store()
+            .decide_approval(id, approve, by, reason)
+            .await?;
+        self.dispatch.wake();
+        Ok(record)
+    }
+
+    // ---- actions ----
+
+    /// The outbox: actions and their delivery.
+    pub fn outbox(&self) -> &Outbox {
+        self.dispatch.outbox()
+    }
+
+    /// `bsm_actions{status}`: the outbox's actions per status, at scrape time.
+    pub async fn publish_action_gauges(&self) {
+        match self.outbox().counts().await {
+            Ok(counts) => {
+                for (state, n) in counts {
+                    metrics::gauge!("bsm_actions", "status" => state.as_str()).set(n as f64);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot count the outbox's actions"),
+        }
+    }
+
+    /// Queues a failed or dead action again (attempts reset).
+    pub async fn retry_action(
+        &self,
+        id: &str,
+        by: &str,
+    ) -> Result<crate::outbox::OutboxAction, crate::outbox::RetryError> {
+        let action = self.outbox().retry(id, by).await?;
+        self.dispatch.wake();
+        Ok(action)
     }
 
     // ---- knowledge ----

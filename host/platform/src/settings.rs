@@ -26,6 +26,8 @@ pub struct HostSettings {
     pub jobs: crate::orchestration::JobLimits,
     /// `bsm serve` settings; the command line and `BSM_*` variables win.
     pub server: ServerSettings,
+    /// Where actions go (handler routes) and how they are retried.
+    pub actions: crate::dispatch::ActionSettings,
     /// What the server keeps, and for how long.
     pub retention: crate::retention::RetentionSettings,
     /// Pipelines by event, replacing or adding to the original ones.

@@ -180,6 +180,16 @@ CREATE TABLE IF NOT EXISTS approvals (
     id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, job_id TEXT NOT NULL, action TEXT NOT NULL, args TEXT NOT NULL,
     status TEXT NOT NULL, approvers TEXT NOT NULL, created_at TEXT NOT NULL, decided_at TEXT, decided_by TEXT
 );
+CREATE TABLE IF NOT EXISTS actions (
+    id TEXT PRIMARY KEY, job_id TEXT NOT NULL, plugin_id TEXT NOT NULL, name TEXT NOT NULL, args TEXT NOT NULL,
+    status TEXT NOT NULL, handler TEXT, attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at TEXT,
+    last_error TEXT, result TEXT, idempotency_key TEXT NOT NULL, approval_id TEXT, decided_by TEXT, reason TEXT,
+    created_at TEXT NOT NULL, updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS actions_status ON actions(status, next_attempt_at);
+CREATE INDEX IF NOT EXISTS actions_job ON actions(job_id);
+CREATE INDEX IF NOT EXISTS actions_approval ON actions(approval_id);
+CREATE INDEX IF NOT EXISTS actions_created ON actions(created_at);
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, digest BLOB NOT NULL, contexts TEXT NOT NULL, scopes TEXT NOT NULL,
     created_at TEXT NOT NULL, revoked_at TEXT
@@ -318,6 +328,8 @@ impl Store {
         .await
     }
 
+    /// Records a agent run of a job with what governance decided for its
+    /// actions, in one transaction.
     pub async fn insert_agent_run(
         &self,
         job_id: &str,
@@ -325,9 +337,11 @@ impl Store {
         output: Option<Value>,
         error: Option<String>,
         duration_ms: f64,
+        writes: ActionWrites,
     ) -> Result<(), StoreError> {
         let (job_id, agent_id) = (job_id.to_string(), agent_id.to_string());
         self.write(move |c| {
+            writes.apply(c)?;
             c.execute(
                 "INSERT INTO agent_runs (job_id, agent_id, ok, output, error, duration_ms, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![job_id, agent_id, error.is_none(), output.map(|o| o.to_string()), error, duration_ms, now()],
@@ -338,6 +352,8 @@ impl Store {
     }
 
     /// Records a step run (routing or decision) of a job.
+    /// Records a step run of a job with what governance decided for its
+    /// actions, in one transaction.
     pub async fn insert_step_run(
         &self,
         job_id: &str,
@@ -345,9 +361,11 @@ impl Store {
         output: Option<Value>,
         error: Option<String>,
         duration_ms: f64,
+        writes: ActionWrites,
     ) -> Result<(), StoreError> {
         let (job_id, step_id) = (job_id.to_string(), step_id.to_string());
         self.write(move |c| {
+            writes.apply(c)?;
             c.execute(
                 "INSERT INTO step_runs (job_id, step_id, ok, output, error, duration_ms, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![job_id, step_id, error.is_none(), output.map(|o| o.to_string()), error, duration_ms, now()],
@@ -385,14 +403,16 @@ impl Store {
 
     pub async fn insert_approval(&self, a: &ApprovalRecord) -> Result<(), StoreError> {
         let a = a.clone();
-        self.with(move |c| {
-            c.execute(
-                "INSERT INTO approvals (id, agent_id, job_id, action, args, status, approvers, created_at, decided_at, decided_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![a.id, a.agent_id, a.job_id, a.action, a.args.to_string(), a.status.as_str(), serde_json::to_string(&a.approvers).unwrap_or_default(), a.created_at, a.decided_at, a.decided_by],
-            )
-            .map(|_| ())
-        })
-        .await
+        self.with(move |c| insert_approval(c, &a)).await
+    }
+
+    /// The actions (and approvals) of a run without a run record (a direct
+    /// agent run), in one transaction.
+    pub async fn insert_action_writes(&self, writes: ActionWrites) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.write(move |c| writes.apply(c)).await
     }
 
     /// Approvals, optionally only those with `status`, newest first.
@@ -410,14 +430,20 @@ impl Store {
     }
 
     /// Approves or rejects a pending approval, once.
+    /// Approves or rejects a pending approval; the action it holds is
+    /// queued for delivery or rejected (with who and why) in the same
+    /// transaction.
     pub async fn decide_approval(
         &self,
         id: &str,
         approve: bool,
         by: &str,
+        reason: Option<&str>,
     ) -> Result<ApprovalRecord, DecideError> {
-        let (id, by) = (id.to_string(), by.to_string());
+        let (id, by, reason) = (id.to_string(), by.to_string(), reason.map(String::from));
         self.with(move |c| {
+                let tx = c.unchecked_transaction()?;
+                let c = &tx;
                 let current = c
                     .query_row("SELECT id, agent_id, job_id, action, args, status, approvers, created_at, decided_at, decided_by FROM approvals WHERE id = ?1", params![id], approval_row)
                     .optional()?;
@@ -427,14 +453,46 @@ impl Store {
                 }
                 record.status = if approve { ApprovalStatus::Approved } else { ApprovalStatus::Rejected };
                 record.decided_at = Some(now());
-                record.decided_by = Some(by);
+                record.decided_by = Some(by.clone());
                 c.execute(
                     "UPDATE approvals SET status = ?2, decided_at = ?3, decided_by = ?4 WHERE id = ?1 AND status = 'pending'",
                     params![record.id, record.status.as_str(), record.decided_at, record.decided_by],
                 )?;
+                crate::outbox::decide(c, &record.id, approve, &by, reason.as_deref())?;
+                tx.commit()?;
                 Ok(Ok(record))
             })
             .await?
+    }
+}
+
+fn insert_approval(c: &Connection, a: &ApprovalRecord) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO approvals (id, agent_id, job_id, action, args, status, approvers, created_at, decided_at, decided_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![a.id, a.agent_id, a.job_id, a.action, a.args.to_string(), a.status.as_str(), serde_json::to_string(&a.approvers).unwrap_or_default(), a.created_at, a.decided_at, a.decided_by],
+    )
+    .map(|_| ())
+}
+
+/// What governance decided to write for a run's actions: approvals to ask
+/// for and outbox entries. Written with the run's record, in its
+/// transaction (see [`Store::insert_agent_run`]).
+#[derive(Debug, Clone, Default)]
+pub struct ActionWrites {
+    pub approvals: Vec<ApprovalRecord>,
+    pub actions: Vec<crate::outbox::OutboxAction>,
+}
+
+impl ActionWrites {
+    pub fn is_empty(&self) -> bool {
+        self.approvals.is_empty() && self.actions.is_empty()
+    }
+
+    fn apply(&self, c: &Connection) -> rusqlite::Result<()> {
+        for a in &self.approvals {
+            insert_approval(c, a)?;
+        }
+        crate::outbox::insert(c, &self.actions)
     }
 }
 

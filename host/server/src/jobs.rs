@@ -164,12 +164,12 @@ pub async fn pipelines(State(state): State<AppState>) -> Json<Value> {
 /// `limit` and `cursor` of a list endpoint.
 #[derive(Deserialize)]
 pub struct PageQuery {
-    limit: Option<usize>,
-    cursor: Option<String>,
+    pub(crate) limit: Option<usize>,
+    pub(crate) cursor: Option<String>,
 }
 
 impl PageQuery {
-    fn request(&self) -> Result<PageRequest, ApiError> {
+    pub(crate) fn request(&self) -> Result<PageRequest, ApiError> {
         PageRequest::parse(self.limit, self.cursor.as_deref()).map_err(|e| match e {
             PageError::Limit => ApiError::bad_request(e.to_string()),
             PageError::Cursor => {
@@ -233,15 +233,42 @@ pub async fn list_approvals(
     })))
 }
 
+/// The optional body of an approval decision: `{"reason": "..."}`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
 async fn decide(
     state: &AppState,
     caller: &Caller,
     id: &str,
     approve: bool,
+    body: &[u8],
 ) -> Result<Json<Value>, ApiError> {
+    let body: DecisionBody = if body.iter().all(u8::is_ascii_whitespace) {
+        DecisionBody::default()
+    } else {
+        serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "the body must be {{\"reason\": \"...\"}} or empty: {e}"
+            ))
+        })?
+    };
+    if body
+        .reason
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > 2_000)
+    {
+        return Err(ApiError::bad_request(
+            "reason is longer than 2000 characters",
+        ));
+    }
     let record = state
         .platform
-        .decide_approval(id, approve, &caller.name())
+        .decide_approval(id, approve, &caller.name(), body.reason.as_deref())
         .await?;
     Ok(Json(json!({ "approval": record })))
 }
@@ -250,14 +277,16 @@ pub async fn approve(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    decide(&state, &caller, &id, true).await
+    decide(&state, &caller, &id, true, &body).await
 }
 
 pub async fn reject(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    decide(&state, &caller, &id, false).await
+    decide(&state, &caller, &id, false, &body).await
 }

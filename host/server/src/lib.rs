@@ -10,6 +10,7 @@
 //! Depends on the platform only (and through it on the types of the
 //! runtime and LLM crates); nothing depends on it but the `bsm` binary.
 
+pub mod actions;
 pub mod admin;
 pub mod agents;
 pub mod auth;
@@ -155,6 +156,10 @@ fn routes(upload_limit: usize) -> Router<AppState> {
         .route("/api/approvals/{id}/approve", post(jobs::approve))
         .route("/api/approvals/{id}/reject", post(jobs::reject))
         .route("/api/webhooks/github", post(webhooks::github));
+    let actions = Router::new()
+        .route("/api/actions", get(actions::list))
+        .route("/api/actions/{id}", get(actions::get))
+        .route("/api/actions/{id}/retry", post(actions::retry));
     let keys = Router::new()
         .route("/api/keys", get(keys::list).post(keys::create))
         .route("/api/keys/{id}", axum::routing::delete(keys::revoke));
@@ -190,6 +195,7 @@ fn routes(upload_limit: usize) -> Router<AppState> {
         .merge(jobs)
         .merge(knowledge)
         .merge(keys)
+        .merge(actions)
         .merge(operations)
 }
 

@@ -122,6 +122,7 @@ pub async fn isolate_breaker(
 /// Prometheus text format; gauges are refreshed at scrape time.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     state.platform.publish_gauges();
+    state.platform.publish_action_gauges().await;
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

@@ -347,8 +347,9 @@ impl Orchestrator {
         };
         let result = self.governed.run_agent(agent, request).await;
         let duration_ms = started.elapsed().as_secs_f64() * 1e3;
+        let mut writes = Default::default();
         let outcome = match result {
-            Ok(governed) => AgentOutcome {
+            Ok(mut governed) => AgentOutcome {
                 agent_id: agent.to_string(),
                 ok: true,
                 output: Some(
@@ -356,7 +357,10 @@ impl Orchestrator {
                 ),
                 error: None,
                 error_code: None,
-                actions: governed.actions,
+                actions: {
+                    writes = std::mem::take(&mut governed.writes);
+                    governed.actions
+                },
                 duration_ms,
             },
             Err(e) => AgentOutcome {
@@ -377,6 +381,7 @@ impl Orchestrator {
                 outcome.output.clone(),
                 outcome.error.clone(),
                 duration_ms,
+                writes,
             )
             .await
         {
@@ -458,16 +463,20 @@ impl Orchestrator {
         request: StepRequest,
     ) -> Result<GovernedStep, PlatformError> {
         let started = Instant::now();
-        let result = self.governed.run_step(step, request).await;
-        let (output, error) = match &result {
-            Ok(g) => (serde_json::to_value(&g.run.contribution).ok(), None),
-            Err(e) => (None, Some(e.to_string())),
+        let mut result = self.governed.run_step(step, request).await;
+        let (output, error, writes) = match &mut result {
+            Ok(g) => (
+                serde_json::to_value(&g.run.contribution).ok(),
+                None,
+                std::mem::take(&mut g.writes),
+            ),
+            Err(e) => (None, Some(e.to_string()), Default::default()),
         };
         let duration_ms = started.elapsed().as_secs_f64() * 1e3;
         if let Err(e) = self
             .governed
             .store()
-            .insert_step_run(&job.id, step, output, error, duration_ms)
+            .insert_step_run(&job.id, step, output, error, duration_ms, writes)
             .await
         {
             tracing::error!(job = %job.id, step, error = %e, "could not store the step run");

@@ -1,0 +1,299 @@
+//! The outbox dispatcher: hands due actions to their handler plugins and
+//! records what came of it, with retries (exponential backoff with jitter)
+//! and a dead-letter state after the last attempt.
+//!
+//! Routing is configuration (`[actions.routes]`: action name → handler
+//! plugin id, `"*"` for the rest). An action without a route is `dead` at
+//! once, with that reason: nothing pretends to have carried it out.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rand_core::RngCore;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+use crate::outbox::{Attempt, Outbox, OutboxAction};
+use crate::reports::ReportStore;
+use crate::store::Store;
+use bsm_runtime::Runtime;
+use bsm_runtime::api::{ActionRequest, DeliveryFailure};
+
+/// The `[actions]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+pub struct ActionSettings {
+    /// Action name → handler plugin id; `"*"` routes every other action.
+    pub routes: BTreeMap<String, String>,
+    /// Attempts before an action is dead.
+    pub max_attempts: u32,
+    /// First retry delay; doubled per attempt, up to `max-backoff-ms`, each
+    /// drawn between half and all of it (jitter).
+    pub base_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// Deliveries in flight at once.
+    pub concurrency: usize,
+    /// How often due retries are looked for when nothing wakes the
+    /// dispatcher earlier.
+    pub poll_ms: u64,
+}
+
+impl Default for ActionSettings {
+    fn default() -> Self {
+        Self {
+            routes: BTreeMap::new(),
+            max_attempts: 6,
+            base_backoff_ms: 500,
+            max_backoff_ms: 60_000,
+            concurrency: 16,
+            poll_ms: 500,
+        }
+    }
+}
+
+impl ActionSettings {
+    /// The handler an action goes to.
+    pub fn route(&self, action: &str) -> Option<&str> {
+        self.routes
+            .get(action)
+            .or_else(|| self.routes.get("*"))
+            .map(String::as_str)
+    }
+
+    /// The delay before attempt `attempts + 1`, with jitter in [d/2, d].
+    pub fn backoff(&self, attempts: u32) -> Duration {
+        let exp = attempts.saturating_sub(1).min(30);
+        let full = self
+            .base_backoff_ms
+            .saturating_mul(1u64 << exp)
+            .min(self.max_backoff_ms)
+            .max(1);
+        let jitter = rand_core::OsRng.next_u64() % (full / 2 + 1);
+        Duration::from_millis(full - jitter)
+    }
+}
+
+/// The outbox, and its dispatcher when this process delivers.
+pub struct Dispatch {
+    outbox: Outbox,
+    wake: Arc<Notify>,
+    _task: Option<tokio_util::task::AbortOnDropHandle<()>>,
+}
+
+impl Dispatch {
+    /// An outbox this process only writes to (CLI runs): a server on the
+    /// same data directory delivers.
+    pub fn idle(outbox: Outbox) -> Self {
+        Self {
+            outbox,
+            wake: Arc::new(Notify::new()),
+            _task: None,
+        }
+    }
+
+    /// Starts delivering: first what a stopped process left mid-delivery,
+    /// then whatever becomes due.
+    pub fn start(deliverer: Deliverer) -> Self {
+        let wake = Arc::new(Notify::new());
+        let outbox = deliverer.outbox.clone();
+        let task = tokio::spawn(run(Arc::new(deliverer), wake.clone()));
+        Self {
+            outbox,
+            wake,
+            _task: Some(tokio_util::task::AbortOnDropHandle::new(task)),
+        }
+    }
+
+    /// New actions are queued: look now rather than at the next poll.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+}
+
+/// What delivering needs: where actions and jobs are, and who runs handlers.
+pub struct Deliverer {
+    pub outbox: Outbox,
+    pub store: Store,
+    pub reports: Arc<ReportStore>,
+    pub runtime: Arc<Runtime>,
+    pub settings: ActionSettings,
+}
+
+async fn run(deliverer: Arc<Deliverer>, wake: Arc<Notify>) {
+    match deliverer.outbox.recover().await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            actions = n,
+            "actions that were being delivered when the host stopped are due again (at least once: their idempotency keys are unchanged)"
+        ),
+        Err(e) => tracing::error!(error = %e, "cannot recover the outbox"),
+    }
+    let poll = Duration::from_millis(deliverer.settings.poll_ms.max(10));
+    loop {
+        let claimed = match deliverer
+            .outbox
+            .claim(deliverer.settings.concurrency.max(1))
+            .await
+        {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot claim actions; retrying");
+                Vec::new()
+            }
+        };
+        if claimed.is_empty() {
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+            }
+            continue;
+        }
+        futures_util::future::join_all(claimed.into_iter().map(|action| {
+            let deliverer = deliverer.clone();
+            async move { deliverer.deliver(action).await }
+        }))
+        .await;
+    }
+}
+
+impl Deliverer {
+    async fn deliver(&self, action: OutboxAction) {
+        let Some(handler) = self.settings.route(&action.name).map(String::from) else {
+            let reason = format!(
+                "no handler is configured for action {:?} ([actions.routes])",
+                action.name
+            );
+            self.record(&action, None, Attempt::Dead(reason)).await;
+            return;
+        };
+        let request = self.request(&action).await;
+        let attempt = match self.runtime.run_handler(&handler, request).await {
+            Ok(run) => match run.outcome {
+                Ok(done) => Attempt::Delivered(done),
+                Err(DeliveryFailure::Permanent(reason)) => Attempt::Dead(reason),
+                Err(DeliveryFailure::Retry(reason)) => self.retry_or_give_up(&action, reason),
+            },
+            Err(e) => self.retry_or_give_up(&action, format!("handler {handler:?}: {e}")),
+        };
+        self.record(&action, Some(&handler), attempt).await;
+    }
+
+    fn retry_or_give_up(&self, action: &OutboxAction, reason: String) -> Attempt {
+        if action.attempts >= self.settings.max_attempts {
+            return Attempt::Dead(format!(
+                "gave up after {} attempts: {reason}",
+                action.attempts
+            ));
+        }
+        let at = SystemTime::now() + self.settings.backoff(action.attempts);
+        Attempt::Failed {
+            error: reason,
+            next_attempt_at: humantime::format_rfc3339_millis(at).to_string(),
+        }
+    }
+
+    async fn record(&self, action: &OutboxAction, handler: Option<&str>, attempt: Attempt) {
+        let status = match &attempt {
+            Attempt::Delivered(_) => "delivered",
+            Attempt::Failed { .. } => "failed",
+            Attempt::Dead(_) => "dead",
+        };
+        match &attempt {
+            Attempt::Delivered(_) => {
+                tracing::info!(action = %action.id, name = %action.name, handler, "action delivered")
+            }
+            Attempt::Failed { error, .. } => {
+                tracing::warn!(action = %action.id, name = %action.name, handler, attempt = action.attempts, error = %error, "action delivery failed; it will be retried")
+            }
+            Attempt::Dead(error) => {
+                tracing::warn!(action = %action.id, name = %action.name, handler, error = %error, "action is dead")
+            }
+        }
+        metrics::counter!("bsm_action_attempts_total", "outcome" => status).increment(1);
+        if let Err(e) = self.outbox.finish(&action.id, handler, attempt).await {
+            tracing::error!(action = %action.id, error = %e, "cannot record a delivery outcome; the action stays delivering until the next restart");
+        }
+    }
+
+    /// The handler's view of an action: with its job's event, payload,
+    /// decision and report when it came from a job.
+    async fn request(&self, action: &OutboxAction) -> ActionRequest {
+        let job = self.store.job(&action.job_id).await.ok().flatten();
+        let result = job
+            .as_ref()
+            .and_then(|j| j.result.clone())
+            .unwrap_or(Value::Null);
+        let report = match result["report"]["id"].as_str() {
+            Some(id) => self.reports.get(id).await.map(|(_, text)| text),
+            None => None,
+        };
+        ActionRequest {
+            id: action.id.clone(),
+            name: action.name.clone(),
+            args: action.args.clone(),
+            idempotency_key: action.idempotency_key.clone(),
+            attempt: action.attempts,
+            source_plugin: action.plugin_id.clone(),
+            job_id: job.as_ref().map(|j| j.id.clone()),
+            event: job.as_ref().map(|j| j.event.clone()),
+            payload: job
+                .as_ref()
+                .map_or_else(|| json!({}), |j| j.payload.clone()),
+            decision: result["decisionName"].as_str().map(String::from),
+            report,
+            correlation_id: action.job_id.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_fall_back_to_the_wildcard() {
+        let settings = ActionSettings {
+            routes: [
+                ("approve_and_merge".to_string(), "github".to_string()),
+                ("*".to_string(), "sink".to_string()),
+            ]
+            .into(),
+            ..ActionSettings::default()
+        };
+        assert_eq!(settings.route("approve_and_merge"), Some("github"));
+        assert_eq!(settings.route("create_file"), Some("sink"));
+        assert_eq!(ActionSettings::default().route("x"), None);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_with_jitter_below_it() {
+        let settings = ActionSettings {
+            base_backoff_ms: 100,
+            max_backoff_ms: 1_000,
+            ..ActionSettings::default()
+        };
+        for (attempts, full) in [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (4, 800),
+            (5, 1_000),
+            (30, 1_000),
+        ] {
+            for _ in 0..50 {
+                let d = settings.backoff(attempts).as_millis() as u64;
+                assert!(
+                    d >= full / 2 && d <= full,
+                    "attempt {attempts}: {d} not in [{}, {full}]",
+                    full / 2
+                );
+            }
+        }
+    }
+}
