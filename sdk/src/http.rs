@@ -110,6 +110,29 @@ pub fn sign(secret: &str, body: &[u8]) -> Result<String, HttpError> {
 }
 
 impl Response {
+    /// The status as an action handler's outcome: 2xx delivered; 408, 425,
+    /// 429 and 5xx worth a retry; any other status will not succeed
+    /// (permanent). The error carries the status and the start of the body.
+    ///
+    /// ```no_run
+    /// # use bsm_sdk::http::{self, Request};
+    /// # fn f() -> Result<String, bsm_sdk::DeliveryError> {
+    /// let response = http::send(&Request::post("https://hooks.example.com/x"))?;
+    /// response.delivered()?;
+    /// # Ok("sent".into()) }
+    /// ```
+    pub fn delivered(&self) -> Result<(), crate::DeliveryError> {
+        let why = || {
+            let text: String = self.text().chars().take(200).collect();
+            format!("the receiver answered {}: {text}", self.status)
+        };
+        match self.status {
+            200..=299 => Ok(()),
+            408 | 425 | 429 | 500..=599 => Err(crate::DeliveryError::Retry(why())),
+            _ => Err(crate::DeliveryError::Permanent(why())),
+        }
+    }
+
     /// The body as text (lossy UTF-8).
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -121,5 +144,23 @@ impl Response {
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .map(|h| h.value.as_str())
+    }
+}
+
+/// A failed call as an action handler's outcome: no answer in time or a
+/// transport failure is worth a retry; a refused grant, a missing secret
+/// or a malformed request will not succeed.
+impl From<HttpError> for crate::DeliveryError {
+    fn from(e: HttpError) -> Self {
+        match e {
+            HttpError::Timeout => Self::Retry("no answer in time".into()),
+            HttpError::Transport(m) => Self::Retry(m),
+            HttpError::NotPermitted(m) => Self::Permanent(format!("not permitted: {m}")),
+            HttpError::InvalidRequest(m) => Self::Permanent(format!("invalid request: {m}")),
+            HttpError::TooLarge(n) => {
+                Self::Permanent(format!("the answer is too large ({n} bytes)"))
+            }
+            HttpError::Unavailable(m) => Self::Permanent(format!("unavailable: {m}")),
+        }
     }
 }

@@ -450,28 +450,7 @@ fn webhook_secret(file: Option<&Path>) -> anyhow::Result<Option<secrecy::SecretS
     let Some(path) = file else {
         return Ok(None);
     };
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)
-            .with_context(|| format!("cannot read the webhook secret file {}", path.display()))?
-            .permissions()
-            .mode();
-        if mode & 0o007 != 0 {
-            bail!(
-                "refusing the webhook secret file {}: others may read or change it (mode {:o}); `chmod 600` it",
-                path.display(),
-                mode & 0o777
-            );
-        }
-    }
-    let secret = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the webhook secret file {}", path.display()))?;
-    let secret = secret.trim();
-    if secret.is_empty() {
-        bail!("the webhook secret file {} is empty", path.display());
-    }
-    Ok(Some(secret.to_string().into()))
+    Ok(Some(bsm_platform::secrets::read_secret_file(path)?.into()))
 }
 
 fn main() -> ExitCode {

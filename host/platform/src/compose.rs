@@ -21,10 +21,12 @@ use crate::deploy::Deployer;
 use crate::dispatch::{Deliverer, Dispatch};
 use crate::governed::Governed;
 use crate::orchestration::{Orchestrator, Pipelines};
+use crate::outbound::OutboundHttp;
 use crate::outbox::Outbox;
 use crate::platform::{Activity, Platform};
 use crate::reports::ReportStore;
 use crate::retention::Retention;
+use crate::secrets::Secrets;
 use crate::settings::{EmbedderChoice, HostSettings};
 use crate::signing::TrustedKeys;
 use crate::store::Store;
@@ -106,10 +108,12 @@ impl Platform {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let llm = LlmClient::from_settings(&settings.llm)?.map(Arc::new);
         let knowledge = open_knowledge(&options.settings, data_dir, llm.as_ref()).await?;
+        let secrets = Secrets::resolve(&settings.secrets)?;
         let mut capabilities = Capabilities {
             cache: Arc::new(PluginCache::new(settings.cache.plugin.clone())),
             reports: Some(reports.clone()),
             knowledge: Some(Arc::new(knowledge.clone())),
+            http: Some(Arc::new(OutboundHttp::new(secrets)?)),
             ..Capabilities::default()
         };
         match &llm {

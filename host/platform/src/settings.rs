@@ -26,6 +26,9 @@ pub struct HostSettings {
     pub jobs: crate::orchestration::JobLimits,
     /// `bsm serve` settings; the command line and `BSM_*` variables win.
     pub server: ServerSettings,
+    /// Secrets plugins use by name (`[capabilities.http] secrets`): each
+    /// from an environment variable or an owner-only file.
+    pub secrets: std::collections::BTreeMap<String, crate::secrets::SecretSource>,
     /// Where actions go (handler routes) and how they are retried.
     pub actions: crate::dispatch::ActionSettings,
     /// What the server keeps, and for how long.
