@@ -135,30 +135,35 @@ async fn run(deliverer: Arc<Deliverer>, wake: Arc<Notify>) {
         Err(e) => tracing::error!(error = %e, "cannot recover the outbox"),
     }
     let poll = Duration::from_millis(deliverer.settings.poll_ms.max(10));
+    let concurrency = deliverer.settings.concurrency.max(1);
+    // Deliveries run side by side, up to `concurrency`: a slow receiver
+    // holds one place, not the others.
+    let mut in_flight = tokio::task::JoinSet::new();
     loop {
-        let claimed = match deliverer
-            .outbox
-            .claim(deliverer.settings.concurrency.max(1))
-            .await
-        {
-            Ok(claimed) => claimed,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot claim actions; retrying");
-                Vec::new()
+        let free = concurrency - in_flight.len();
+        let mut claimed = 0;
+        if free > 0 {
+            match deliverer.outbox.claim(free).await {
+                Ok(actions) => {
+                    claimed = actions.len();
+                    for action in actions {
+                        let deliverer = deliverer.clone();
+                        in_flight.spawn(async move { deliverer.deliver(action).await });
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot claim actions; retrying"),
             }
-        };
-        if claimed.is_empty() {
-            tokio::select! {
-                _ = wake.notified() => {}
-                _ = tokio::time::sleep(poll) => {}
-            }
+        }
+        if claimed > 0 && claimed == free {
+            // Perhaps more are due: wait only for a free place.
+            in_flight.join_next().await;
             continue;
         }
-        futures_util::future::join_all(claimed.into_iter().map(|action| {
-            let deliverer = deliverer.clone();
-            async move { deliverer.deliver(action).await }
-        }))
-        .await;
+        tokio::select! {
+            _ = wake.notified() => {}
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            _ = tokio::time::sleep(poll) => {}
+        }
     }
 }
 
@@ -242,9 +247,10 @@ impl Deliverer {
             source_plugin: action.plugin_id.clone(),
             job_id: job.as_ref().map(|j| j.id.clone()),
             event: job.as_ref().map(|j| j.event.clone()),
-            payload: job
-                .as_ref()
-                .map_or_else(|| json!({}), |j| j.payload.clone()),
+            payload: match &job {
+                Some(j) => j.payload.clone(),
+                None => action.payload.clone().unwrap_or_else(|| json!({})),
+            },
             decision: result["decisionName"].as_str().map(String::from),
             report,
             correlation_id: action.job_id.clone(),

@@ -176,10 +176,18 @@ impl Governed {
             &request.context.calling_context,
         )?;
         let job = request.context.correlation_id.clone();
+        // Outside a job the payload is kept with the actions (a job's is
+        // read from the job).
+        let payload = request
+            .context
+            .event
+            .is_none()
+            .then(|| request.payload.clone());
         let run = self.runtime.run_agent_plugin(&plugin, request).await;
         self.deployer.after_run(&plugin);
         let run = counted(agent, run)?;
-        let (actions, writes) = govern_actions(agent, &job, policy, &run.output.actions);
+        let (actions, writes) =
+            govern_actions(agent, &job, policy, &run.output.actions, payload.as_ref());
         Ok(GovernedRun {
             run,
             actions,
@@ -206,7 +214,9 @@ impl Governed {
         self.deployer.after_run(&plugin);
         let run = counted(step, run)?;
         let (actions, writes) = match &run.contribution {
-            Contribution::Decision { actions, .. } => govern_actions(step, &job, policy, actions),
+            Contribution::Decision { actions, .. } => {
+                govern_actions(step, &job, policy, actions, None)
+            }
             Contribution::Route { .. } => Default::default(),
         };
         Ok(GovernedStep {
@@ -226,6 +236,7 @@ fn govern_actions(
     job: &str,
     policy: Option<&Policy>,
     emitted: &[Action],
+    payload: Option<&Value>,
 ) -> (Vec<ActionOutcome>, ActionWrites) {
     let needs_approval = policy.is_some_and(|p| p.approval_required);
     let mut writes = ActionWrites::default();
@@ -248,7 +259,14 @@ fn govern_actions(
             writes.approvals.push(record);
             id
         });
-        let entry = OutboxAction::new(job, plugin, &action.name, &action.args, approval_id.clone());
+        let entry = OutboxAction::new(
+            job,
+            plugin,
+            &action.name,
+            &action.args,
+            payload,
+            approval_id.clone(),
+        );
         outcomes.push(ActionOutcome {
             id: entry.id.clone(),
             name: action.name.clone(),

@@ -73,6 +73,10 @@ pub struct OutboxAction {
     pub plugin_id: String,
     pub name: String,
     pub args: Value,
+    /// The run's payload when it ran outside a job (a job's own payload
+    /// is read from the job).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Value>,
     pub status: ActionState,
     /// The handler plugin it was (last) routed to.
     pub handler: Option<String>,
@@ -98,6 +102,7 @@ impl OutboxAction {
         plugin_id: &str,
         name: &str,
         args: &Value,
+        payload: Option<&Value>,
         approval_id: Option<String>,
     ) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string();
@@ -109,6 +114,7 @@ impl OutboxAction {
             plugin_id: plugin_id.to_string(),
             name: name.to_string(),
             args: args.clone(),
+            payload: payload.cloned(),
             status: if approval_id.is_some() {
                 ActionState::PendingApproval
             } else {
@@ -128,12 +134,12 @@ impl OutboxAction {
     }
 }
 
-const COLUMNS: &str = "id, job_id, plugin_id, name, args, status, handler, attempts, next_attempt_at, last_error, result, idempotency_key, approval_id, decided_by, reason, created_at, updated_at";
+const COLUMNS: &str = "id, job_id, plugin_id, name, args, status, handler, attempts, next_attempt_at, last_error, result, idempotency_key, approval_id, decided_by, reason, created_at, updated_at, payload";
 
 /// Inserts actions on a connection inside the caller's transaction.
 pub(crate) fn insert(c: &Connection, actions: &[OutboxAction]) -> rusqlite::Result<()> {
     let mut stmt = c.prepare_cached(&format!(
-        "INSERT INTO actions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+        "INSERT INTO actions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
     ))?;
     for a in actions {
         stmt.execute(params![
@@ -153,7 +159,8 @@ pub(crate) fn insert(c: &Connection, actions: &[OutboxAction]) -> rusqlite::Resu
             a.decided_by,
             a.reason,
             a.created_at,
-            a.updated_at
+            a.updated_at,
+            a.payload.as_ref().map(Value::to_string)
         ])?;
     }
     Ok(())
@@ -180,6 +187,9 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxAction> {
         reason: r.get(14)?,
         created_at: r.get(15)?,
         updated_at: r.get(16)?,
+        payload: r
+            .get::<_, Option<String>>(17)?
+            .and_then(|p| serde_json::from_str(&p).ok()),
     })
 }
 
@@ -321,18 +331,39 @@ impl Outbox {
 
     /// Claims up to `limit` due actions (queued, or failed and due) whose
     /// job has finished (a handler gets the job's decision and report):
-    /// marks them delivering and counts the attempt.
+    /// marks them delivering and counts the attempt. The actions of one job
+    /// (or request) go one at a time, in the order they were emitted, so a
+    /// handler never races itself on the same pull request (a comment
+    /// before the merge, never two comments).
     pub async fn claim(&self, limit: usize) -> Result<Vec<OutboxAction>, StoreError> {
         self.store
             .with(move |c| {
                 let tx = c.unchecked_transaction()?;
                 let at = now();
-                let claimed: Vec<OutboxAction> = tx
-                    .prepare(&format!(
-                        "SELECT {COLUMNS} FROM actions WHERE (status = 'queued' OR (status = 'failed' AND next_attempt_at <= ?1)) AND job_id NOT IN (SELECT id FROM jobs WHERE status = 'running') ORDER BY created_at LIMIT ?2"
-                    ))?
-                    .query_map(params![at, limit as i64], row)?
+                let mut busy: std::collections::HashSet<String> = tx
+                    .prepare("SELECT DISTINCT job_id FROM actions WHERE status = 'delivering'")?
+                    .query_map([], |r| r.get(0))?
                     .collect::<rusqlite::Result<_>>()?;
+                // Earlier actions of a job that are not settled yet (pending
+                // approval aside) hold back the later ones.
+                let candidates: Vec<OutboxAction> = tx
+                    .prepare(&format!(
+                        "SELECT {COLUMNS} FROM actions WHERE status IN ('queued', 'failed') AND job_id NOT IN (SELECT id FROM jobs WHERE status = 'running') ORDER BY rowid LIMIT ?1"
+                    ))?
+                    .query_map(params![(limit * 8 + 64) as i64], row)?
+                    .collect::<rusqlite::Result<_>>()?;
+                let mut claimed = Vec::new();
+                for a in candidates {
+                    if claimed.len() == limit {
+                        break;
+                    }
+                    let due = a.status == ActionState::Queued
+                        || a.next_attempt_at.as_deref().is_some_and(|t| t <= at.as_str());
+                    // Whether due or not, it is the job's next action.
+                    if busy.insert(a.job_id.clone()) && due {
+                        claimed.push(a);
+                    }
+                }
                 for a in &claimed {
                     tx.execute(
                         "UPDATE actions SET status = 'delivering', attempts = attempts + 1, updated_at = ?2 WHERE id = ?1",

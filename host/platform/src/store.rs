@@ -184,7 +184,7 @@ CREATE TABLE IF NOT EXISTS actions (
     id TEXT PRIMARY KEY, job_id TEXT NOT NULL, plugin_id TEXT NOT NULL, name TEXT NOT NULL, args TEXT NOT NULL,
     status TEXT NOT NULL, handler TEXT, attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at TEXT,
     last_error TEXT, result TEXT, idempotency_key TEXT NOT NULL, approval_id TEXT, decided_by TEXT, reason TEXT,
-    created_at TEXT NOT NULL, updated_at TEXT NOT NULL
+    created_at TEXT NOT NULL, updated_at TEXT NOT NULL, payload TEXT
 );
 CREATE INDEX IF NOT EXISTS actions_status ON actions(status, next_attempt_at);
 CREATE INDEX IF NOT EXISTS actions_job ON actions(job_id);
