@@ -127,8 +127,18 @@ fn plugins_list_shows_kind_digest_and_budget() {
     assert!(o.status.success(), "{}", stderr(&o));
     let list: Vec<serde_json::Value> = serde_json::from_str(&stdout(&o)).unwrap();
     let ids: Vec<_> = list.iter().map(|p| p["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["hello-agent", "pr-decision", "prompt-agent"]);
-    let decision = &list[1];
+    assert_eq!(
+        ids,
+        [
+            "github-actions",
+            "hello-agent",
+            "pr-decision",
+            "prompt-agent",
+            "webhook-sink"
+        ]
+    );
+    assert_eq!(list[0]["kind"], "handler");
+    let decision = &list[2];
     assert_eq!(decision["kind"], "step");
     assert_eq!(decision["digest"].as_str().unwrap().len(), 64);
     assert_eq!(decision["budget"]["timeout-ms"], 500);

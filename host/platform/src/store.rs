@@ -649,6 +649,12 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     if !has_owner {
         conn.execute_batch("ALTER TABLE jobs ADD COLUMN owner_pid INTEGER")?;
     }
+    let has_payload: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('actions') WHERE name = 'payload'")?
+        .exists([])?;
+    if !has_payload {
+        conn.execute_batch("ALTER TABLE actions ADD COLUMN payload TEXT")?;
+    }
     Ok(())
 }
 
