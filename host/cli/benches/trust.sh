@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../../.."
 ONLY=${ONLY:-auth clients}
 DURATION=${DURATION:-10}
-cargo build --release -p bsm-cli --bin bsm -q
+cargo build --release -p bsm-cli --bin bsm --example llm_stub -q
 BSM=$PWD/target/release/bsm
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT

@@ -142,7 +142,9 @@ async fn run(deliverer: Arc<Deliverer>, wake: Arc<Notify>) {
     loop {
         let free = concurrency - in_flight.len();
         let mut claimed = 0;
-        if free > 0 {
+        // Claim in batches (a quarter of the places at least) rather than
+        // one place at a time: a claim is a database round trip.
+        if free > 0 && (in_flight.is_empty() || free >= concurrency.div_ceil(4)) {
             match deliverer.outbox.claim(free).await {
                 Ok(actions) => {
                     claimed = actions.len();
@@ -156,6 +158,11 @@ async fn run(deliverer: Arc<Deliverer>, wake: Arc<Notify>) {
         }
         if claimed > 0 && claimed == free {
             // Perhaps more are due: wait only for a free place.
+            in_flight.join_next().await;
+            continue;
+        }
+        if free > 0 && claimed == 0 && !in_flight.is_empty() && free < concurrency.div_ceil(4) {
+            // Not worth a claim yet: wait for places to free up.
             in_flight.join_next().await;
             continue;
         }

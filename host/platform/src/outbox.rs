@@ -340,20 +340,30 @@ impl Outbox {
             .with(move |c| {
                 let tx = c.unchecked_transaction()?;
                 let at = now();
-                let mut busy: std::collections::HashSet<String> = tx
-                    .prepare("SELECT DISTINCT job_id FROM actions WHERE status = 'delivering'")?
-                    .query_map([], |r| r.get(0))?
-                    .collect::<rusqlite::Result<_>>()?;
+                let ids = |sql: &str| -> rusqlite::Result<std::collections::HashSet<String>> {
+                    tx.prepare_cached(sql)?.query_map([], |r| r.get(0))?.collect()
+                };
+                // Jobs still running, and jobs with an action being
+                // delivered, wait. Both are index lookups on `status`.
+                let mut busy = ids("SELECT id FROM jobs WHERE status = 'running'")?;
+                busy.extend(ids("SELECT job_id FROM actions WHERE status = 'delivering'")?);
                 // Earlier actions of a job that are not settled yet (pending
-                // approval aside) hold back the later ones.
-                let candidates: Vec<OutboxAction> = tx
-                    .prepare(&format!(
-                        "SELECT {COLUMNS} FROM actions WHERE status IN ('queued', 'failed') AND job_id NOT IN (SELECT id FROM jobs WHERE status = 'running') ORDER BY rowid LIMIT ?1"
-                    ))?
-                    .query_map(params![(limit * 8 + 64) as i64], row)?
-                    .collect::<rusqlite::Result<_>>()?;
+                // approval aside) hold back the later ones. Each status is
+                // read in rowid order from its index (no sort), then merged.
+                let scan = (limit * 8 + 64) as i64;
+                let mut candidates: Vec<(i64, OutboxAction)> = Vec::new();
+                for status in ["queued", "failed"] {
+                    let mut stmt = tx.prepare_cached(&format!(
+                        "SELECT {COLUMNS}, rowid FROM actions WHERE status = ?1 ORDER BY rowid LIMIT ?2"
+                    ))?;
+                    let rows = stmt.query_map(params![status, scan], |r| Ok((r.get(18)?, row(r)?)))?;
+                    for r in rows {
+                        candidates.push(r?);
+                    }
+                }
+                candidates.sort_by_key(|(rowid, _)| *rowid);
                 let mut claimed = Vec::new();
-                for a in candidates {
+                for (_, a) in candidates {
                     if claimed.len() == limit {
                         break;
                     }

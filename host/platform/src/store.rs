@@ -152,6 +152,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at TEXT NOT NULL, updated_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 CREATE TABLE IF NOT EXISTS agent_runs (
     job_id TEXT NOT NULL, agent_id TEXT NOT NULL, ok INTEGER NOT NULL, output TEXT, error TEXT,
     duration_ms REAL NOT NULL, created_at TEXT NOT NULL
@@ -186,7 +187,7 @@ CREATE TABLE IF NOT EXISTS actions (
     last_error TEXT, result TEXT, idempotency_key TEXT NOT NULL, approval_id TEXT, decided_by TEXT, reason TEXT,
     created_at TEXT NOT NULL, updated_at TEXT NOT NULL, payload TEXT
 );
-CREATE INDEX IF NOT EXISTS actions_status ON actions(status, next_attempt_at);
+CREATE INDEX IF NOT EXISTS actions_state ON actions(status);
 CREATE INDEX IF NOT EXISTS actions_job ON actions(job_id);
 CREATE INDEX IF NOT EXISTS actions_approval ON actions(approval_id);
 CREATE INDEX IF NOT EXISTS actions_created ON actions(created_at);
