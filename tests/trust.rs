@@ -837,3 +837,49 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_asking_more_memory_than_the_instance_pool_holds_is_refused() {
+    let llm = LlmServer::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), &llm, &[]);
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "component",
+            reqwest::multipart::Part::bytes(
+                std::fs::read(common::shipped_dir().join("hello-agent.wasm")).unwrap(),
+            )
+            .file_name("hello-agent.wasm"),
+        )
+        .text(
+            "manifest",
+            "id = \"hello-agent\"\nversion = \"9.0.0\"\nkind = \"agent\"\n[budget]\nmemory-mb = 2048\n",
+        );
+    let r = http()
+        .put(s.url("/api/plugins/hello-agent"))
+        .bearer_auth(ADMIN_TOKEN)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    assert_code(status, &body, StatusCode::BAD_REQUEST, "INVALID_MANIFEST");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("instance pool"),
+        "{body}"
+    );
+    let (_, plugin) = call(
+        &s,
+        reqwest::Method::GET,
+        "/api/plugins/hello-agent",
+        None,
+        None,
+    )
+    .await;
+    assert_ne!(plugin["version"], "9.0.0", "the serving version stays");
+    assert_eq!(output(&s, "hello-agent", "World").await, "Hello, World!");
+}
