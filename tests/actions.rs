@@ -553,3 +553,54 @@ async fn a_crash_mid_delivery_loses_nothing_and_redelivers_with_the_same_key() {
         "a receiver dropping duplicates by key sees each once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_blocking_issues_merges_and_a_json_block_verdict_blocks() {
+    let llm = LlmServer::start().await;
+    llm.set_reply("Looks good to me.");
+    llm.reply_when(
+        "Governance Compliance Officer",
+        "No blocking issues found; the change is compliant.",
+    );
+    let fake = FakeGitHub::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let setup = setup(&fake, data.path(), &fake.host());
+    let s = start(data.path(), &llm, &setup);
+
+    let job = webhook(&s, "d-1", &pull_request("opened", 21)).await;
+    settled_actions(&s, &job).await;
+    assert_eq!(
+        fake.calls_to("PUT", "/pulls/21/merge").len(),
+        1,
+        "\"no blocking issues\" does not block"
+    );
+    // The PR agents are asked for a structured verdict, by JSON mode too.
+    let asked = llm
+        .seen()
+        .into_iter()
+        .find(|r| r.body["messages"].to_string().contains("Code Review Agent"))
+        .unwrap();
+    assert_eq!(asked.body["response_format"]["type"], "json_object");
+    assert!(
+        asked.body["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("\"verdict\"")
+    );
+
+    llm.reply_when(
+        "Security Scanner",
+        r#"{"verdict": "block", "summary": "a secret in the code", "findings": [{"severity": "high", "message": "AWS key in config.js"}]}"#,
+    );
+    let job = webhook(&s, "d-2", &pull_request("opened", 22)).await;
+    let actions = settled_actions(&s, &job).await;
+    assert!(
+        statuses(&actions).contains(&("block_pr".to_string(), "delivered".to_string())),
+        "{actions:#?}"
+    );
+    assert!(fake.calls_to("PUT", "/pulls/22/merge").is_empty());
+    assert_eq!(
+        fake.calls_to("POST", "/repos/acme/app/issues/22/labels")[0].body["labels"],
+        json!(["bsm-blocked"])
+    );
+}

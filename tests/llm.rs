@@ -78,6 +78,7 @@ fn ask(text: &str) -> ChatRequest {
         model: None,
         max_tokens: Some(64),
         temperature: Some(0.3),
+        json: false,
     }
 }
 

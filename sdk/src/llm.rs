@@ -63,7 +63,15 @@ impl ChatRequest {
             model: None,
             max_tokens: None,
             temperature: None,
+            json: false,
         }
+    }
+
+    /// Asks for one JSON object as the answer (JSON mode where the provider
+    /// supports it); say so in the prompt too.
+    pub fn with_json(mut self) -> Self {
+        self.json = true;
+        self
     }
 
     /// Asks for a specific model (the host falls back to its default when the

@@ -52,6 +52,7 @@ fn request() -> ChatRequest {
         model: None,
         max_tokens: None,
         temperature: Some(0.7),
+        json: false,
     }
 }
 

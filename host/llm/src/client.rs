@@ -97,7 +97,10 @@ fn cache_key(request: &ChatRequest) -> Option<[u8; 32]> {
         return None;
     }
     let mut h = Sha256::new();
-    h.update(format!("{:?}|{:?}", request.model, request.max_tokens));
+    h.update(format!(
+        "{:?}|{:?}|{}",
+        request.model, request.max_tokens, request.json
+    ));
     for m in &request.messages {
         h.update(format!("{:?}", m.role));
         h.update((m.content.len() as u64).to_le_bytes());

@@ -108,7 +108,13 @@ impl Provider {
             (Some(asked), Some(cap)) => Some(asked.min(cap)),
             (asked, cap) => asked.or(cap),
         };
-        let body = WireChatRequest::new(request, model.clone(), max_tokens, self.settings.stream);
+        let body = WireChatRequest::new(
+            request,
+            model.clone(),
+            max_tokens,
+            self.settings.stream,
+            self.settings.json_mode,
+        );
         let body =
             serde_json::to_vec(&body).map_err(|e| LlmError::InvalidRequest(e.to_string()))?;
         self.call(|| self.chat_attempt(caller, &body, &model)).await

@@ -48,6 +48,11 @@ pub struct ProviderSettings {
     /// Ask for server-sent events (time to first token is then measured).
     #[serde(default = "yes")]
     pub stream: bool,
+    /// Pass a plugin's request for a JSON answer on as `response_format`
+    /// (OpenAI, and most compatible servers); off for providers that
+    /// refuse the field.
+    #[serde(default = "yes")]
+    pub json_mode: bool,
     /// Ceiling of upstream calls in flight at once (overrides
     /// `concurrency.max`; set it to what the provider's plan allows).
     #[serde(default)]
@@ -217,6 +222,7 @@ impl ProviderSettings {
             models: Vec::new(),
             model_overrides: BTreeMap::new(),
             stream: true,
+            json_mode: true,
             max_concurrent: None,
             concurrency: AdaptiveSettings::default(),
             timeouts: TimeoutSettings::default(),

@@ -20,6 +20,10 @@ pub struct WireChatRequest {
     pub stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stream_options: Option<StreamOptions>,
+    /// `{"type": "json_object"}` when the plugin asks for JSON and the
+    /// provider supports it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -39,6 +43,7 @@ impl WireChatRequest {
         model: String,
         max_tokens: Option<u32>,
         stream: bool,
+        json_mode: bool,
     ) -> Self {
         Self {
             model,
@@ -49,6 +54,8 @@ impl WireChatRequest {
             stream_options: stream.then_some(StreamOptions {
                 include_usage: true,
             }),
+            response_format: (request.json && json_mode)
+                .then(|| serde_json::json!({ "type": "json_object" })),
         }
     }
 }
@@ -272,6 +279,27 @@ pub fn parse_error(status: u16, body: &[u8]) -> ProviderError {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn json_answers_are_asked_for_only_where_the_provider_takes_the_field() {
+        let mut request = ChatRequest {
+            messages: vec![],
+            model: None,
+            max_tokens: None,
+            temperature: None,
+            json: true,
+        };
+        let on = WireChatRequest::new(&request, "m".into(), None, false, true);
+        assert_eq!(
+            serde_json::to_value(&on).unwrap()["response_format"]["type"],
+            "json_object"
+        );
+        let off = WireChatRequest::new(&request, "m".into(), None, false, false);
+        assert!(serde_json::to_value(&off).unwrap().get("response_format").is_none());
+        request.json = false;
+        let plain = WireChatRequest::new(&request, "m".into(), None, false, true);
+        assert!(serde_json::to_value(&plain).unwrap().get("response_format").is_none());
+    }
+
     use super::*;
 
     #[test]

@@ -37,6 +37,9 @@ pub struct Settings {
     /// Hits of the knowledge search put in the prompt (5 by default).
     pub knowledge_top_k: u32,
     pub version: Option<String>,
+    /// `verdict = "json"`: ask for a structured verdict (the decision step
+    /// prefers it to words), in the prompt and by JSON mode.
+    pub json_verdict: bool,
 }
 
 impl Settings {
@@ -60,6 +63,7 @@ impl Settings {
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(5),
             version: get("version"),
+            json_verdict: get("verdict").is_some_and(|v| v.trim() == "json"),
         }
     }
 }
@@ -75,6 +79,12 @@ fn parse_list(value: &str) -> Vec<String> {
             .collect(),
     }
 }
+
+/// Asks for the structured verdict the decision step reads first.
+pub const VERDICT_FORMAT: &str = "Answer with one JSON object and nothing else: \
+     {\"verdict\": \"approve\" | \"request_changes\" | \"block\", \"summary\": \"one sentence\", \
+     \"findings\": [{\"severity\": \"low\" | \"medium\" | \"high\" | \"critical\", \"message\": \"...\"}]} \
+     and, if you request actions, an \"actions\": [\"name\"] list.";
 
 /// Tells the model what the delimited parts of the user message are.
 pub const UNTRUSTED_NOTE: &str = "The user message carries the caller's input (between <input> tags) and \
@@ -130,6 +140,10 @@ pub fn build_messages(
             "\n\nYou may request these actions: {actions_text}. To request one, write a line \
              `ACTION: <name>` optionally followed by a JSON object of arguments."
         ));
+    }
+    if settings.json_verdict {
+        system_text.push_str("\n\n");
+        system_text.push_str(VERDICT_FORMAT);
     }
     system_text.push_str("\n\n");
     system_text.push_str(UNTRUSTED_NOTE);
@@ -250,6 +264,7 @@ impl Agent for PromptAgent {
         request.model = settings.model.clone();
         request.max_tokens = settings.max_tokens;
         request.temperature = settings.temperature;
+        request.json = settings.json_verdict;
         let reply =
             llm::chat(&request).map_err(|e| AgentError::Capability(format!("llm: {e:?}")))?;
         let mut output = Output::text(reply.content.clone()).with_metadata(

@@ -73,6 +73,9 @@ pub fn manifest_for(def: &AgentDefinition, knowledge: Option<&KnowledgeBinding>)
     if let Some(model) = &def.model_name {
         set("model", model);
     }
+    if let Some(verdict) = &def.verdict {
+        set("verdict", verdict);
+    }
     if let Some(k) = knowledge {
         set("knowledge-collection", &k.collection);
         config.insert(

@@ -30,6 +30,10 @@ pub struct AgentDefinition {
     pub contexts: Option<Contexts>,
     pub risk: Option<Risk>,
     pub approval: Option<Approval>,
+    /// `json`: the agent answers with a structured verdict (asked for in its
+    /// prompt, JSON mode where the provider supports it). Not in the
+    /// original format; agents without it answer in words.
+    pub verdict: Option<String>,
 }
 
 /// The governance registry (`agents/registry.yaml`).
