@@ -294,10 +294,20 @@ mod tests {
             "json_object"
         );
         let off = WireChatRequest::new(&request, "m".into(), None, false, false);
-        assert!(serde_json::to_value(&off).unwrap().get("response_format").is_none());
+        assert!(
+            serde_json::to_value(&off)
+                .unwrap()
+                .get("response_format")
+                .is_none()
+        );
         request.json = false;
         let plain = WireChatRequest::new(&request, "m".into(), None, false, true);
-        assert!(serde_json::to_value(&plain).unwrap().get("response_format").is_none());
+        assert!(
+            serde_json::to_value(&plain)
+                .unwrap()
+                .get("response_format")
+                .is_none()
+        );
     }
 
     use super::*;
