@@ -169,6 +169,19 @@ async fn settled_actions(s: &BsmServer, job: &str) -> Vec<Value> {
     panic!("the actions of job {job} did not settle: {last:#?}");
 }
 
+/// The action once it reaches `status` (or as it is after 10 s).
+async fn action_when(s: &BsmServer, id: &str, status: &str) -> Value {
+    let mut action = Value::Null;
+    for _ in 0..200 {
+        action = get(s, &format!("/api/actions/{id}")).await["action"].clone();
+        if action["status"] == status {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    action
+}
+
 fn statuses(actions: &[Value]) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = actions
         .iter()
@@ -377,14 +390,7 @@ async fn an_action_waiting_for_approval_is_delivered_only_after_it() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let mut status = Value::Null;
-    for _ in 0..200 {
-        status = get(&s, &format!("/api/actions/{id}")).await["action"].clone();
-        if status["status"] == "delivered" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let status = action_when(&s, &id, "delivered").await;
     assert_eq!(status["status"], "delivered", "{status:#}");
     assert_eq!(status["decidedBy"], "admin");
     // A direct run's payload names the pull request.
@@ -433,14 +439,7 @@ async fn the_webhook_sink_signs_what_it_posts_and_a_host_not_granted_is_refused(
         .unwrap();
     let body: Value = r.json().await.unwrap();
     let id = body["actions"][0]["id"].as_str().unwrap().to_string();
-    let mut action = Value::Null;
-    for _ in 0..200 {
-        action = get(&s, &format!("/api/actions/{id}")).await["action"].clone();
-        if action["status"] == "delivered" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let action = action_when(&s, &id, "delivered").await;
     assert_eq!(action["status"], "delivered", "{action:#}");
     assert_eq!(action["handler"], "webhook-sink");
     let posts = fake.calls_to("POST", "/hooks/bsm");
@@ -472,13 +471,7 @@ async fn the_webhook_sink_signs_what_it_posts_and_a_host_not_granted_is_refused(
         .unwrap();
     let body: Value = r.json().await.unwrap();
     let id = body["actions"][0]["id"].as_str().unwrap().to_string();
-    for _ in 0..200 {
-        action = get(&s, &format!("/api/actions/{id}")).await["action"].clone();
-        if action["status"] == "dead" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let action = action_when(&s, &id, "dead").await;
     assert_eq!(action["status"], "dead", "{action:#}");
     assert!(
         action["lastError"]
@@ -527,14 +520,7 @@ async fn a_crash_mid_delivery_loses_nothing_and_redelivers_with_the_same_key() {
 
     let s = start(data.path(), &llm, &setup);
     for id in &ids {
-        let mut action = Value::Null;
-        for _ in 0..200 {
-            action = get(&s, &format!("/api/actions/{id}")).await["action"].clone();
-            if action["status"] == "delivered" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let action = action_when(&s, id, "delivered").await;
         assert_eq!(action["status"], "delivered", "nothing lost: {action:#}");
         assert_eq!(action["attempts"], 2, "delivered again after the crash");
     }

@@ -1,5 +1,6 @@
 //! Retention: what the server keeps, pruned in the background so that its
-//! database, report directory and artifact cache stop growing.
+//! database (jobs, runs, approvals, settled actions, webhook delivery ids),
+//! report directory and artifact cache stop growing.
 //!
 //! Every pass deletes by age (older than `max-age-days`) and by count (the
 //! newest `max-*` kept), in batches of [`BATCH`] rows per statement: the
@@ -36,6 +37,9 @@ pub struct RetentionSettings {
     pub max_agent_runs: u64,
     /// Reports kept (files and index).
     pub max_reports: u64,
+    /// Settled actions kept (delivered, dead, rejected); actions still
+    /// waiting for approval or delivery are never pruned.
+    pub max_actions: u64,
     /// Compiled artifacts not used by a loaded plugin are removed once they
     /// are older than this; 0 keeps them.
     pub artifact_max_age_days: u64,
@@ -50,6 +54,7 @@ impl Default for RetentionSettings {
             max_jobs: 100_000,
             max_agent_runs: 500_000,
             max_reports: 50_000,
+            max_actions: 500_000,
             artifact_max_age_days: 30,
             interval_ms: 10 * 60 * 1000,
         }
@@ -76,6 +81,7 @@ pub struct Pruned {
     pub step_runs: usize,
     pub approvals: usize,
     pub reports: usize,
+    pub actions: usize,
     pub deliveries: usize,
     pub artifacts: usize,
 }
@@ -87,6 +93,7 @@ impl Pruned {
             + self.step_runs
             + self.approvals
             + self.reports
+            + self.actions
             + self.deliveries
             + self.artifacts
     }
@@ -125,6 +132,13 @@ impl Retention {
                 "DELETE FROM step_runs WHERE rowid IN (SELECT rowid FROM step_runs WHERE created_at < ?1 OR created_at <= ?2 LIMIT ?3)",
                 cutoff.clone(),
                 self.boundary("step_runs", "created_at", s.max_agent_runs).await?,
+            )
+            .await?;
+        pruned.actions = self
+            .batches(
+                "DELETE FROM actions WHERE rowid IN (SELECT rowid FROM actions WHERE status IN ('delivered', 'dead', 'rejected') AND (created_at < ?1 OR created_at <= ?2) LIMIT ?3)",
+                cutoff.clone(),
+                self.boundary("actions", "created_at", s.max_actions).await?,
             )
             .await?;
         if cutoff.is_some() {
@@ -447,12 +461,48 @@ mod tests {
             .with(|c| c.execute("INSERT INTO webhook_deliveries (source, id, received_at) VALUES ('github', 'd', ?1)", params![OLD]))
             .await
             .unwrap();
+        let action = |status: crate::outbox::ActionState| {
+            let mut a = crate::outbox::OutboxAction::new(
+                "old",
+                "a",
+                "x",
+                &serde_json::json!({}),
+                None,
+                None,
+            );
+            a.status = status;
+            a.created_at = OLD.into();
+            a
+        };
+        let (delivered, waiting) = (
+            action(crate::outbox::ActionState::Delivered),
+            action(crate::outbox::ActionState::Queued),
+        );
+        let writes = crate::store::ActionWrites {
+            approvals: vec![],
+            actions: vec![delivered.clone(), waiting.clone()],
+        };
+        r.store.insert_action_writes(writes).await.unwrap();
 
         let pruned = r.prune(&HashSet::new()).await.unwrap();
         assert_eq!(
-            (pruned.jobs, pruned.approvals, pruned.deliveries),
-            (1, 1, 1),
+            (
+                pruned.jobs,
+                pruned.approvals,
+                pruned.deliveries,
+                pruned.actions
+            ),
+            (1, 1, 1, 1),
             "{pruned:?}"
+        );
+        let outbox = crate::outbox::Outbox::new(r.store.clone());
+        assert!(
+            outbox.get(&delivered.id).await.unwrap().is_none(),
+            "settled: pruned"
+        );
+        assert!(
+            outbox.get(&waiting.id).await.unwrap().is_some(),
+            "still to deliver: kept"
         );
         assert_eq!(pruned.agent_runs, 0, "the old job's run went with it");
         assert!(r.store.job("old").await.unwrap().is_none());

@@ -24,6 +24,42 @@ pub(crate) enum Exports {
     Handler(ActionHandlerPre<RunState>),
 }
 
+impl From<crate::bindings::types::AgentInfo> for Described {
+    fn from(info: crate::bindings::types::AgentInfo) -> Self {
+        Self {
+            id: info.id,
+            name: info.name,
+            version: info.version,
+            description: info.description,
+            actions: info.actions,
+        }
+    }
+}
+
+impl From<crate::bindings::types::StepInfo> for Described {
+    fn from(info: crate::bindings::types::StepInfo) -> Self {
+        Self {
+            id: info.id,
+            name: info.name,
+            version: info.version,
+            description: info.description,
+            actions: Vec::new(),
+        }
+    }
+}
+
+impl From<crate::bindings::types::HandlerInfo> for Described {
+    fn from(info: crate::bindings::types::HandlerInfo) -> Self {
+        Self {
+            id: info.id,
+            name: info.name,
+            version: info.version,
+            description: info.description,
+            actions: Vec::new(),
+        }
+    }
+}
+
 /// What the plugin says about itself (`describe()`), read once at load.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Described {

@@ -403,77 +403,39 @@ impl Runtime {
 
     async fn describe(&self, plugin: &Plugin) -> Result<Described, RunError> {
         let correlation_id = format!("load-{}", plugin.id());
-        match &plugin.exports {
+        let call: GuestCall<Described> = match &plugin.exports {
             Exports::Agent(pre) => {
                 let pre = pre.clone();
-                let info = self
-                    .sandboxed(
-                        plugin,
-                        &correlation_id,
-                        Box::new(move |store| {
-                            Box::pin(async move {
-                                let agent = pre.instantiate_async(&mut *store).await?;
-                                agent.call_describe(&mut *store).await
-                            })
-                        }),
-                    )
-                    .await
-                    .0?;
-                Ok(Described {
-                    id: info.id,
-                    name: info.name,
-                    version: info.version,
-                    description: info.description,
-                    actions: info.actions,
+                Box::new(move |store| {
+                    Box::pin(async move {
+                        let agent = pre.instantiate_async(&mut *store).await?;
+                        agent.call_describe(&mut *store).await.map(Described::from)
+                    })
                 })
             }
             Exports::Step(pre) => {
                 let pre = pre.clone();
-                let info = self
-                    .sandboxed(
-                        plugin,
-                        &correlation_id,
-                        Box::new(move |store| {
-                            Box::pin(async move {
-                                let step = pre.instantiate_async(&mut *store).await?;
-                                step.call_describe(&mut *store).await
-                            })
-                        }),
-                    )
-                    .await
-                    .0?;
-                Ok(Described {
-                    id: info.id,
-                    name: info.name,
-                    version: info.version,
-                    description: info.description,
-                    actions: Vec::new(),
+                Box::new(move |store| {
+                    Box::pin(async move {
+                        let step = pre.instantiate_async(&mut *store).await?;
+                        step.call_describe(&mut *store).await.map(Described::from)
+                    })
                 })
             }
             Exports::Handler(pre) => {
                 let pre = pre.clone();
-                let info = self
-                    .sandboxed(
-                        plugin,
-                        &correlation_id,
-                        Box::new(move |store| {
-                            Box::pin(async move {
-                                let handler = pre.instantiate_async(&mut *store).await?;
-                                handler.call_describe(&mut *store).await
-                            })
-                        }),
-                    )
-                    .await
-                    .0?;
-                Ok(Described {
-                    id: info.id,
-                    name: info.name,
-                    version: info.version,
-                    description: info.description,
-                    actions: Vec::new(),
+                Box::new(move |store| {
+                    Box::pin(async move {
+                        let handler = pre.instantiate_async(&mut *store).await?;
+                        handler
+                            .call_describe(&mut *store)
+                            .await
+                            .map(Described::from)
+                    })
                 })
             }
-        }
+        };
+        self.sandboxed(plugin, &correlation_id, call).await.0
     }
 
     /// The bulkhead every version of `id` shares (made with this budget
