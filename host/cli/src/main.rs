@@ -20,6 +20,7 @@ use bsm_platform::{AgentSet, HostSettings, Platform, PlatformOptions, PluginSele
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 
+mod recording;
 mod remote;
 
 mod allocator;
@@ -83,9 +84,9 @@ enum Command {
     Run {
         /// Id of the agent.
         agent_id: String,
-        /// The input text.
-        #[arg(long)]
-        input: String,
+        /// The input text (with --replay: the recorded one by default).
+        #[arg(long, required_unless_present = "replay")]
+        input: Option<String>,
         /// A JSON file with the event payload.
         #[arg(long)]
         payload: Option<PathBuf>,
@@ -95,14 +96,17 @@ enum Command {
         /// Print the whole result as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        tape: recording::TapeArgs,
     },
     /// Run an orchestration step over a pipeline state and print its contribution.
     Step {
         /// Id of the step plugin.
         step_id: String,
-        /// The event being handled, e.g. `pull_request.opened`.
-        #[arg(long)]
-        event: String,
+        /// The event being handled, e.g. `pull_request.opened` (with
+        /// --replay: the recorded one by default).
+        #[arg(long, required_unless_present = "replay")]
+        event: Option<String>,
         /// A JSON file with the event payload.
         #[arg(long)]
         payload: Option<PathBuf>,
@@ -115,6 +119,8 @@ enum Command {
         /// Print the whole result as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        tape: recording::TapeArgs,
     },
     /// Orchestration jobs: an event handled by its pipeline.
     Job {
@@ -611,6 +617,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         settings: settings.clone(),
         watch: false,
         background: false,
+        tape: None,
     };
     match cli.command {
         Command::Serve(args) => {
@@ -681,18 +688,37 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             payload,
             context,
             json,
+            tape,
         } => {
-            let platform = Platform::build(platform_options(PluginSelection::Only(vec![
-                agent_id.clone(),
-            ])))
-            .await?;
+            let session = tape.session()?;
+            let mut options = platform_options(PluginSelection::Only(vec![agent_id.clone()]));
+            options.tape = session.as_ref().map(|s| s.tape.clone());
+            let platform = Platform::build(options).await?;
             require_known(&platform, &agent_id, &plugins_dir)?;
+            let recorded = |field: &str| session.as_ref().and_then(|s| s.recorded(field)).cloned();
+            let input = match input.or_else(|| recorded("input")?.as_str().map(String::from)) {
+                Some(input) => input,
+                None => bail!("--input is required (the recording holds no input)"),
+            };
+            let payload = match read_json(payload.as_deref())? {
+                Some(payload) => payload,
+                None => recorded("payload").unwrap_or_else(|| json!({})),
+            };
             let request = AgentRequest {
                 input,
-                payload: read_json(payload.as_deref())?.unwrap_or_else(|| json!({})),
+                payload,
                 context: RunContext::new(context),
             };
-            let governed = platform.run_agent(&agent_id, request).await?;
+            let asked = json!({ "input": request.input, "payload": request.payload });
+            let result = platform.run_agent(&agent_id, request).await;
+            if let Some(session) = session {
+                let outcome = match &result {
+                    Ok(governed) => Ok(serde_json::to_value(&governed.run.output)?),
+                    Err(e) => Err(e.to_string()),
+                };
+                session.finish(&agent_id, asked, outcome)?;
+            }
+            let governed = result?;
             if json {
                 print_governed(&governed.run, &governed.actions)?;
             } else {
@@ -706,26 +732,49 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             results,
             context,
             json,
+            tape,
         } => {
-            let platform = Platform::build(platform_options(PluginSelection::Only(vec![
-                step_id.clone(),
-            ])))
-            .await?;
+            let session = tape.session()?;
+            let mut options = platform_options(PluginSelection::Only(vec![step_id.clone()]));
+            options.tape = session.as_ref().map(|s| s.tape.clone());
+            let platform = Platform::build(options).await?;
             require_known(&platform, &step_id, &plugins_dir)?;
-            let results: Vec<AgentResult> = match read_json(results.as_deref())? {
+            let recorded = |field: &str| session.as_ref().and_then(|s| s.recorded(field)).cloned();
+            let results = match read_json(results.as_deref())? {
+                Some(v) => Some(v),
+                None => recorded("results"),
+            };
+            let results: Vec<AgentResult> = match results {
                 Some(v) => serde_json::from_value(v)
                     .context("the results file is not a list of agent results")?,
                 None => Vec::new(),
             };
+            let event = match event.or_else(|| recorded("event")?.as_str().map(String::from)) {
+                Some(event) => event,
+                None => bail!("--event is required (the recording holds no event)"),
+            };
+            let payload = match read_json(payload.as_deref())? {
+                Some(payload) => payload,
+                None => recorded("payload").unwrap_or_else(|| json!({})),
+            };
             let mut run_context = RunContext::new(context);
             run_context.event = Some(event.clone());
+            let asked = json!({ "event": event, "payload": payload, "results": results });
             let request = StepRequest {
                 event,
-                payload: read_json(payload.as_deref())?.unwrap_or_else(|| json!({})),
+                payload,
                 context: run_context,
                 results,
             };
-            let governed = platform.run_step(&step_id, request).await?;
+            let result = platform.run_step(&step_id, request).await;
+            if let Some(session) = session {
+                let outcome = match &result {
+                    Ok(governed) => Ok(serde_json::to_value(&governed.run.contribution)?),
+                    Err(e) => Err(e.to_string()),
+                };
+                session.finish(&step_id, asked, outcome)?;
+            }
+            let governed = result?;
             if json {
                 print_governed(&governed.run, &governed.actions)?;
             } else {

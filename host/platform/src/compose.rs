@@ -36,6 +36,7 @@ use bsm_knowledge::{Embedder, Knowledge};
 use bsm_llm::LlmClient;
 use bsm_runtime::capabilities::Capabilities;
 use bsm_runtime::capabilities::llm::{LlmShared, NOT_CONFIGURED};
+use bsm_runtime::tape::Tape;
 use bsm_runtime::{Runtime, RuntimeOptions};
 
 /// The agent set in the original BSM layout the platform serves.
@@ -78,6 +79,9 @@ pub struct PlatformOptions {
     /// Run the server's background work: retention by `[retention]` and
     /// the outbox dispatcher (one-off CLI runs leave both to the server).
     pub background: bool,
+    /// Records every host call of the runs, or answers them from a
+    /// recording (`bsm run --record/--replay`); `None`: live.
+    pub tape: Option<Arc<Tape>>,
 }
 
 /// The plugin every BSM agent is an instance of.
@@ -114,6 +118,7 @@ impl Platform {
             reports: Some(reports.clone()),
             knowledge: Some(Arc::new(knowledge.clone())),
             http: Some(Arc::new(OutboundHttp::new(secrets)?)),
+            tape: options.tape.clone(),
             ..Capabilities::default()
         };
         match &llm {

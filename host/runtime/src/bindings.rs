@@ -12,6 +12,8 @@ pub mod agent {
         world: "bsm:plugin/agent@0.1.0",
         imports: { default: async },
         exports: { default: async },
+        // Recordings of host calls are JSON (see `tape`).
+        additional_derives: [serde::Serialize, serde::Deserialize],
     });
 }
 
@@ -22,6 +24,8 @@ pub mod step {
         world: "bsm:plugin/step@0.1.0",
         imports: { default: async },
         exports: { default: async },
+        // Recordings of host calls are JSON (see `tape`).
+        additional_derives: [serde::Serialize, serde::Deserialize],
         with: {
             "bsm:plugin/types@0.1.0": crate::bindings::agent::bsm::plugin::types,
             "bsm:plugin/llm@0.1.0": crate::bindings::agent::bsm::plugin::llm,
@@ -42,6 +46,8 @@ pub mod handler {
         world: "bsm:plugin/action-handler@0.1.0",
         imports: { default: async },
         exports: { default: async },
+        // Recordings of host calls are JSON (see `tape`).
+        additional_derives: [serde::Serialize, serde::Deserialize],
         with: {
             "bsm:plugin/types@0.1.0": crate::bindings::agent::bsm::plugin::types,
             "bsm:plugin/llm@0.1.0": crate::bindings::agent::bsm::plugin::llm,

@@ -37,6 +37,7 @@ pub mod plugin;
 pub mod registry;
 pub mod run_state;
 pub mod runtime;
+pub mod tape;
 
 pub use api::{AgentRequest, AgentRun, RunContext, StepRequest, StepRun};
 pub use error::{LoadError, LoadStage, RunError};

@@ -737,6 +737,7 @@ impl Runtime {
             caller,
             manifest: &plugin.manifest,
             config: &plugin.config,
+            tape: self.capabilities.tape.clone(),
         });
         let deadline = Instant::now() + budget.timeout();
         let mut state = RunState::new(RunLimits::new(budget.memory_bytes()), deadline, caps);

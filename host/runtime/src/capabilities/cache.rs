@@ -10,6 +10,7 @@ use wasmtime::component::{HasSelf, Linker};
 
 use super::{Caller, Capability, RunInfo};
 use crate::bindings::cache::{self, Error, Host};
+use crate::tape::{self, Tape};
 
 /// The `cache` capability: one [`PluginCache`] for the process, each plugin
 /// in its own namespace.
@@ -29,6 +30,7 @@ impl Capability for Cache {
     fn for_run(store: &Arc<PluginCache>, run: &RunInfo<'_>) -> CacheState {
         let mut state = CacheState::new(store.clone(), run.caller.clone());
         state.quota = run.manifest.capabilities.cache.as_ref().map(|g| g.quota_bytes);
+        state.tape = run.tape.clone();
         state
     }
 }
@@ -40,6 +42,7 @@ pub struct CacheState {
     /// Bytes the plugin's entries may hold (`None`: built outside a
     /// manifest, only the cache's total bound).
     quota: Option<u64>,
+    tape: Option<Arc<Tape>>,
 }
 
 impl CacheState {
@@ -48,6 +51,7 @@ impl CacheState {
             store,
             caller,
             quota: None,
+            tape: None,
         }
     }
 }
@@ -64,29 +68,41 @@ fn to_wit(e: PluginCacheError) -> Error {
 
 impl Host for CacheState {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, Error> {
-        self.store
-            .get(&self.caller.plugin_id, &key)
-            .await
-            .map_err(to_wit)
+        let args = tape::args(&self.tape, &key);
+        tape::through(&self.tape, "cache.get", args, Error::Unavailable, async {
+            self.store
+                .get(&self.caller.plugin_id, &key)
+                .await
+                .map_err(to_wit)
+        })
+        .await
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), Error> {
-        self.store
-            .set(
-                &self.caller.plugin_id,
-                &key,
-                &value,
-                ttl_ms.map(Duration::from_millis),
-                self.quota,
-            )
-            .await
-            .map_err(to_wit)
+        let args = tape::args(&self.tape, &(&key, &value, &ttl_ms));
+        tape::through(&self.tape, "cache.set", args, Error::Unavailable, async {
+            self.store
+                .set(
+                    &self.caller.plugin_id,
+                    &key,
+                    &value,
+                    ttl_ms.map(Duration::from_millis),
+                    self.quota,
+                )
+                .await
+                .map_err(to_wit)
+        })
+        .await
     }
 
     async fn delete(&mut self, key: String) -> Result<(), Error> {
-        self.store
-            .delete(&self.caller.plugin_id, &key)
-            .await
-            .map_err(to_wit)
+        let args = tape::args(&self.tape, &key);
+        tape::through(&self.tape, "cache.delete", args, Error::Unavailable, async {
+            self.store
+                .delete(&self.caller.plugin_id, &key)
+                .await
+                .map_err(to_wit)
+        })
+        .await
     }
 }

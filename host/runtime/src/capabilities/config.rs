@@ -8,6 +8,8 @@ use wasmtime::component::{HasSelf, Linker};
 
 use super::{Capability, RunInfo};
 use crate::bindings::config::{self, Error, Host};
+use crate::tape::{self, Tape};
+use serde_json::Value;
 
 /// The `config` capability: the values come with each plugin, so there is
 /// no process-wide state.
@@ -25,7 +27,9 @@ impl Capability for Config {
     }
 
     fn for_run(_: &(), run: &RunInfo<'_>) -> ConfigState {
-        ConfigState::new(run.config.clone())
+        let mut state = ConfigState::new(run.config.clone());
+        state.tape = run.tape.clone();
+        state
     }
 }
 
@@ -35,24 +39,32 @@ pub type ConfigValues = BTreeMap<String, String>;
 /// Per-run state: a handle on the plugin's settings.
 pub struct ConfigState {
     values: Arc<ConfigValues>,
+    tape: Option<Arc<Tape>>,
 }
 
 impl ConfigState {
     pub fn new(values: Arc<ConfigValues>) -> Self {
-        Self { values }
+        Self { values, tape: None }
     }
 }
 
 impl Host for ConfigState {
     async fn get(&mut self, key: String) -> Result<Option<String>, Error> {
-        Ok(self.values.get(&key).cloned())
+        let args = tape::args(&self.tape, &key);
+        tape::through(&self.tape, "config.get", args, Error::Upstream, async {
+            Ok(self.values.get(&key).cloned())
+        })
+        .await
     }
 
     async fn get_all(&mut self) -> Result<Vec<(String, String)>, Error> {
-        Ok(self
-            .values
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+        tape::through(&self.tape, "config.get-all", Value::Null, Error::Upstream, async {
+            Ok(self
+                .values
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect())
+        })
+        .await
     }
 }

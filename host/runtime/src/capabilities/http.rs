@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use wasmtime::component::{HasSelf, Linker};
 
+use crate::tape::{self, Tape};
 use super::{Caller, Capability, RunInfo};
 use crate::bindings::http::{self, Error, Host, Request, Response};
 use crate::manifest::HttpGrant;
@@ -57,6 +58,7 @@ impl Capability for Http {
             engine: engine.clone(),
             caller: run.caller.clone(),
             grant: run.manifest.capabilities.http.clone(),
+            tape: run.tape.clone(),
         }
     }
 }
@@ -66,13 +68,18 @@ pub struct HttpState {
     engine: Option<Arc<dyn HttpEngine>>,
     caller: Caller,
     grant: Option<HttpGrant>,
+    tape: Option<Arc<Tape>>,
 }
 
 impl HttpState {
-    fn ready(&self) -> Result<(&Arc<dyn HttpEngine>, &HttpGrant), Error> {
-        let grant = self.grant.as_ref().ok_or_else(|| {
+    fn granted(&self) -> Result<&HttpGrant, Error> {
+        self.grant.as_ref().ok_or_else(|| {
             Error::NotPermitted("this plugin's manifest grants no outbound HTTP".into())
-        })?;
+        })
+    }
+
+    fn ready(&self) -> Result<(&Arc<dyn HttpEngine>, &HttpGrant), Error> {
+        let grant = self.granted()?;
         let engine = self
             .engine
             .as_ref()
@@ -83,12 +90,22 @@ impl HttpState {
 
 impl Host for HttpState {
     async fn send(&mut self, request: Request) -> Result<Response, Error> {
-        let (engine, grant) = self.ready()?;
-        engine.send(&self.caller, grant, request).await
+        self.granted()?;
+        let args = tape::args(&self.tape, &request);
+        tape::through(&self.tape, "http.send", args, Error::Unavailable, async {
+            let (engine, grant) = self.ready()?;
+            engine.send(&self.caller, grant, request).await
+        })
+        .await
     }
 
     async fn sign(&mut self, secret: String, body: Vec<u8>) -> Result<String, Error> {
-        let (engine, grant) = self.ready()?;
-        engine.sign(&self.caller, grant, &secret, &body)
+        self.granted()?;
+        let args = tape::args(&self.tape, &(&secret, &body));
+        tape::through(&self.tape, "http.sign", args, Error::Unavailable, async {
+            let (engine, grant) = self.ready()?;
+            engine.sign(&self.caller, grant, &secret, &body)
+        })
+        .await
     }
 }

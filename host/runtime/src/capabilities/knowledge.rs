@@ -9,6 +9,7 @@ use wasmtime::component::{HasSelf, Linker};
 
 use super::{Caller, Capability, RunInfo};
 use crate::manifest::KnowledgeGrant;
+use crate::tape::{self, Tape};
 use crate::bindings::knowledge::{self, Document, Error, Hit, Host, Query};
 
 /// Told to a plugin when the host keeps no knowledge collections.
@@ -52,6 +53,7 @@ impl Capability for Knowledge {
     fn for_run(engine: &Self::Shared, run: &RunInfo<'_>) -> KnowledgeState {
         KnowledgeState::new(engine.clone(), run.caller.clone())
             .granted(run.manifest.capabilities.knowledge.clone())
+            .taped(run.tape.clone())
     }
 }
 
@@ -59,6 +61,7 @@ impl Capability for Knowledge {
 pub struct KnowledgeState {
     engine: Option<Arc<dyn KnowledgeEngine>>,
     caller: Caller,
+    tape: Option<Arc<Tape>>,
     /// The collections the manifest grants (`None`: built outside a
     /// manifest, unrestricted).
     grant: Option<KnowledgeGrant>,
@@ -70,7 +73,14 @@ impl KnowledgeState {
             engine,
             caller,
             grant: None,
+            tape: None,
         }
+    }
+
+    /// Records or replays this run's calls.
+    pub fn taped(mut self, tape: Option<Arc<Tape>>) -> Self {
+        self.tape = tape;
+        self
     }
 
     /// Restricts the run to the collections its manifest grants.
@@ -109,25 +119,43 @@ impl KnowledgeState {
 impl Host for KnowledgeState {
     async fn search(&mut self, collection: String, query: Query) -> Result<Vec<Hit>, Error> {
         self.check(&collection, false)?;
-        self.engine()?
-            .search(&self.caller, &collection, query)
-            .await
+        let args = tape::args(&self.tape, &(&collection, &query));
+        tape::through(&self.tape, "knowledge.search", args, Error::Unavailable, async {
+            self.engine()?
+                .search(&self.caller, &collection, query)
+                .await
+        })
+        .await
     }
 
     async fn upsert(&mut self, collection: String, documents: Vec<Document>) -> Result<(), Error> {
         self.check(&collection, true)?;
-        self.engine()?
-            .upsert(&self.caller, &collection, documents)
-            .await
+        let args = tape::args(&self.tape, &(&collection, &documents));
+        tape::through(&self.tape, "knowledge.upsert", args, Error::Unavailable, async {
+            self.engine()?
+                .upsert(&self.caller, &collection, documents)
+                .await
+        })
+        .await
     }
 
     async fn delete(&mut self, collection: String, ids: Vec<String>) -> Result<u32, Error> {
         self.check(&collection, true)?;
-        self.engine()?.delete(&self.caller, &collection, ids).await
+        let args = tape::args(&self.tape, &(&collection, &ids));
+        tape::through(&self.tape, "knowledge.delete", args, Error::Unavailable, async {
+            self.engine()?
+                .delete(&self.caller, &collection, ids)
+                .await
+        })
+        .await
     }
 
     async fn get(&mut self, collection: String, id: String) -> Result<Option<Document>, Error> {
         self.check(&collection, false)?;
-        self.engine()?.get(&self.caller, &collection, &id).await
+        let args = tape::args(&self.tape, &(&collection, &id));
+        tape::through(&self.tape, "knowledge.get", args, Error::Unavailable, async {
+            self.engine()?.get(&self.caller, &collection, &id).await
+        })
+        .await
     }
 }

@@ -12,6 +12,7 @@ use wasmtime::component::{HasSelf, Linker};
 
 use super::{Caller, Capability, RunInfo};
 use crate::manifest::LlmGrant;
+use crate::tape::{self, Tape};
 use crate::bindings::llm::{self, ChatRequest, ChatResponse, Error, Host};
 
 /// The `llm` capability: one engine for the process, a budget per run.
@@ -54,6 +55,7 @@ impl Capability for Llm {
             },
         )
         .granted(grant)
+        .taped(run.tape.clone())
     }
 }
 
@@ -130,6 +132,7 @@ pub struct LlmState {
     /// The models the manifest grants (`None`: built outside a manifest,
     /// unrestricted).
     grant: Option<LlmGrant>,
+    tape: Option<Arc<Tape>>,
 }
 
 impl LlmState {
@@ -140,7 +143,14 @@ impl LlmState {
             budget,
             usage: LlmUsage::default(),
             grant: None,
+            tape: None,
         }
+    }
+
+    /// Records or replays this run's calls.
+    pub fn taped(mut self, tape: Option<Arc<Tape>>) -> Self {
+        self.tape = tape;
+        self
     }
 
     /// Restricts the run to what its manifest grants.
@@ -210,7 +220,15 @@ impl Host for LlmState {
         // The completion may not outgrow what is left of the token budget.
         let left = self.budget.max_tokens - self.usage.tokens();
         request.max_tokens = Some(request.max_tokens.map_or(left, |asked| asked.min(left)));
-        let reply = self.engine.chat(&self.caller, request).await;
+        let args = tape::args(&self.tape, &request);
+        let reply = tape::through(
+            &self.tape,
+            "llm.chat",
+            args,
+            Error::Unavailable,
+            self.engine.chat(&self.caller, request),
+        )
+        .await;
         let reply = self.noted(reply)?;
         self.usage.prompt_tokens = self
             .usage
@@ -233,7 +251,15 @@ impl Host for LlmState {
         }
         let admitted = self.check_model(model.as_deref()).and_then(|()| self.admit());
         self.noted(admitted)?;
-        let vectors = self.engine.embed(&self.caller, model, inputs).await;
+        let args = tape::args(&self.tape, &(&model, &inputs));
+        let vectors = tape::through(
+            &self.tape,
+            "llm.embed",
+            args,
+            Error::Unavailable,
+            self.engine.embed(&self.caller, model, inputs),
+        )
+        .await;
         self.noted(vectors)
     }
 }

@@ -24,6 +24,7 @@ use wasmtime::component::{HasSelf, Linker};
 
 use crate::bindings;
 use crate::manifest::Manifest;
+use crate::tape::Tape;
 
 /// Who is calling a capability: the plugin and the request it runs for.
 /// Every log line and upstream call carries both.
@@ -40,6 +41,8 @@ pub struct RunInfo<'a> {
     pub manifest: &'a Manifest,
     /// The manifest's `[config]` flattened to strings, shared by its runs.
     pub config: &'a Arc<config::ConfigValues>,
+    /// Records or replays the run's host calls (`None`: live).
+    pub tape: Option<Arc<Tape>>,
 }
 
 /// The shape of every capability module.
@@ -77,6 +80,9 @@ macro_rules! capabilities {
         #[derive(Clone, Default)]
         pub struct Capabilities {
             $($(#[$doc])* pub $name: <$name::$capability as Capability>::Shared,)*
+            /// Records every run's host calls, or answers them from a
+            /// recording (`bsm run --record/--replay`, the test harness).
+            pub tape: Option<Arc<Tape>>,
         }
 
         /// Per-run state of all capabilities, stored in the run's store.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use wasmtime::component::{HasSelf, Linker};
 
+use crate::tape::{self, Tape};
 use super::{Caller, Capability, RunInfo};
 use crate::manifest::ReportsGrant;
 use crate::bindings::reports::{self, Error, Host, ReportRef};
@@ -44,6 +45,7 @@ impl Capability for Reports {
     fn for_run(sink: &Self::Shared, run: &RunInfo<'_>) -> ReportsState {
         ReportsState::new(sink.clone(), run.caller.clone())
             .granted(run.manifest.capabilities.reports.clone())
+            .taped(run.tape.clone())
     }
 }
 
@@ -51,6 +53,7 @@ impl Capability for Reports {
 pub struct ReportsState {
     sink: Option<Arc<dyn ReportSink>>,
     caller: Caller,
+    tape: Option<Arc<Tape>>,
     /// The run's quota (`None`: built outside a manifest, unbounded).
     grant: Option<ReportsGrant>,
     written: u32,
@@ -62,10 +65,17 @@ impl ReportsState {
         Self {
             sink,
             caller,
+            tape: None,
             grant: None,
             written: 0,
             written_bytes: 0,
         }
+    }
+
+    /// Records or replays this run's calls.
+    pub fn taped(mut self, tape: Option<Arc<Tape>>) -> Self {
+        self.tape = tape;
+        self
     }
 
     /// Bounds the run by its manifest's quota.
@@ -98,18 +108,24 @@ impl ReportsState {
 
 impl Host for ReportsState {
     async fn write(&mut self, name: String, markdown: String) -> Result<ReportRef, Error> {
-        let sink = self
-            .sink
-            .as_ref()
-            .ok_or_else(|| Error::Unavailable(NOT_CONFIGURED.into()))?
-            .clone();
+        if self.tape.is_none() && self.sink.is_none() {
+            return Err(Error::Unavailable(NOT_CONFIGURED.into()));
+        }
         self.admit(markdown.len() as u64)?;
-        sink.write(
-            &self.caller.plugin_id,
-            &self.caller.correlation_id,
-            &name,
-            &markdown,
-        )
+        let args = tape::args(&self.tape, &(&name, &markdown));
+        tape::through(&self.tape, "reports.write", args, Error::Unavailable, async {
+            let sink = self
+                .sink
+                .as_ref()
+                .ok_or_else(|| Error::Unavailable(NOT_CONFIGURED.into()))?;
+            sink.write(
+                &self.caller.plugin_id,
+                &self.caller.correlation_id,
+                &name,
+                &markdown,
+            )
+            .await
+        })
         .await
     }
 }
