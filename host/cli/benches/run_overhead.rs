@@ -67,6 +67,7 @@ fn run_overhead(c: &mut Criterion) {
                     caller: caller.clone(),
                     manifest: &plugin.manifest,
                     config: &config,
+                    tape: None,
                 }),
             );
             let mut store = Store::new(&engine, state);

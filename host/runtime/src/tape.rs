@@ -349,10 +349,11 @@ mod tests {
 
     #[tokio::test]
     async fn recording_keeps_arguments_and_answers_in_order() {
-        let tape = Some(Tape::recorder());
+        let owned = Tape::recorder();
+        let tape = Some(owned.clone());
         assert_eq!(ask(&tape, "cache.get", json!("a")).await, Ok(7));
         assert_eq!(ask(&tape, "llm.chat", json!({"q": 1})).await, Ok(7));
-        let calls = tape.unwrap().calls();
+        let calls = owned.calls();
         assert_eq!(
             calls,
             vec![
@@ -364,31 +365,29 @@ mod tests {
 
     #[tokio::test]
     async fn replay_answers_from_the_recording_without_the_live_call() {
-        let tape = Some(Tape::player(vec![
+        let owned = Tape::player(vec![
             call("llm.chat", json!({"q": 1}), json!({"Ok": 1})),
             call("llm.chat", json!({"q": 1}), json!({"Ok": 2})),
-        ]));
+        ]);
+        let tape = Some(owned.clone());
         let never = async { panic!("a replay must not reach the backend") };
         let first: Result<u32, String> =
             through(&tape, "llm.chat", json!({"q": 1}), |m| m, never).await;
         assert_eq!(first, Ok(1));
         assert_eq!(ask(&tape, "llm.chat", json!({"q": 1})).await, Ok(2));
-        assert!(tape.unwrap().miss().is_none());
+        assert!(owned.miss().is_none());
     }
 
     #[tokio::test]
     async fn a_call_the_recording_does_not_hold_is_named() {
-        let tape = Some(Tape::player(vec![call(
-            "llm.chat",
-            json!({"q": 1}),
-            json!({"Ok": 1}),
-        )]));
+        let owned = Tape::player(vec![call("llm.chat", json!({"q": 1}), json!({"Ok": 1}))]);
+        let tape = Some(owned.clone());
         let answer = ask(&tape, "llm.chat", json!({"q": 2})).await;
         let message = answer.unwrap_err();
         assert!(message.contains("llm.chat"), "{message}");
         assert!(message.contains("different arguments"), "{message}");
         assert!(message.contains("at q: asked 2, recorded 1"), "{message}");
-        let miss = tape.as_ref().unwrap().miss().unwrap();
+        let miss = owned.miss().unwrap();
         assert_eq!(miss.call, "llm.chat");
         assert_eq!(miss.ordinal, 1);
         let other = ask(&tape, "knowledge.search", json!(["docs"])).await;
@@ -398,16 +397,13 @@ mod tests {
                 .contains("no knowledge.search call at all")
         );
         // The first miss is the one reported.
-        assert_eq!(tape.unwrap().miss().unwrap().call, "llm.chat");
+        assert_eq!(owned.miss().unwrap().call, "llm.chat");
     }
 
     #[tokio::test]
     async fn a_scripted_answer_matches_any_arguments_once() {
-        let tape = Some(Tape::player(vec![call(
-            "llm.chat",
-            Value::Null,
-            json!({"Ok": 3}),
-        )]));
+        let owned = Tape::player(vec![call("llm.chat", Value::Null, json!({"Ok": 3}))]);
+        let tape = Some(owned.clone());
         assert_eq!(
             ask(&tape, "llm.chat", json!({"anything": true})).await,
             Ok(3)
@@ -431,14 +427,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_malformed_recorded_answer_is_a_miss_not_a_panic() {
-        let tape = Some(Tape::player(vec![call(
+        let owned = Tape::player(vec![call(
             "llm.chat",
             Value::Null,
             json!({"Ok": "not a number"}),
-        )]));
+        )]);
+        let tape = Some(owned.clone());
         let answer = ask(&tape, "llm.chat", json!({})).await;
         assert!(answer.unwrap_err().contains("shape"));
-        assert!(tape.unwrap().miss().unwrap().hint.contains("malformed"));
+        assert!(owned.miss().unwrap().hint.contains("malformed"));
     }
 
     #[test]
