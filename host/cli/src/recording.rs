@@ -41,7 +41,7 @@ impl TapeArgs {
         if let Some(path) = &self.replay {
             let recording = Recording::read(path)?;
             return Ok(Some(Session {
-                tape: Tape::player(recording.calls.clone()),
+                tape: Tape::player(recording.calls.clone(), recording.live.clone()),
                 path: path.clone(),
                 recording: Some(recording),
             }));
@@ -102,6 +102,7 @@ impl Session {
                     plugin: plugin.into(),
                     request,
                     calls: self.tape.calls(),
+                    live: Vec::new(),
                     outcome: match outcome {
                         Ok(answer) => json!({ "answer": answer }),
                         Err(error) => json!({ "error": error }),

@@ -50,6 +50,11 @@ pub struct Recording {
     #[serde(default)]
     pub request: Value,
     pub calls: Vec<HostCall>,
+    /// Interfaces a replay leaves to the real host (e.g. `["config",
+    /// "cache"]` in a test script that only scripts the LLM); empty in a
+    /// recording: everything is answered from it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub live: Vec<String>,
     /// What the run answered when it was recorded (`null` in a script).
     #[serde(default)]
     pub outcome: Value,
@@ -100,6 +105,8 @@ pub struct ReplayMiss {
 #[derive(Debug)]
 pub struct Tape {
     mode: TapeMode,
+    /// Replay: interfaces answered by the real host, not the recording.
+    live: Vec<String>,
     inner: Mutex<TapeInner>,
 }
 
@@ -118,15 +125,18 @@ impl Tape {
     pub fn recorder() -> Arc<Self> {
         Arc::new(Self {
             mode: TapeMode::Record,
+            live: Vec::new(),
             inner: Mutex::default(),
         })
     }
 
-    /// A tape that answers from `calls` and never reaches a real backend.
-    pub fn player(calls: Vec<HostCall>) -> Arc<Self> {
+    /// A tape that answers from `calls` and never reaches a real backend
+    /// (except for the interfaces named in `live`).
+    pub fn player(calls: Vec<HostCall>, live: Vec<String>) -> Arc<Self> {
         let used = vec![false; calls.len()];
         Arc::new(Self {
             mode: TapeMode::Replay,
+            live,
             inner: Mutex::new(TapeInner {
                 calls,
                 used,
@@ -301,6 +311,10 @@ where
     let Some(tape) = tape else {
         return live.await;
     };
+    let interface = call.split('.').next().unwrap_or(call);
+    if tape.mode == TapeMode::Replay && tape.live.iter().any(|l| l == interface) {
+        return live.await;
+    }
     match tape.mode {
         TapeMode::Record => {
             let result = live.await;
@@ -365,10 +379,13 @@ mod tests {
 
     #[tokio::test]
     async fn replay_answers_from_the_recording_without_the_live_call() {
-        let owned = Tape::player(vec![
-            call("llm.chat", json!({"q": 1}), json!({"Ok": 1})),
-            call("llm.chat", json!({"q": 1}), json!({"Ok": 2})),
-        ]);
+        let owned = Tape::player(
+            vec![
+                call("llm.chat", json!({"q": 1}), json!({"Ok": 1})),
+                call("llm.chat", json!({"q": 1}), json!({"Ok": 2})),
+            ],
+            Vec::new(),
+        );
         let tape = Some(owned.clone());
         let never = async { panic!("a replay must not reach the backend") };
         let first: Result<u32, String> =
@@ -380,7 +397,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_call_the_recording_does_not_hold_is_named() {
-        let owned = Tape::player(vec![call("llm.chat", json!({"q": 1}), json!({"Ok": 1}))]);
+        let owned = Tape::player(
+            vec![call("llm.chat", json!({"q": 1}), json!({"Ok": 1}))],
+            Vec::new(),
+        );
         let tape = Some(owned.clone());
         let answer = ask(&tape, "llm.chat", json!({"q": 2})).await;
         let message = answer.unwrap_err();
@@ -402,7 +422,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_scripted_answer_matches_any_arguments_once() {
-        let owned = Tape::player(vec![call("llm.chat", Value::Null, json!({"Ok": 3}))]);
+        let owned = Tape::player(
+            vec![call("llm.chat", Value::Null, json!({"Ok": 3}))],
+            Vec::new(),
+        );
         let tape = Some(owned.clone());
         assert_eq!(
             ask(&tape, "llm.chat", json!({"anything": true})).await,
@@ -414,10 +437,13 @@ mod tests {
 
     #[tokio::test]
     async fn unused_recorded_calls_are_listed() {
-        let tape = Tape::player(vec![
-            call("cache.get", json!("a"), json!({"Ok": null})),
-            call("llm.chat", json!({}), json!({"Ok": 1})),
-        ]);
+        let tape = Tape::player(
+            vec![
+                call("cache.get", json!("a"), json!({"Ok": null})),
+                call("llm.chat", json!({}), json!({"Ok": 1})),
+            ],
+            Vec::new(),
+        );
         let handle = Some(tape.clone());
         let _: Result<Option<u32>, String> =
             through(&handle, "cache.get", json!("a"), |m| m, async { Ok(None) }).await;
@@ -427,15 +453,22 @@ mod tests {
 
     #[tokio::test]
     async fn a_malformed_recorded_answer_is_a_miss_not_a_panic() {
-        let owned = Tape::player(vec![call(
-            "llm.chat",
-            Value::Null,
-            json!({"Ok": "not a number"}),
-        )]);
+        let owned = Tape::player(
+            vec![call("llm.chat", Value::Null, json!({"Ok": "not a number"}))],
+            Vec::new(),
+        );
         let tape = Some(owned.clone());
         let answer = ask(&tape, "llm.chat", json!({})).await;
         assert!(answer.unwrap_err().contains("shape"));
         assert!(owned.miss().unwrap().hint.contains("malformed"));
+    }
+
+    #[tokio::test]
+    async fn interfaces_named_live_reach_the_real_host_in_a_replay() {
+        let tape = Some(Tape::player(Vec::new(), vec!["config".into()]));
+        assert_eq!(ask(&tape, "config.get", json!("greeting")).await, Ok(7));
+        assert!(ask(&tape, "config.get-all", json!(null)).await.is_ok());
+        assert!(ask(&tape, "llm.chat", json!({})).await.is_err());
     }
 
     #[test]
