@@ -28,7 +28,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use serde_json::{Value, json};
+pub use serde_json::{self, Value, json};
 
 /// What went wrong, with what to do about it in the message.
 #[derive(Debug, Clone, PartialEq, Eq)]

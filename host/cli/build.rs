@@ -33,6 +33,11 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
+    // The host triple, for `bsm plugin test` (the tests run here, natively).
+    println!(
+        "cargo:rustc-env=BSM_HOST_TARGET={}",
+        env::var("TARGET").unwrap()
+    );
 
     let mut guests = find_guests(&root.join("plugins"), "shipped");
     guests.extend(find_guests(&root.join("tests/plugins"), "test"));

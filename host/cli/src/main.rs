@@ -20,8 +20,10 @@ use bsm_platform::{AgentSet, HostSettings, Platform, PlatformOptions, PluginSele
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 
+mod authoring;
 mod recording;
 mod remote;
+mod scaffold;
 
 mod allocator;
 
@@ -140,7 +142,8 @@ enum Command {
         BSM_LOG_FORMAT (see `bsm --help`)."
     )]
     Serve(ServeArgs),
-    /// Inspect plugins.
+    /// Write, test and install plugins; inspect the plugins directory.
+    #[command(alias = "plugin")]
     Plugins {
         #[command(subcommand)]
         command: PluginsCommand,
@@ -297,6 +300,44 @@ struct ServeArgs {
 
 #[derive(Subcommand)]
 enum PluginsCommand {
+    /// Create a plugin crate: source, manifest, tests, README, and a
+    /// `.cargo/config.toml` so that `cargo build --release` makes the
+    /// component.
+    New {
+        /// The plugin's name: its id, crate and directory name.
+        name: String,
+        #[arg(long, value_enum, default_value = "agent")]
+        kind: scaffold::Kind,
+        /// Where to create it [default: ./NAME]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// A BSM checkout (holding sdk/ and harness/) to depend on by path
+        /// [default: the checkout this bsm was built from]
+        #[arg(long, conflicts_with = "sdk_git")]
+        sdk: Option<PathBuf>,
+        /// A git repository of BSM to depend on instead of a checkout.
+        #[arg(long, value_name = "URL")]
+        sdk_git: Option<String>,
+    },
+    /// Build a plugin crate, then run its tests against the built component.
+    Test {
+        /// The plugin crate.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Arguments for `cargo test` (after `--`), e.g. a test name.
+        #[arg(last = true)]
+        cargo_args: Vec<String>,
+    },
+    /// Rebuild a plugin crate on every change and install each build into a
+    /// running server (hot swap); a failed build or a refused version leaves
+    /// the serving one in place.
+    Dev {
+        /// The plugin crate.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// List the plugins of the plugins directory with their budgets.
     List {
         #[arg(long)]
@@ -795,6 +836,28 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             return run_job(&platform, event, payload, context, json).await;
         }
         Command::Plugins {
+            command:
+                PluginsCommand::New {
+                    name,
+                    kind,
+                    dir,
+                    sdk,
+                    sdk_git,
+                },
+        } => {
+            new_plugin(&name, kind, dir, sdk, sdk_git)?;
+        }
+        Command::Plugins {
+            command: PluginsCommand::Test { dir, cargo_args },
+        } => {
+            return authoring::test(&dir, &cargo_args);
+        }
+        Command::Plugins {
+            command: PluginsCommand::Dev { dir, server },
+        } => {
+            return authoring::dev(&dir, &server.server).await;
+        }
+        Command::Plugins {
             command: PluginsCommand::List { json },
         } => {
             let runtime = inspection_runtime(&global.data_dir, &settings)?;
@@ -872,6 +935,52 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `bsm plugin new`: the crate, then what to do next.
+fn new_plugin(
+    name: &str,
+    kind: scaffold::Kind,
+    dir: Option<PathBuf>,
+    sdk: Option<PathBuf>,
+    sdk_git: Option<String>,
+) -> anyhow::Result<()> {
+    use scaffold::SdkSource;
+    scaffold::check_name(name)?;
+    let source = match (sdk, sdk_git) {
+        (_, Some(url)) => SdkSource::Git(url),
+        (Some(root), None) => {
+            let root = root
+                .canonicalize()
+                .with_context(|| format!("--sdk {}: no such directory", root.display()))?;
+            if !root.join("sdk/Cargo.toml").is_file() || !root.join("harness/Cargo.toml").is_file()
+            {
+                bail!(
+                    "--sdk {}: not a BSM checkout (it needs sdk/ and harness/)",
+                    root.display()
+                );
+            }
+            SdkSource::Path(root)
+        }
+        (None, None) => SdkSource::Path(scaffold::built_from().context(
+            "the BSM checkout this bsm was built from is gone: pass --sdk PATH (a BSM checkout) or --sdk-git URL",
+        )?),
+    };
+    let lock = match &source {
+        SdkSource::Path(root) => Some(root.join("Cargo.lock")),
+        SdkSource::Git(_) => None,
+    };
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    let files = scaffold::create(name, kind, &dir, &source, lock.as_deref())?;
+    println!("created {name} in {}:", dir.display());
+    for file in files {
+        println!("  {}", file.display());
+    }
+    println!(
+        "\nnext:\n  cd {}\n  bsm plugin test                                  # build, then run tests/ against the component\n  bsm plugin dev --server http://127.0.0.1:3000    # hot-swap every change into a running server (BSM_ADMIN_TOKEN)",
+        dir.display()
+    );
+    Ok(())
 }
 
 /// `--json` of a governed run: the run, plus what governance did with each

@@ -20,38 +20,8 @@ pub async fn plugins(command: PluginsCommand) -> anyhow::Result<ExitCode> {
             server,
         } => {
             let manifest_path = manifest.unwrap_or_else(|| file.with_extension("toml"));
-            let manifest = std::fs::read_to_string(&manifest_path)
-                .with_context(|| format!("cannot read the manifest {}", manifest_path.display()))?;
-            let id = manifest_id(&manifest, &manifest_path)?;
-            let component =
-                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let mut form = reqwest::multipart::Form::new()
-                .part(
-                    "component",
-                    reqwest::multipart::Part::bytes(component).file_name(file_name(&file)),
-                )
-                .text("manifest", manifest);
-            let sig_path = PathBuf::from(format!("{}.sig", file.display()));
-            if let Ok(signature) = std::fs::read_to_string(&sig_path) {
-                form = form.text("signature", signature.trim().to_string());
-            }
-            let mut url = format!("{}/api/plugins/{id}", base(&server));
-            if let Some(p) = canary {
-                url.push_str(&format!("?canary={p}"));
-            }
-            let body = send(admin(client().put(url))?.multipart(form)).await?;
-            let v = &body["version"];
-            println!(
-                "installed {} {} (sha256 {}) as {}{}",
-                v["pluginId"].as_str().unwrap_or(&id),
-                v["version"].as_str().unwrap_or("?"),
-                v["digest"].as_str().unwrap_or("?").get(..12).unwrap_or("?"),
-                v["status"].as_str().unwrap_or("?"),
-                v["canaryPercent"]
-                    .as_u64()
-                    .map(|p| format!(" taking {p}% of new runs"))
-                    .unwrap_or_default()
-            );
+            let installed = install(&file, &manifest_path, canary, &server.server).await?;
+            println!("installed {installed}");
         }
         PluginsCommand::Versions { id, json, server } => {
             let body =
@@ -116,11 +86,56 @@ pub async fn plugins(command: PluginsCommand) -> anyhow::Result<ExitCode> {
         }
         PluginsCommand::List { .. }
         | PluginsCommand::Check { .. }
-        | PluginsCommand::Sign { .. } => {
+        | PluginsCommand::Sign { .. }
+        | PluginsCommand::New { .. }
+        | PluginsCommand::Test { .. }
+        | PluginsCommand::Dev { .. } => {
             unreachable!("local commands are handled by the caller")
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Uploads a component with its manifest (and `FILE.sig`, when present) to
+/// the server's hot-swap API; answers `ID VERSION (sha256 ...) as STATUS`.
+pub async fn install(
+    file: &Path,
+    manifest_path: &Path,
+    canary: Option<u8>,
+    server: &str,
+) -> anyhow::Result<String> {
+    let manifest = std::fs::read_to_string(manifest_path)
+        .with_context(|| format!("cannot read the manifest {}", manifest_path.display()))?;
+    let id = manifest_id(&manifest, manifest_path)?;
+    let component =
+        std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let mut form = reqwest::multipart::Form::new()
+        .part(
+            "component",
+            reqwest::multipart::Part::bytes(component).file_name(file_name(file)),
+        )
+        .text("manifest", manifest);
+    let sig_path = PathBuf::from(format!("{}.sig", file.display()));
+    if let Ok(signature) = std::fs::read_to_string(&sig_path) {
+        form = form.text("signature", signature.trim().to_string());
+    }
+    let mut url = format!("{}/api/plugins/{id}", server.trim_end_matches('/'));
+    if let Some(p) = canary {
+        url.push_str(&format!("?canary={p}"));
+    }
+    let body = send(admin(client().put(url))?.multipart(form)).await?;
+    let v = &body["version"];
+    Ok(format!(
+        "{} {} (sha256 {}) as {}{}",
+        v["pluginId"].as_str().unwrap_or(&id),
+        v["version"].as_str().unwrap_or("?"),
+        v["digest"].as_str().unwrap_or("?").get(..12).unwrap_or("?"),
+        v["status"].as_str().unwrap_or("?"),
+        v["canaryPercent"]
+            .as_u64()
+            .map(|p| format!(" taking {p}% of new runs"))
+            .unwrap_or_default()
+    ))
 }
 
 fn client() -> reqwest::Client {
