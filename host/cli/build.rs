@@ -62,6 +62,94 @@ fn main() {
         "cargo:rustc-env=BSM_TEST_PLUGINS_DIR={}",
         out.join("test").display()
     );
+
+    let js = root.join("examples/js-agent");
+    for watched in [
+        "agent.js",
+        "wit/world.wit",
+        "package-lock.json",
+        "pr-summary-js.toml",
+    ] {
+        println!("cargo:rerun-if-changed={}", js.join(watched).display());
+    }
+    build_js_agent(&js, &target_dir.join("js"), &out.join("js"));
+    println!(
+        "cargo:rustc-env=BSM_JS_PLUGINS_DIR={}",
+        out.join("js").display()
+    );
+}
+
+/// Builds the JavaScript example agent with componentize-js (installed by
+/// `npm ci --prefix examples/js-agent`, part of README's test command).
+/// Without it, a warning: the host builds and runs without the example,
+/// and the tests that need it say how to get it.
+fn build_js_agent(source: &Path, build_dir: &Path, out: &Path) {
+    fs::create_dir_all(out).unwrap();
+    let tool = source.join("node_modules/.bin/componentize-js");
+    if !tool.is_file() {
+        println!(
+            "cargo:warning=the JavaScript example agent is not built: run `npm ci --prefix examples/js-agent` first"
+        );
+        return;
+    }
+    fs::create_dir_all(build_dir).unwrap();
+    let wasm = build_dir.join("pr-summary-js.wasm");
+    let inputs = ["agent.js", "wit/world.wit", "package-lock.json"].map(|f| source.join(f));
+    let newest_input = inputs
+        .iter()
+        .chain(std::iter::once(&root_wit(source)))
+        .filter_map(|p| newest_mtime(p))
+        .max();
+    let built = fs::metadata(&wasm).and_then(|m| m.modified()).ok();
+    if built.is_none() || newest_input.is_some_and(|input| Some(input) > built) {
+        let output = Command::new(&tool)
+            .current_dir(source)
+            .args([
+                "--wit",
+                "wit",
+                "--world-name",
+                "agent",
+                "--disable",
+                "http",
+                "--disable",
+                "fetch-event",
+                "-o",
+            ])
+            .arg(&wasm)
+            .arg("agent.js")
+            .output()
+            .expect("running componentize-js");
+        if !output.status.success() {
+            panic!(
+                "\n\nBuilding the JavaScript example agent failed:\n{}{}\n",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+    copy_if_changed(&wasm, &out.join("pr-summary-js.wasm"));
+    copy_if_changed(
+        &source.join("pr-summary-js.toml"),
+        &out.join("pr-summary-js.toml"),
+    );
+}
+
+/// The repository's wit/ directory the example's world depends on.
+fn root_wit(source: &Path) -> PathBuf {
+    source.join("../../wit")
+}
+
+/// The newest modification time of a file, or of the files of a directory.
+fn newest_mtime(path: &Path) -> Option<std::time::SystemTime> {
+    let meta = fs::metadata(path).ok()?;
+    if !meta.is_dir() {
+        return meta.modified().ok();
+    }
+    fs::read_dir(path)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| newest_mtime(&e.path()))
+        .max()
 }
 
 fn find_guests(dir: &Path, group: &'static str) -> Vec<Guest> {

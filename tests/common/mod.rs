@@ -21,6 +21,18 @@ pub fn test_plugins_dir() -> PathBuf {
     PathBuf::from(env!("BSM_TEST_PLUGINS_DIR"))
 }
 
+/// The JavaScript example agent (`examples/js-agent`), built by
+/// host/cli/build.rs once `npm ci --prefix examples/js-agent` has installed
+/// componentize-js (README's test command does).
+pub fn js_plugins_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("BSM_JS_PLUGINS_DIR"));
+    assert!(
+        dir.join("pr-summary-js.wasm").is_file(),
+        "the JavaScript example agent is not built: run `npm ci --prefix examples/js-agent`, then the tests again (README's test command does both)"
+    );
+    dir
+}
+
 /// The BSM agent set shipped in this repository (`examples/bsm`).
 pub fn shipped_agents() -> PathBuf {
     PathBuf::from(bsm_platform::SHIPPED_AGENTS_DIR)
