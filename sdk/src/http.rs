@@ -22,14 +22,35 @@
 
 use crate::bindings::agent::bsm::plugin::http as wit;
 
+///
+/// ```no_run
+/// use bsm_sdk::http::{self, HttpError, Request};
+/// match http::send(&Request::get("https://api.github.com/rate_limit")) {
+///     Ok(r) => bsm_sdk::log::info(&format!("{} {}", r.status, r.text())),
+///     Err(HttpError::NotPermitted(why)) => bsm_sdk::log::error(&why), // add the host to [capabilities.http]
+///     Err(HttpError::Timeout) => bsm_sdk::log::warn("no answer in time"),
+///     Err(e) => bsm_sdk::log::error(&e.to_string()),
+/// }
+/// ```
 pub use wit::{Error as HttpError, Header, Response, SecretHeader};
 
 /// An outbound request, built step by step.
+///
+/// ```
+/// let request = bsm_sdk::http::Request::put("https://example.com/status")
+///     .header("accept", "application/json")
+///     .json(br#"{"state": "ok"}"#)
+///     .timeout_ms(5_000);
+/// ```
 #[derive(Debug, Clone)]
 pub struct Request(wit::Request);
 
 impl Request {
     /// A request with no headers and no body.
+    ///
+    /// ```
+    /// let head = bsm_sdk::http::Request::new("HEAD", "https://example.com/");
+    /// ```
     pub fn new(method: &str, url: impl Into<String>) -> Self {
         Self(wit::Request {
             method: method.to_string(),
@@ -41,27 +62,52 @@ impl Request {
         })
     }
 
+    ///
+    /// ```
+    /// let r = bsm_sdk::http::Request::get("https://api.github.com/repos/acme/app/pulls/7");
+    /// ```
     pub fn get(url: impl Into<String>) -> Self {
         Self::new("GET", url)
     }
 
+    ///
+    /// ```
+    /// let r = bsm_sdk::http::Request::post("https://hooks.example.com/bsm").json(b"{}");
+    /// ```
     pub fn post(url: impl Into<String>) -> Self {
         Self::new("POST", url)
     }
 
+    ///
+    /// ```
+    /// let r = bsm_sdk::http::Request::put("https://api.github.com/repos/acme/app/pulls/7/merge");
+    /// ```
     pub fn put(url: impl Into<String>) -> Self {
         Self::new("PUT", url)
     }
 
+    ///
+    /// ```
+    /// let r = bsm_sdk::http::Request::patch("https://api.github.com/repos/acme/app/issues/comments/1")
+    ///     .json(br#"{"body": "updated"}"#);
+    /// ```
     pub fn patch(url: impl Into<String>) -> Self {
         Self::new("PATCH", url)
     }
 
+    ///
+    /// ```
+    /// let r = bsm_sdk::http::Request::delete("https://api.github.com/repos/acme/app/issues/7/labels/bsm-blocked");
+    /// ```
     pub fn delete(url: impl Into<String>) -> Self {
         Self::new("DELETE", url)
     }
 
     /// Adds a header.
+    ///
+    /// ```
+    /// let r = bsm_sdk::http::Request::get("https://api.github.com/").header("accept", "application/vnd.github+json");
+    /// ```
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.0.headers.push(Header {
             name: name.to_string(),
@@ -72,6 +118,12 @@ impl Request {
 
     /// Adds a header whose value the host fills from a granted secret:
     /// `{secret}` in `template` is replaced, e.g. `"Bearer {secret}"`.
+    ///
+    /// ```
+    /// // The manifest grants the secret: [capabilities.http] secrets = ["github-token"]
+    /// let r = bsm_sdk::http::Request::get("https://api.github.com/user")
+    ///     .secret_header("authorization", "github-token", "Bearer {secret}");
+    /// ```
     pub fn secret_header(mut self, name: &str, secret: &str, template: &str) -> Self {
         self.0.secret_headers.push(SecretHeader {
             name: name.to_string(),
@@ -82,17 +134,31 @@ impl Request {
     }
 
     /// Sets a JSON body (and its content type).
+    ///
+    /// ```
+    /// let r = bsm_sdk::http::Request::post("https://hooks.example.com/x").json(br#"{"ok": true}"#);
+    /// ```
     pub fn json(self, body: &[u8]) -> Self {
         self.header("content-type", "application/json").body(body)
     }
 
     /// Sets the body.
+    ///
+    /// ```
+    /// let r = bsm_sdk::http::Request::post("https://example.com/upload")
+    ///     .header("content-type", "text/plain")
+    ///     .body(b"hello");
+    /// ```
     pub fn body(mut self, body: &[u8]) -> Self {
         self.0.body = Some(body.to_vec());
         self
     }
 
     /// Gives up after this long (the host's default is 10 s, at most 60 s).
+    ///
+    /// ```
+    /// let r = bsm_sdk::http::Request::get("https://slow.example.com/").timeout_ms(2_000);
+    /// ```
     pub fn timeout_ms(mut self, ms: u32) -> Self {
         self.0.timeout_ms = Some(ms);
         self
@@ -100,11 +166,28 @@ impl Request {
 }
 
 /// Sends a request through the host.
+///
+/// ```no_run
+/// use bsm_sdk::http::{self, Request};
+/// let response = http::send(&Request::get("https://api.github.com/repos/acme/app"))?;
+/// let etag = response.header("etag").map(str::to_string);
+/// # Ok::<(), http::HttpError>(())
+/// ```
 pub fn send(request: &Request) -> Result<Response, HttpError> {
     wit::send(&request.0)
 }
 
 /// HMAC-SHA256 of `body` with a granted host secret, lowercase hex.
+///
+/// ```no_run
+/// use bsm_sdk::http::{self, Request};
+/// let body = br#"{"event": "approved"}"#;
+/// let signature = http::sign("webhook-secret", body)?;
+/// let request = Request::post("https://hooks.example.com/bsm")
+///     .header("x-signature-256", &format!("sha256={signature}"))
+///     .json(body);
+/// # Ok::<(), http::HttpError>(())
+/// ```
 pub fn sign(secret: &str, body: &[u8]) -> Result<String, HttpError> {
     wit::sign(secret, body)
 }
@@ -134,11 +217,22 @@ impl Response {
     }
 
     /// The body as text (lossy UTF-8).
+    ///
+    /// ```
+    /// # let response = bsm_sdk::http::Response { status: 200, headers: vec![], body: b"ok".to_vec() };
+    /// assert_eq!(response.text(), "ok");
+    /// ```
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
     /// A header's value (names compare without case).
+    ///
+    /// ```
+    /// use bsm_sdk::http::{Header, Response};
+    /// let response = Response { status: 200, headers: vec![Header { name: "ETag".into(), value: "\"abc\"".into() }], body: vec![] };
+    /// assert_eq!(response.header("etag"), Some("\"abc\""));
+    /// ```
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
