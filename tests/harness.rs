@@ -88,3 +88,25 @@ fn a_recording_replays_through_the_harness() {
     let out = shipped("hello-agent").replay(&file).unwrap();
     assert_eq!(out.text, "Howdy, Grace!");
 }
+
+#[test]
+fn the_harness_leaves_the_components_directory_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = common::shipped_dir();
+    for file in ["hello-agent.wasm", "hello-agent.toml"] {
+        std::fs::copy(shipped.join(file), dir.path().join(file)).unwrap();
+    }
+    let plugin = Plugin::load(
+        dir.path().join("hello-agent.wasm"),
+        dir.path().join("hello-agent.toml"),
+    )
+    .unwrap()
+    .with_bsm(env!("CARGO_BIN_EXE_bsm"));
+    assert_eq!(plugin.run("Ada").unwrap().text, "Hello, Ada!");
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["hello-agent.toml", "hello-agent.wasm"]);
+}

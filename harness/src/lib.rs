@@ -229,7 +229,8 @@ pub struct Plugin {
     manifest: PathBuf,
     id: String,
     bsm: PathBuf,
-    /// Compiled code kept between runs (the host's artifact cache).
+    /// Compiled code kept between runs (the host's artifact cache): in
+    /// the crate's target directory, or the temporary directory.
     cache_dir: PathBuf,
 }
 
@@ -248,17 +249,14 @@ impl Plugin {
         let manifest = env_path("BSM_PLUGIN_MANIFEST").unwrap_or_else(|| dir.join("plugin.toml"));
         let component = match env_path("BSM_PLUGIN_COMPONENT") {
             Some(path) => path,
-            None => {
-                let target = env_path("CARGO_TARGET_DIR")
-                    .map(|t| if t.is_absolute() { t } else { dir.join(t) })
-                    .unwrap_or_else(|| dir.join("target"));
-                target
-                    .join("wasm32-wasip2")
-                    .join("release")
-                    .join(format!("{}.wasm", crate_name(&dir)?.replace('-', "_")))
-            }
+            None => target_dir(&dir)
+                .join("wasm32-wasip2")
+                .join("release")
+                .join(format!("{}.wasm", crate_name(&dir)?.replace('-', "_"))),
         };
-        Self::load(component, manifest)
+        let mut plugin = Self::load(component, manifest)?;
+        plugin.cache_dir = target_dir(&dir).join("bsm-harness-cache");
+        Ok(plugin)
     }
 
     /// A component and its manifest anywhere on disk.
@@ -288,10 +286,8 @@ impl Plugin {
             .ok_or_else(|| Error::NotBuilt(format!("{} has no `id`", manifest.display())))?
             .to_string();
         let bsm = env_path("BSM_BIN").unwrap_or_else(|| PathBuf::from("bsm"));
-        let cache_dir = component
-            .parent()
-            .map(|p| p.join("bsm-harness-cache"))
-            .unwrap_or_else(|| std::env::temp_dir().join("bsm-harness-cache"));
+        // Never beside the component: that may be a plugins directory.
+        let cache_dir = std::env::temp_dir().join("bsm-harness-cache");
         Ok(Self {
             component,
             manifest,
@@ -497,6 +493,19 @@ impl Plugin {
             ))
         })
     }
+}
+
+/// The crate's cargo target directory (`$CARGO_TARGET_DIR` or `target/`).
+fn target_dir(crate_dir: &Path) -> PathBuf {
+    env_path("CARGO_TARGET_DIR")
+        .map(|t| {
+            if t.is_absolute() {
+                t
+            } else {
+                crate_dir.join(t)
+            }
+        })
+        .unwrap_or_else(|| crate_dir.join("target"))
 }
 
 fn env_path(name: &str) -> Option<PathBuf> {
