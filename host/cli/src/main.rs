@@ -752,13 +752,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let asked = json!({ "input": request.input, "payload": request.payload });
             let result = platform.run_agent(&agent_id, request).await;
-            if let Some(session) = session {
-                let outcome = match &result {
-                    Ok(governed) => Ok(serde_json::to_value(&governed.run.output)?),
-                    Err(e) => Err(e.to_string()),
-                };
-                session.finish(&agent_id, asked, outcome)?;
-            }
+            recording::close(session, &agent_id, asked, &result, |g| json!(g.run.output))?;
             let governed = result?;
             if json {
                 print_governed(&governed.run, &governed.actions)?;
@@ -808,13 +802,9 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 results,
             };
             let result = platform.run_step(&step_id, request).await;
-            if let Some(session) = session {
-                let outcome = match &result {
-                    Ok(governed) => Ok(serde_json::to_value(&governed.run.contribution)?),
-                    Err(e) => Err(e.to_string()),
-                };
-                session.finish(&step_id, asked, outcome)?;
-            }
+            recording::close(session, &step_id, asked, &result, |g| {
+                json!(g.run.contribution)
+            })?;
             let governed = result?;
             if json {
                 print_governed(&governed.run, &governed.actions)?;

@@ -120,6 +120,22 @@ impl Session {
     }
 }
 
+/// Ends `session`, if there is one, with the run's `result`; `answer`
+/// picks what of a successful run the recording keeps.
+pub fn close<T, E: std::fmt::Display>(
+    session: Option<Session>,
+    plugin: &str,
+    request: Value,
+    result: &Result<T, E>,
+    answer: impl FnOnce(&T) -> Value,
+) -> anyhow::Result<()> {
+    let Some(session) = session else {
+        return Ok(());
+    };
+    let outcome = result.as_ref().map(answer).map_err(|e| e.to_string());
+    session.finish(plugin, request, outcome)
+}
+
 /// Writes `bytes` to a temporary file beside `path`, then renames it over
 /// `path`: a reader never sees half a recording.
 fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
