@@ -39,6 +39,13 @@ fn scripted_llm_answers_drive_an_agent_and_its_actions() {
         )
         .unwrap();
     assert_eq!(out.action_names(), ["create_file"]);
+    // What the agent asked the LLM, as the host received it.
+    let chats = out.calls_to("llm.chat");
+    assert_eq!(chats.len(), 1);
+    assert_eq!(
+        chats[0]["messages"][1]["content"],
+        "<input>\nCreate the release notes\n</input>"
+    );
     assert_eq!(out.actions[0].args, json!({"path": "NOTES.md"}));
     assert!(out.text.starts_with("Done."), "{}", out.text);
 }

@@ -73,12 +73,32 @@ pub struct AgentOutcome {
     pub actions: Vec<Action>,
     /// The agent's metadata object.
     pub metadata: Value,
+    /// Every host call the run made, in order: `{"call", "args",
+    /// "result"}` (with a script or recording; empty when run live).
+    pub calls: Vec<Value>,
     /// The whole result as `bsm run --json` prints it (usage, governed
     /// actions with their status...).
     pub raw: Value,
 }
 
 impl AgentOutcome {
+    /// The arguments of each call named `call` (e.g. `llm.chat`) the run
+    /// made, in order: to assert on the prompt a plugin sends.
+    ///
+    /// ```no_run
+    /// # use bsm_harness::{Plugin, Script};
+    /// let out = Plugin::built().unwrap().run_with("Hi", Script::new().llm_reply("Hello")).unwrap();
+    /// let chat = &out.calls_to("llm.chat")[0];
+    /// assert_eq!(chat["messages"][1]["content"], "Hi");
+    /// ```
+    pub fn calls_to(&self, call: &str) -> Vec<&Value> {
+        self.calls
+            .iter()
+            .filter(|c| c["call"] == call)
+            .map(|c| &c["args"])
+            .collect()
+    }
+
     /// The names of the emitted actions, in order.
     pub fn action_names(&self) -> Vec<&str> {
         self.actions.iter().map(|a| a.name.as_str()).collect()
@@ -428,6 +448,7 @@ impl Plugin {
             text: output["text"].as_str().unwrap_or_default().to_string(),
             actions,
             metadata: output["metadata"].clone(),
+            calls: raw["hostCalls"].as_array().cloned().unwrap_or_default(),
             raw,
         })
     }

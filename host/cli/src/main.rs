@@ -752,10 +752,11 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let asked = json!({ "input": request.input, "payload": request.payload });
             let result = platform.run_agent(&agent_id, request).await;
-            recording::close(session, &agent_id, asked, &result, |g| json!(g.run.output))?;
+            let calls =
+                recording::close(session, &agent_id, asked, &result, |g| json!(g.run.output))?;
             let governed = result?;
             if json {
-                print_governed(&governed.run, &governed.actions)?;
+                print_governed(&governed.run, &governed.actions, calls)?;
             } else {
                 println!("{}", governed.run.output.text);
             }
@@ -802,12 +803,12 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 results,
             };
             let result = platform.run_step(&step_id, request).await;
-            recording::close(session, &step_id, asked, &result, |g| {
+            let calls = recording::close(session, &step_id, asked, &result, |g| {
                 json!(g.run.contribution)
             })?;
             let governed = result?;
             if json {
-                print_governed(&governed.run, &governed.actions)?;
+                print_governed(&governed.run, &governed.actions, calls)?;
             } else {
                 println!("{}", serde_json::to_string(&governed.run.contribution)?);
             }
@@ -978,9 +979,13 @@ fn new_plugin(
 fn print_governed(
     run: &impl serde::Serialize,
     actions: &[bsm_platform::ActionOutcome],
+    host_calls: Option<Value>,
 ) -> anyhow::Result<()> {
     let mut v = serde_json::to_value(run)?;
     v["governedActions"] = serde_json::to_value(actions)?;
+    if let Some(calls) = host_calls {
+        v["hostCalls"] = calls;
+    }
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())
 }

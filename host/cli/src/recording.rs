@@ -121,19 +121,25 @@ impl Session {
 }
 
 /// Ends `session`, if there is one, with the run's `result`; `answer`
-/// picks what of a successful run the recording keeps.
+/// picks what of a successful run the recording keeps. A replay answers
+/// the host calls the run made, in order (for `--json`'s `hostCalls`).
 pub fn close<T, E: std::fmt::Display>(
     session: Option<Session>,
     plugin: &str,
     request: Value,
     result: &Result<T, E>,
     answer: impl FnOnce(&T) -> Value,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<Value>> {
     let Some(session) = session else {
-        return Ok(());
+        return Ok(None);
+    };
+    let transcript = match session.tape.mode() {
+        TapeMode::Replay => Some(serde_json::to_value(session.tape.transcript())?),
+        TapeMode::Record => None,
     };
     let outcome = result.as_ref().map(answer).map_err(|e| e.to_string());
-    session.finish(plugin, request, outcome)
+    session.finish(plugin, request, outcome)?;
+    Ok(transcript)
 }
 
 /// Writes `bytes` to a temporary file beside `path`, then renames it over

@@ -117,6 +117,8 @@ struct TapeInner {
     used: Vec<bool>,
     /// How many calls of each name the plugin made so far.
     asked: std::collections::HashMap<String, usize>,
+    /// Replay: the calls the run made, in order.
+    transcript: Vec<HostCall>,
     miss: Option<ReplayMiss>,
 }
 
@@ -216,6 +218,21 @@ impl Tape {
         Err(miss)
     }
 
+    /// Replay: every call the run made, in order, with the answer it got
+    /// (from the recording or, for a live interface, the host): what a test
+    /// asserts on (e.g. the prompt the plugin sent).
+    pub fn transcript(&self) -> Vec<HostCall> {
+        self.inner.lock().unwrap().transcript.clone()
+    }
+
+    fn transcribe(&self, call: &str, args: Value, result: Value) {
+        self.inner.lock().unwrap().transcript.push(HostCall {
+            call: call.to_string(),
+            args,
+            result,
+        });
+    }
+
     fn keep(&self, call: &str, args: Value, result: Value) {
         self.inner.lock().unwrap().calls.push(HostCall {
             call: call.to_string(),
@@ -312,36 +329,41 @@ where
         return live.await;
     };
     let interface = call.split('.').next().unwrap_or(call);
-    if tape.mode == TapeMode::Replay && tape.live.iter().any(|l| l == interface) {
-        return live.await;
-    }
-    match tape.mode {
-        TapeMode::Record => {
-            let result = live.await;
-            let value = serde_json::to_value(&result).unwrap_or(Value::Null);
-            tape.keep(call, args, value);
-            result
+    let live_in_replay = tape.mode == TapeMode::Replay && tape.live.iter().any(|l| l == interface);
+    if tape.mode == TapeMode::Record || live_in_replay {
+        let result = live.await;
+        let value = serde_json::to_value(&result).unwrap_or(Value::Null);
+        match tape.mode {
+            TapeMode::Record => tape.keep(call, args, value),
+            TapeMode::Replay => tape.transcribe(call, args, value),
         }
-        TapeMode::Replay => match tape.answer(call, &args) {
-            Ok(value) => serde_json::from_value(value.clone()).unwrap_or_else(|e| {
-                let message = format!(
-                    "replay: the recorded answer of {call} does not have this call's shape ({e}): {}",
-                    abbreviate(&value)
-                );
-                let mut inner = tape.inner.lock().unwrap();
-                if inner.miss.is_none() {
-                    inner.miss = Some(ReplayMiss {
-                        call: call.to_string(),
-                        ordinal: inner.asked.get(call).copied().unwrap_or(0),
-                        args: abbreviate(&args),
-                        hint: format!("; its recorded answer is malformed ({e})"),
-                    });
-                }
-                Err(miss(message))
-            }),
-            Err(m) => Err(miss(m.to_string())),
-        },
+        return result;
     }
+    let result = match tape.answer(call, &args) {
+        Ok(value) => serde_json::from_value(value.clone()).unwrap_or_else(|e| {
+            let message = format!(
+                "replay: the recorded answer of {call} does not have this call's shape ({e}): {}",
+                abbreviate(&value)
+            );
+            let mut inner = tape.inner.lock().unwrap();
+            if inner.miss.is_none() {
+                inner.miss = Some(ReplayMiss {
+                    call: call.to_string(),
+                    ordinal: inner.asked.get(call).copied().unwrap_or(0),
+                    args: abbreviate(&args),
+                    hint: format!("; its recorded answer is malformed ({e})"),
+                });
+            }
+            Err(miss(message))
+        }),
+        Err(m) => Err(miss(m.to_string())),
+    };
+    tape.transcribe(
+        call,
+        args,
+        serde_json::to_value(&result).unwrap_or(Value::Null),
+    );
+    result
 }
 
 #[cfg(test)]
@@ -461,6 +483,28 @@ mod tests {
         let answer = ask(&tape, "llm.chat", json!({})).await;
         assert!(answer.unwrap_err().contains("shape"));
         assert!(owned.miss().unwrap().hint.contains("malformed"));
+    }
+
+    #[tokio::test]
+    async fn a_replay_keeps_the_calls_the_run_made_in_order() {
+        let owned = Tape::player(
+            vec![call("llm.chat", Value::Null, json!({"Ok": 1}))],
+            vec!["config".into()],
+        );
+        let tape = Some(owned.clone());
+        assert_eq!(ask(&tape, "config.get", json!("k")).await, Ok(7));
+        assert_eq!(ask(&tape, "llm.chat", json!({"prompt": "hi"})).await, Ok(1));
+        assert!(
+            ask(&tape, "llm.chat", json!({"prompt": "again"}))
+                .await
+                .is_err()
+        );
+        let transcript = owned.transcript();
+        let names: Vec<&str> = transcript.iter().map(|c| c.call.as_str()).collect();
+        assert_eq!(names, ["config.get", "llm.chat", "llm.chat"]);
+        assert_eq!(transcript[1].args, json!({"prompt": "hi"}));
+        assert_eq!(transcript[0].result, json!({"Ok": 7}));
+        assert!(transcript[2].result.get("Err").is_some());
     }
 
     #[tokio::test]

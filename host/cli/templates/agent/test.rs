@@ -14,6 +14,9 @@ fn answers_what_the_llm_says() {
         .unwrap();
     assert_eq!(out.text, "A host for sandboxed agents.");
     assert!(out.actions.is_empty());
+    // What it asked the LLM: the system prompt from plugin.toml, then the input.
+    let chat = &out.calls_to("llm.chat")[0];
+    assert_eq!(chat["messages"][1]["content"], "What is BSM?");
 }
 
 #[test]
