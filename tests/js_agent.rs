@@ -66,7 +66,13 @@ fn its_errors_are_the_contracts_agent_errors() {
 
 fn bsm(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_bsm"));
-    let data = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bsm-js-data");
+    // One data directory per calling test: never a database shared by
+    // tests running side by side.
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("unnamed")
+        .replace("::", "-");
+    let data = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("bsm-js-{test}"));
     cmd.args(args).env("BSM_DATA_DIR", data);
     for (k, _) in std::env::vars() {
         if k.starts_with("BSM_") {

@@ -17,8 +17,15 @@ async fn bsm(args: &[&str], env: &[(&str, &str)]) -> Output {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
+    // One data directory per test (the test's thread name): runs of one
+    // test share compiled plugins, tests running side by side never share
+    // a database.
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("unnamed")
+        .replace("::", "-");
     tokio::task::spawn_blocking(move || {
-        let data_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bsm-record-data");
+        let data_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("bsm-record-{test}"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_bsm"));
         cmd.args(&args).env("BSM_DATA_DIR", data_dir);
         for var in [
