@@ -281,11 +281,14 @@ async fn ask(s: &BsmServer, agent: &str, input: &str) -> (u16, Value) {
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
-/// Edits a file and makes sure the watcher sees a new modification time.
+/// Edits a file the way many editors save: a new file renamed over the
+/// old one (the watcher must not lose track of a replaced file).
 fn edit(path: &Path, from: &str, to: &str) {
     let text = std::fs::read_to_string(path).unwrap();
     assert!(text.contains(from), "{} has no {from:?}", path.display());
-    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
+    let saved = path.with_extension("swp");
+    std::fs::write(&saved, text.replacen(from, to, 1)).unwrap();
+    std::fs::rename(&saved, path).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

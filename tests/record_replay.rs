@@ -53,6 +53,18 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// The command failed, and its stderr says `needle`; the stderr.
+fn failed_with(o: &Output, needle: &str) -> String {
+    let err = stderr(o);
+    assert!(
+        !o.status.success(),
+        "expected a failure, stdout: {}",
+        stdout(o)
+    );
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    err
+}
+
 fn read(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
@@ -181,12 +193,7 @@ async fn a_replay_that_asks_what_the_recording_does_not_hold_fails_naming_the_ca
         &[],
     )
     .await;
-    assert!(!other.status.success());
-    let err = stderr(&other);
-    assert!(
-        err.contains("replay: the recording holds no answer for llm.chat"),
-        "{err}"
-    );
+    let err = failed_with(&other, "replay: the recording holds no answer for llm.chat");
     assert!(err.contains("different arguments"), "{err}");
     assert!(err.contains("another question"), "{err}");
     assert_eq!(server.seen().len(), 1);
@@ -204,12 +211,7 @@ async fn a_replay_that_asks_what_the_recording_does_not_hold_fails_naming_the_ca
         &[],
     )
     .await;
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("holds no llm.chat call at all"),
-        "{}",
-        stderr(&o)
-    );
+    failed_with(&o, "holds no llm.chat call at all");
 
     // Not a recording: named.
     std::fs::write(&empty, "{\"calls\": 3}").unwrap();
@@ -218,12 +220,7 @@ async fn a_replay_that_asks_what_the_recording_does_not_hold_fails_naming_the_ca
         &[],
     )
     .await;
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("is not a BSM recording"),
-        "{}",
-        stderr(&o)
-    );
+    failed_with(&o, "is not a BSM recording");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,7 @@ use notify::{RecursiveMode, Watcher};
 use crate::scaffold::HOST_TARGET;
 
 /// A plugin crate on disk: where its component and manifest end up.
+#[derive(Clone)]
 pub struct PluginCrate {
     pub dir: PathBuf,
     pub component: PathBuf,
@@ -124,20 +125,34 @@ pub fn test(dir: &Path, cargo_args: &[String]) -> anyhow::Result<ExitCode> {
 /// on every change of the crate's sources or manifest, until interrupted.
 /// A failed build or a refused version leaves the serving one in place.
 pub async fn dev(dir: &Path, server: &str) -> anyhow::Result<ExitCode> {
+    // Absolute, so that the watcher's event paths compare with ours.
+    let dir = &dir
+        .canonicalize()
+        .with_context(|| format!("{} is not a directory", dir.display()))?;
     let plugin = PluginCrate::open(dir)?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let target = dir.join("target");
+    let sources = [dir.join("src"), dir.join("wit")];
+    let manifests = [dir.join("Cargo.toml"), dir.join("plugin.toml")];
+    let relevant = move |path: &Path| {
+        sources.iter().any(|s| path.starts_with(s)) || manifests.iter().any(|m| path == m)
+    };
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event
-            && event.kind.is_modify() | event.kind.is_create() | event.kind.is_remove()
-            && event.paths.iter().any(|p| !p.starts_with(&target))
+            && (event.kind.is_modify() || event.kind.is_create() || event.kind.is_remove())
+            && event.paths.iter().any(|p| relevant(p))
         {
             let _ = tx.send(());
         }
     })
     .context("cannot watch the plugin crate")?;
-    for watched in ["src", "Cargo.toml", "plugin.toml", "wit"] {
-        let path = dir.join(watched);
+    // The crate's directory itself, not each manifest file: an editor that
+    // saves by renaming a new file over the old one replaces the watched
+    // file, and a watch on it would go quiet.
+    watcher
+        .watch(dir, RecursiveMode::NonRecursive)
+        .with_context(|| format!("cannot watch {}", dir.display()))?;
+    for sources in ["src", "wit"] {
+        let path = dir.join(sources);
         if path.exists() {
             watcher
                 .watch(&path, RecursiveMode::Recursive)
@@ -167,19 +182,12 @@ pub async fn dev(dir: &Path, server: &str) -> anyhow::Result<ExitCode> {
 
 /// One build-and-install, reported on stdout.
 async fn round(plugin: &PluginCrate, server: &str) {
-    let plugin_dir = plugin.dir.clone();
-    let component = plugin.component.clone();
-    let build =
-        tokio::task::spawn_blocking(move || PluginCrate::open(&plugin_dir).map(|p| p.build()))
-            .await;
+    let building = plugin.clone();
+    let build = tokio::task::spawn_blocking(move || building.build()).await;
     let took = match build {
-        Ok(Ok(Ok(took))) => took,
-        Ok(Ok(Err(errors))) => {
+        Ok(Ok(took)) => took,
+        Ok(Err(errors)) => {
             println!("build failed; the serving version stays:\n{errors}");
-            return;
-        }
-        Ok(Err(e)) => {
-            println!("build failed; the serving version stays: {e:#}");
             return;
         }
         Err(e) => {
@@ -188,7 +196,7 @@ async fn round(plugin: &PluginCrate, server: &str) {
         }
     };
     println!("built in {:.1} s", took.as_secs_f64());
-    match crate::remote::install(&component, &plugin.manifest, None, server).await {
+    match crate::remote::install(&plugin.component, &plugin.manifest, None, server).await {
         Ok(installed) => println!("live: {installed}"),
         Err(e) => println!(
             "refused; the serving version stays: {}",

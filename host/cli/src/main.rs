@@ -937,7 +937,6 @@ fn new_plugin(
     sdk_git: Option<String>,
 ) -> anyhow::Result<()> {
     use scaffold::SdkSource;
-    scaffold::check_name(name)?;
     let source = match (sdk, sdk_git) {
         (_, Some(url)) => SdkSource::Git(url),
         (Some(root), None) => {
