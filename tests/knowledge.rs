@@ -257,6 +257,63 @@ async fn a_deleted_document_is_not_found_by_any_mode_or_by_id() {
     assert!(hits[0].text.contains("weekly"));
 }
 
+#[tokio::test]
+async fn a_repeated_search_sees_every_write_before_it_and_answers_as_an_uncached_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = open(dir.path()).await;
+    let uncached_dir = tempfile::tempdir().unwrap();
+    let uncached = Knowledge::open(
+        uncached_dir.path(),
+        Embedder::builtin(),
+        KnowledgeSettings {
+            result_cache_bytes: 0,
+            ..KnowledgeSettings::default()
+        },
+    )
+    .await
+    .unwrap();
+    corpus(&k, "handbook").await;
+    corpus(&uncached, "handbook").await;
+    let query = "rotate the certificates";
+    for mode in [SearchMode::Vector, SearchMode::Keyword, SearchMode::Hybrid] {
+        let request = search(query, 5, mode);
+        let first = find(&k, "handbook", &request).await;
+        assert_eq!(first, find(&k, "handbook", &request).await, "{mode:?}");
+        assert_eq!(
+            first,
+            find(&uncached, "handbook", &request).await,
+            "{mode:?}"
+        );
+        assert!(!ids(&first).contains(&"rotation".to_string()));
+    }
+    // The same requests again after an upsert, then after a delete.
+    for knowledge in [&k, &uncached] {
+        knowledge
+            .upsert(
+                &caller(),
+                "handbook",
+                vec![doc("rotation", "Rotate the certificates every week.", &[])],
+            )
+            .await
+            .unwrap();
+    }
+    for mode in [SearchMode::Vector, SearchMode::Keyword, SearchMode::Hybrid] {
+        let request = search(query, 5, mode);
+        let hits = find(&k, "handbook", &request).await;
+        assert_eq!(hits[0].id, "rotation", "{mode:?}: {:?}", ids(&hits));
+        assert_eq!(
+            hits,
+            find(&uncached, "handbook", &request).await,
+            "{mode:?}"
+        );
+    }
+    k.delete("handbook", vec!["rotation".into()]).await.unwrap();
+    for mode in [SearchMode::Vector, SearchMode::Keyword, SearchMode::Hybrid] {
+        let hits = find(&k, "handbook", &search(query, 5, mode)).await;
+        assert!(!ids(&hits).contains(&"rotation".to_string()), "{mode:?}");
+    }
+}
+
 fn reciprocal_rank(hits: &[String], want: &str) -> f64 {
     hits.iter()
         .position(|h| h == want)

@@ -41,6 +41,11 @@ pub struct KnowledgeSettings {
     pub save_delay: Duration,
     /// Query embeddings kept in the cache.
     pub query_cache_entries: u64,
+    /// Bytes of search results kept for repeated searches (0: none). An
+    /// entry is keyed by the collection's generation, so a write is seen
+    /// by the next search (Elasticsearch's request cache, invalidated on
+    /// refresh, works the same way).
+    pub result_cache_bytes: u64,
     /// Largest file ingestion reads; larger ones are skipped with a reason.
     pub max_file_bytes: u64,
 }
@@ -58,13 +63,14 @@ impl Default for KnowledgeSettings {
             chunking: ChunkSettings::default(),
             save_delay: Duration::from_millis(500),
             query_cache_entries: 10_000,
+            result_cache_bytes: 8 << 20,
             max_file_bytes: 8 << 20,
         }
     }
 }
 
 /// How a search ranks.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SearchMode {
     /// Reciprocal rank fusion of vector and keyword ranking.
@@ -114,6 +120,21 @@ pub struct CollectionInfo {
 /// Query embeddings by (collection, generation, query).
 type QueryCache = moka::future::Cache<(String, u64, String), Arc<Vec<f32>>>;
 
+/// What a search's result depends on: the collection as of one generation
+/// and everything the request asks.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ResultKey {
+    collection: String,
+    generation: u64,
+    query: String,
+    top_k: usize,
+    filter: Metadata,
+    mode: SearchMode,
+}
+
+/// Search results by what they depend on.
+type ResultCache = moka::future::Cache<ResultKey, Arc<Vec<SearchHit>>>;
+
 /// Every collection of a data directory.
 #[derive(Clone)]
 pub struct Knowledge {
@@ -128,6 +149,7 @@ pub(crate) struct Inner {
     collections: RwLock<HashMap<String, Arc<Collection>>>,
     creating: tokio::sync::Mutex<()>,
     queries: QueryCache,
+    results: ResultCache,
     save_wanted: Arc<tokio::sync::Notify>,
     /// Held while this process may write the directory: one writer process
     /// per knowledge directory, any number of readers.
@@ -192,6 +214,26 @@ impl Knowledge {
             embedder,
             queries: moka::future::Cache::builder()
                 .max_capacity(settings.query_cache_entries)
+                .support_invalidation_closures()
+                .build(),
+            results: moka::future::Cache::builder()
+                .max_capacity(settings.result_cache_bytes)
+                .weigher(|k: &ResultKey, hits: &Arc<Vec<SearchHit>>| {
+                    let bytes = k.query.len()
+                        + hits
+                            .iter()
+                            .map(|h| {
+                                64 + h.id.len()
+                                    + h.text.len()
+                                    + h.source.as_ref().map_or(0, String::len)
+                                    + h.metadata
+                                        .iter()
+                                        .map(|(k, v)| k.len() + v.len())
+                                        .sum::<usize>()
+                            })
+                            .sum::<usize>();
+                    u32::try_from(bytes).unwrap_or(u32::MAX)
+                })
                 .support_invalidation_closures()
                 .build(),
             settings,
@@ -466,6 +508,12 @@ impl Knowledge {
             .queries
             .invalidate_entries_if(move |k, _| k.0 == name)
             .map_err(KnowledgeError::storage)?;
+        // Older generations are never asked for again; this frees them now.
+        let name = collection.to_string();
+        self.inner
+            .results
+            .invalidate_entries_if(move |k, _| k.collection == name)
+            .map_err(KnowledgeError::storage)?;
         self.inner.save_wanted.notify_one();
         Ok(removed)
     }
@@ -520,13 +568,44 @@ impl Knowledge {
         self.check_metadata(&request.filter, "filter")?;
         let c = self.collection(collection)?;
         self.check_embedder(&c)?;
+        if self.inner.settings.result_cache_bytes == 0 {
+            return self.search_now(caller, &c, request).await;
+        }
+        // The generation is read before searching: a write landing during
+        // the search bumps it, and later searches miss this entry.
+        let key = ResultKey {
+            collection: c.name.clone(),
+            generation: c.generation(),
+            query: request.query.clone(),
+            top_k: request.top_k,
+            filter: request.filter.clone(),
+            mode: request.mode,
+        };
+        let hits = self
+            .inner
+            .results
+            .try_get_with(key, async {
+                self.search_now(caller, &c, request).await.map(Arc::new)
+            })
+            .await
+            .map_err(|e: Arc<KnowledgeError>| (*e).clone())?;
+        Ok(hits.as_ref().clone())
+    }
+
+    /// Searches the collection's indexes and reads the hits' documents.
+    async fn search_now(
+        &self,
+        caller: &Caller,
+        c: &Arc<Collection>,
+        request: &SearchRequest,
+    ) -> Result<Vec<SearchHit>, KnowledgeError> {
         let k = request.top_k;
         let candidates = match request.mode {
             SearchMode::Hybrid => (k * 3).max(30),
             _ => k,
         };
         let vector_hits = if request.mode != SearchMode::Keyword {
-            let query = self.query_vector(caller, &c, &request.query).await?;
+            let query = self.query_vector(caller, c, &request.query).await?;
             let filter = &request.filter;
             let allow = |key: u64| c.matches(key, filter);
             // Removed documents are already out of the index: without a

@@ -88,10 +88,11 @@ fn commit(conn: &Mutex<Connection>, batch: Vec<Write>) {
     }
     let mut answers = Vec::with_capacity(batch.len());
     for write in batch {
-        let result = conn
-            .execute_batch("SAVEPOINT write")
-            .and_then(|()| match (write.apply)(&conn) {
-                Ok(()) => conn.execute_batch("RELEASE write"),
+        // Prepared once per connection: these run twice per write.
+        let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
+        let result = run("SAVEPOINT write")
+            .and_then(|_| match (write.apply)(&conn) {
+                Ok(()) => run("RELEASE write").map(|_| ()),
                 Err(e) => {
                     let _ = conn.execute_batch("ROLLBACK TO write; RELEASE write");
                     Err(e)

@@ -139,18 +139,32 @@ async fn run(deliverer: Arc<Deliverer>, wake: Arc<Notify>) {
     // Deliveries run side by side, up to `concurrency`: a slow receiver
     // holds one place, not the others.
     let mut in_flight = tokio::task::JoinSet::new();
+    let routes = deliverer.clone();
+    let routed: Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync> =
+        Arc::new(move |name: &str| match routes.settings.route(name) {
+            Some(_) => Ok(()),
+            None => Err(unrouted(name)),
+        });
     loop {
         let free = concurrency - in_flight.len();
         let mut claimed = 0;
         // Claim in batches (a quarter of the places at least) rather than
         // one place at a time: a claim is a database round trip.
         if free > 0 && (in_flight.is_empty() || free >= concurrency.div_ceil(4)) {
-            match deliverer.outbox.claim(free).await {
+            match deliverer.outbox.claim(free, routed.clone()).await {
                 Ok(actions) => {
-                    claimed = actions.len();
-                    for action in actions {
+                    claimed = actions.deliver.len();
+                    for action in &actions.dead {
+                        let reason = action.last_error.as_deref().unwrap_or_default();
+                        log_attempt(action, None, &Attempt::Dead(reason.to_string()));
+                    }
+                    for action in actions.deliver {
                         let deliverer = deliverer.clone();
                         in_flight.spawn(async move { deliverer.deliver(action).await });
+                    }
+                    if claimed == 0 && !actions.dead.is_empty() {
+                        // Only dead ones this time: more may be due.
+                        continue;
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "cannot claim actions; retrying"),
@@ -174,14 +188,38 @@ async fn run(deliverer: Arc<Deliverer>, wake: Arc<Notify>) {
     }
 }
 
+/// Why an action without a route is dead.
+fn unrouted(name: &str) -> String {
+    format!("no handler is configured for action {name:?} ([actions.routes])")
+}
+
+/// The log line and counter of one delivery attempt's outcome.
+fn log_attempt(action: &OutboxAction, handler: Option<&str>, attempt: &Attempt) {
+    let status = match attempt {
+        Attempt::Delivered(_) => "delivered",
+        Attempt::Failed { .. } => "failed",
+        Attempt::Dead(_) => "dead",
+    };
+    match attempt {
+        Attempt::Delivered(_) => {
+            tracing::info!(action = %action.id, name = %action.name, handler, "action delivered")
+        }
+        Attempt::Failed { error, .. } => {
+            tracing::warn!(action = %action.id, name = %action.name, handler, attempt = action.attempts, error = %error, "action delivery failed; it will be retried")
+        }
+        Attempt::Dead(error) => {
+            tracing::warn!(action = %action.id, name = %action.name, handler, error = %error, "action is dead")
+        }
+    }
+    metrics::counter!("bsm_action_attempts_total", "outcome" => status).increment(1);
+}
+
 impl Deliverer {
     async fn deliver(&self, action: OutboxAction) {
         let Some(handler) = self.settings.route(&action.name).map(String::from) else {
-            let reason = format!(
-                "no handler is configured for action {:?} ([actions.routes])",
-                action.name
-            );
-            self.record(&action, None, Attempt::Dead(reason)).await;
+            // Routes do not change while the dispatcher runs; kept for safety.
+            self.record(&action, None, Attempt::Dead(unrouted(&action.name)))
+                .await;
             return;
         };
         let request = self.request(&action).await;
@@ -211,23 +249,7 @@ impl Deliverer {
     }
 
     async fn record(&self, action: &OutboxAction, handler: Option<&str>, attempt: Attempt) {
-        let status = match &attempt {
-            Attempt::Delivered(_) => "delivered",
-            Attempt::Failed { .. } => "failed",
-            Attempt::Dead(_) => "dead",
-        };
-        match &attempt {
-            Attempt::Delivered(_) => {
-                tracing::info!(action = %action.id, name = %action.name, handler, "action delivered")
-            }
-            Attempt::Failed { error, .. } => {
-                tracing::warn!(action = %action.id, name = %action.name, handler, attempt = action.attempts, error = %error, "action delivery failed; it will be retried")
-            }
-            Attempt::Dead(error) => {
-                tracing::warn!(action = %action.id, name = %action.name, handler, error = %error, "action is dead")
-            }
-        }
-        metrics::counter!("bsm_action_attempts_total", "outcome" => status).increment(1);
+        log_attempt(action, handler, &attempt);
         if let Err(e) = self.outbox.finish(&action.id, handler, attempt).await {
             tracing::error!(action = %action.id, error = %e, "cannot record a delivery outcome; the action stays delivering until the next restart");
         }

@@ -15,6 +15,8 @@
 //! at `next_attempt_at`) | `dead` (out of attempts, a permanent failure, or
 //! no handler routed).
 
+use std::sync::Arc;
+
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -331,11 +333,18 @@ impl Outbox {
 
     /// Claims up to `limit` due actions (queued, or failed and due) whose
     /// job has finished (a handler gets the job's decision and report):
-    /// marks them delivering and counts the attempt. The actions of one job
+    /// marks them delivering and counts the attempt. An action `routed`
+    /// says has no handler is dead in the same transaction (with `why`),
+    /// not handed out: nothing would deliver it, so it costs no second
+    /// write and holds no delivery place. The actions of one job
     /// (or request) go one at a time, in the order they were emitted, so a
     /// handler never races itself on the same pull request (a comment
     /// before the merge, never two comments).
-    pub async fn claim(&self, limit: usize) -> Result<Vec<OutboxAction>, StoreError> {
+    pub async fn claim(
+        &self,
+        limit: usize,
+        routed: Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>,
+    ) -> Result<Claimed, StoreError> {
         self.store
             .with(move |c| {
                 let tx = c.unchecked_transaction()?;
@@ -374,21 +383,31 @@ impl Outbox {
                         claimed.push(a);
                     }
                 }
-                for a in &claimed {
-                    tx.execute(
-                        "UPDATE actions SET status = 'delivering', attempts = attempts + 1, updated_at = ?2 WHERE id = ?1",
-                        params![a.id, at],
-                    )?;
+                let mut out = Claimed::default();
+                for mut a in claimed {
+                    a.attempts += 1;
+                    match routed(&a.name) {
+                        Ok(()) => {
+                            tx.prepare_cached(
+                                "UPDATE actions SET status = 'delivering', attempts = attempts + 1, updated_at = ?2 WHERE id = ?1",
+                            )?
+                            .execute(params![a.id, at])?;
+                            a.status = ActionState::Delivering;
+                            out.deliver.push(a);
+                        }
+                        Err(why) => {
+                            tx.prepare_cached(
+                                "UPDATE actions SET status = 'dead', attempts = attempts + 1, last_error = ?2, next_attempt_at = NULL, updated_at = ?3 WHERE id = ?1",
+                            )?
+                            .execute(params![a.id, why, at])?;
+                            a.status = ActionState::Dead;
+                            a.last_error = Some(why);
+                            out.dead.push(a);
+                        }
+                    }
                 }
                 tx.commit()?;
-                Ok(claimed
-                    .into_iter()
-                    .map(|mut a| {
-                        a.status = ActionState::Delivering;
-                        a.attempts += 1;
-                        a
-                    })
-                    .collect())
+                Ok(out)
             })
             .await
     }
@@ -401,8 +420,9 @@ impl Outbox {
         attempt: Attempt,
     ) -> Result<(), StoreError> {
         let (id, handler) = (id.to_string(), handler.map(String::from));
+        // Committed with concurrent writes (group commit), like a run's rows.
         self.store
-            .with(move |c| {
+            .write(move |c| {
                 let at = now();
                 match attempt {
                     Attempt::Delivered(result) => c.execute(
@@ -418,10 +438,19 @@ impl Outbox {
                         params![id, handler, error, at],
                     ),
                 }
+                .map(|_| ())
             })
             .await
-            .map(|_| ())
     }
+}
+
+/// What one claim took from the queue.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    /// Marked delivering: hand each to its handler.
+    pub deliver: Vec<OutboxAction>,
+    /// Without a handler: already recorded dead.
+    pub dead: Vec<OutboxAction>,
 }
 
 /// On an approval decision, inside its transaction: the action it holds is

@@ -254,7 +254,7 @@ impl Store {
     }
 
     /// A write committed together with concurrent ones (group commit).
-    async fn write(
+    pub(crate) async fn write(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<()> + Send + 'static,
     ) -> Result<(), StoreError> {

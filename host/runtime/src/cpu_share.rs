@@ -24,7 +24,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::task::AtomicWaker;
 
@@ -180,18 +180,60 @@ impl CpuScheduler {
     }
 }
 
-/// CPU time used by one run, shared with the run's epoch callback.
+/// The least a poll computes before an epoch tick makes it yield its turn.
+/// Shorter polls (a run that has just come back from a host call) go on:
+/// yielding them would move a run that barely computed to the guest pool,
+/// two thread hand-offs for nothing. A spinning run still yields within
+/// two ticks.
+pub const MIN_SLICE: Duration = Duration::from_micros(100);
+
+/// CPU time used by one run, shared with the run's epoch callback, which
+/// also reads how long the poll in progress has been computing: an epoch
+/// tick counts wall time, and a run that waited on the host (an LLM answer)
+/// across ticks has not computed for them.
 #[derive(Debug, Clone, Default)]
-pub struct CpuMeter(Arc<AtomicU64>);
+pub struct CpuMeter(Arc<MeterCells>);
+
+#[derive(Debug, Default)]
+struct MeterCells {
+    used: AtomicU64,
+    /// When the poll in progress started, in nanoseconds since
+    /// [`meter_epoch`]; 0 between polls.
+    poll_started: AtomicU64,
+}
+
+/// The instant the meters' poll start times count from.
+fn meter_epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
 
 impl CpuMeter {
     pub fn used_nanos(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.0.used.load(Ordering::Relaxed)
+    }
+
+    /// How long the poll in progress has been running (zero between polls).
+    pub fn current_poll(&self) -> Duration {
+        match self.0.poll_started.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            started => meter_epoch()
+                .elapsed()
+                .saturating_sub(Duration::from_nanos(started)),
+        }
+    }
+
+    fn start_poll(&self) -> Instant {
+        let now = Instant::now();
+        let since = now.saturating_duration_since(meter_epoch()).as_nanos() as u64;
+        self.0.poll_started.store(since.max(1), Ordering::Relaxed);
+        now
     }
 
     fn add(&self, since: Instant) -> u64 {
+        self.0.poll_started.store(0, Ordering::Relaxed);
         let used = since.elapsed().as_nanos() as u64;
-        self.0.fetch_add(used, Ordering::Relaxed);
+        self.0.used.fetch_add(used, Ordering::Relaxed);
         used
     }
 }
@@ -234,7 +276,7 @@ impl<F: Future> Future for FairShare<F> {
             }
         }
         // The turn is ours for this one poll.
-        let started = Instant::now();
+        let started = this.meter.start_poll();
         let result = this.inner.as_mut().poll(cx);
         let used = this.meter.add(started);
         this.scheduler.release(&this.plugin, used);
@@ -441,6 +483,37 @@ mod tests {
             2,
             "every turn returned"
         );
+    }
+
+    #[tokio::test]
+    async fn the_meter_sees_the_poll_in_progress_and_not_the_wait_between_polls() {
+        let meter = CpuMeter::default();
+        let inside = meter.clone();
+        let mut polls = 0;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        FairShare::new(
+            CpuScheduler::new(1),
+            Arc::from("a"),
+            meter.clone(),
+            std::future::poll_fn(move |cx| {
+                polls += 1;
+                // Inside a poll: it has been running at least this long.
+                std::thread::sleep(Duration::from_millis(2));
+                record.lock().unwrap().push(inside.current_poll());
+                if polls == 2 {
+                    return Poll::Ready(());
+                }
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }),
+        )
+        .await;
+        for during in seen.lock().unwrap().iter() {
+            assert!(*during >= Duration::from_millis(2), "{during:?}");
+        }
+        assert_eq!(meter.current_poll(), Duration::ZERO, "between polls");
+        assert!(meter.used_nanos() >= 4_000_000);
     }
 
     #[tokio::test]

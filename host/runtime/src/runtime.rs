@@ -745,8 +745,9 @@ impl Runtime {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         // At every epoch tick: past the deadline or over its CPU time,
-        // interrupt the guest; otherwise yield, which gives the run's CPU
-        // turn to whoever waits for one (see `cpu_share`).
+        // interrupt the guest; otherwise, once this poll has computed for a
+        // slice, yield, which gives the run's CPU turn to whoever waits for
+        // one (see `cpu_share`) and moves a long computation to the pool.
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|mut ctx| {
             let data = ctx.data_mut();
@@ -759,6 +760,10 @@ impl Runtime {
             {
                 data.cpu_exceeded = true;
                 return Ok(UpdateDeadline::Interrupt);
+            }
+            if data.cpu.current_poll() < crate::cpu_share::MIN_SLICE {
+                // Back from a host call moments ago: not a tick of computing.
+                return Ok(UpdateDeadline::Continue(1));
             }
             data.used_a_tick
                 .store(true, std::sync::atomic::Ordering::Relaxed);
