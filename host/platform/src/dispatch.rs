@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-use crate::outbox::{Attempt, Outbox, OutboxAction};
+use crate::outbox::{Attempt, Outbox, OutboxAction, Router};
 use crate::reports::ReportStore;
 use crate::store::Store;
 use bsm_runtime::Runtime;
@@ -140,11 +140,10 @@ async fn run(deliverer: Arc<Deliverer>, wake: Arc<Notify>) {
     // holds one place, not the others.
     let mut in_flight = tokio::task::JoinSet::new();
     let routes = deliverer.clone();
-    let routed: Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync> =
-        Arc::new(move |name: &str| match routes.settings.route(name) {
-            Some(_) => Ok(()),
-            None => Err(unrouted(name)),
-        });
+    let routed: Router = Arc::new(move |name: &str| match routes.settings.route(name) {
+        Some(_) => Ok(()),
+        None => Err(unrouted(name)),
+    });
     loop {
         let free = concurrency - in_flight.len();
         let mut claimed = 0;

@@ -340,11 +340,7 @@ impl Outbox {
     /// (or request) go one at a time, in the order they were emitted, so a
     /// handler never races itself on the same pull request (a comment
     /// before the merge, never two comments).
-    pub async fn claim(
-        &self,
-        limit: usize,
-        routed: Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>,
-    ) -> Result<Claimed, StoreError> {
+    pub async fn claim(&self, limit: usize, routed: Router) -> Result<Claimed, StoreError> {
         self.store
             .with(move |c| {
                 let tx = c.unchecked_transaction()?;
@@ -443,6 +439,9 @@ impl Outbox {
             .await
     }
 }
+
+/// Whether an action (by name) has a handler; `Err` says why not.
+pub type Router = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 /// What one claim took from the queue.
 #[derive(Debug, Default)]
