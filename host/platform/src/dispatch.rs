@@ -161,8 +161,9 @@ async fn run(deliverer: Arc<Deliverer>, wake: Arc<Notify>) {
                         let deliverer = deliverer.clone();
                         in_flight.spawn(async move { deliverer.deliver(action).await });
                     }
-                    if claimed == 0 && !actions.dead.is_empty() {
-                        // Only dead ones this time: more may be due.
+                    if !actions.dead.is_empty() && claimed < free {
+                        // Dead ones took part of this claim and places are
+                        // left: more may be due now.
                         continue;
                     }
                 }
