@@ -590,3 +590,53 @@ async fn no_blocking_issues_merges_and_a_json_block_verdict_blocks() {
         json!(["bsm-blocked"])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_without_a_route_is_dead_at_once_with_the_reason_and_none_is_left_behind() {
+    let llm = LlmServer::start().await;
+    llm.set_reply("Reviewed: looks good to me.\nACTION: review_pr");
+    let data = tempfile::tempdir().unwrap();
+    // No [actions.routes]: nothing would deliver `review_pr`.
+    let s = BsmServer::start(
+        data.path(),
+        &[
+            ("BSM_LLM_BASE_URL", llm.base_url.as_str()),
+            ("BSM_LLM_MODEL", "test-model"),
+            ("BSM_ADMIN_TOKEN", ADMIN_TOKEN),
+            ("BSM_RATE_LIMIT", "0"),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    // More runs than the dispatcher's 16 delivery places, side by side.
+    let runs = (0..40).map(|i| {
+        let s = &s;
+        async move {
+            let r = http()
+                .post(s.url("/api/agents/run"))
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&json!({"agentId": "code-review-agent", "input": format!("Review PR {i}")}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            let body: Value = r.json().await.unwrap();
+            body["actions"][0]["id"].as_str().unwrap().to_string()
+        }
+    });
+    let ids = futures_util::future::join_all(runs).await;
+    for id in &ids {
+        let action = action_when(&s, id, "dead").await;
+        assert_eq!(action["status"], "dead", "{action:#}");
+        assert_eq!(action["attempts"], 1, "{action:#}");
+        assert!(
+            action["lastError"]
+                .as_str()
+                .is_some_and(|e| e.contains("no handler is configured for action \"review_pr\"")),
+            "{action:#}"
+        );
+    }
+    let listed = get(&s, "/api/actions?status=dead").await;
+    assert_eq!(listed["actions"].as_array().map(Vec::len), Some(40));
+    let queued = get(&s, "/api/actions?status=queued").await;
+    assert_eq!(queued["actions"].as_array().map(Vec::len), Some(0));
+}
