@@ -29,12 +29,16 @@ use super::settings::{ProviderSettings, RetrySettings};
 use super::wire::{self, StreamAccumulator, WireChatRequest, WireEmbeddingsRequest};
 use bsm_runtime::bindings::llm::{ChatRequest, ChatResponse, Error as LlmError};
 use bsm_runtime::capabilities::Caller;
+use bsm_runtime::io_home::IoHome;
 
 /// A configured provider with its own breaker and concurrency limit.
 pub struct Provider {
     settings: ProviderSettings,
     retry: RetrySettings,
     http: reqwest::Client,
+    /// Requests are sent from the runtime the provider was built on, so its
+    /// connections are driven there (see [`IoHome`]).
+    home: IoHome,
     breaker: CircuitBreaker,
     limit: Arc<AdaptiveLimit>,
     chat_url: String,
@@ -70,6 +74,7 @@ impl Provider {
             chat_url: format!("{base}/chat/completions"),
             embeddings_url: format!("{base}/embeddings"),
             http,
+            home: IoHome::current(),
             retry,
             settings,
             failures_log: LogThrottle::default(),
@@ -252,9 +257,10 @@ impl Provider {
         request: reqwest::RequestBuilder,
         first_token_deadline: Instant,
     ) -> Result<reqwest::Response, AttemptError> {
-        let response = timeout_at(first_token_deadline, request.send())
+        let response = timeout_at(first_token_deadline, self.home.run(request.send()))
             .await
             .map_err(|_| AttemptError::Timeout)?
+            .map_err(|gone| AttemptError::Connect(gone.to_string()))?
             .map_err(|e| AttemptError::Connect(describe_reqwest(&e, &self.settings.base_url)))?;
         let status = response.status();
         if status.is_success() {

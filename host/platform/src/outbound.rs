@@ -14,6 +14,7 @@ use crate::secrets::Secrets;
 use bsm_runtime::bindings::http::{Error, Header, Request, Response};
 use bsm_runtime::capabilities::Caller;
 use bsm_runtime::capabilities::http::HttpEngine;
+use bsm_runtime::io_home::IoHome;
 use bsm_runtime::manifest::HttpGrant;
 
 /// Largest answer body handed to a plugin.
@@ -26,6 +27,9 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 /// Outbound HTTP for plugins.
 pub struct OutboundHttp {
     client: reqwest::Client,
+    /// Requests are sent from the runtime this was built on, so their
+    /// connections are driven there (see [`IoHome`]).
+    home: IoHome,
     secrets: Secrets,
 }
 
@@ -35,7 +39,11 @@ impl OutboundHttp {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("bsm/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { client, secrets })
+        Ok(Self {
+            client,
+            home: IoHome::current(),
+            secrets,
+        })
     }
 
     fn secret(&self, caller: &Caller, grant: &HttpGrant, name: &str) -> Result<&str, Error> {
@@ -109,7 +117,12 @@ impl HttpEngine for OutboundHttp {
             .map_or(DEFAULT_TIMEOUT, |ms| Duration::from_millis(u64::from(ms)))
             .min(MAX_TIMEOUT);
         let call = async {
-            let mut response = builder.send().await.map_err(transport)?;
+            let mut response = self
+                .home
+                .run(builder.send())
+                .await
+                .map_err(|gone| Error::Transport(gone.to_string()))?
+                .map_err(transport)?;
             let status = response.status().as_u16();
             let headers = response
                 .headers()

@@ -30,6 +30,7 @@ pub mod engine;
 pub mod error;
 pub mod guest_pool;
 pub mod header;
+pub mod io_home;
 pub mod limits;
 pub mod manifest;
 pub mod output_capture;

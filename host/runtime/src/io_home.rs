@@ -1,0 +1,151 @@
+//! Outbound connections belong to the server's runtime, not the guest
+//! pool's.
+//!
+//! A connection is registered with the reactor of the runtime that opens
+//! it, and its connection task runs there for as long as the client's pool
+//! keeps it. A run that moved to the guest pool (it had computed for a
+//! slice, see [`crate::guest_pool`]) and then opened a connection to the
+//! LLM left that connection to the pool's threads: every later answer on
+//! it, for any run, woke a guest thread which then handed over to the
+//! server's (at 0 ms LLM latency and 50 connections, 13% of the server's
+//! samples were guest threads waking for that). Clients that may open a
+//! connection send their requests from the runtime they were built on.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+/// The runtime a client was built on: where its requests are sent from.
+#[derive(Debug, Clone)]
+pub struct IoHome(Option<Handle>);
+
+/// The home runtime is shutting down: the request was not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HomeGone;
+
+impl std::fmt::Display for HomeGone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the host is shutting down")
+    }
+}
+
+impl IoHome {
+    /// The runtime this is called on; outside one, requests are sent from
+    /// wherever they are awaited.
+    pub fn current() -> Self {
+        Self(Handle::try_current().ok())
+    }
+
+    /// Runs `request` on the home runtime: in place when already there (no
+    /// hand-off), otherwise as a task there that is aborted if this future
+    /// is dropped.
+    pub async fn run<F>(&self, request: F) -> Result<F::Output, HomeGone>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let Some(home) = &self.0 else {
+            return Ok(request.await);
+        };
+        if Handle::try_current().is_ok_and(|here| here.id() == home.id()) {
+            return Ok(request.await);
+        }
+        match (AbortOnDrop(home.spawn(request))).await {
+            Ok(output) => Ok(output),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(HomeGone),
+        }
+    }
+}
+
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn runtime(name: &str) -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(name)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_request_from_another_runtime_is_sent_from_home() {
+        let server = runtime("server");
+        let guests = runtime("guests");
+        let home = server.block_on(async { IoHome::current() });
+        let (ran_on, awaited_on) = guests.block_on(async {
+            let ran_on = home.run(async { Handle::current().id() }).await.unwrap();
+            (ran_on, Handle::current().id())
+        });
+        assert_eq!(ran_on, server.handle().id(), "sent from home");
+        assert_ne!(ran_on, awaited_on);
+    }
+
+    #[test]
+    fn a_request_at_home_runs_in_place() {
+        let server = runtime("server");
+        server.block_on(async {
+            let home = IoHome::current();
+            let outer = std::thread::current().id();
+            // In place: no task was spawned, the same thread ran it.
+            let inner = home
+                .run(async { std::thread::current().id() })
+                .await
+                .unwrap();
+            assert_eq!(inner, outer);
+        });
+    }
+
+    #[test]
+    fn a_dropped_waiter_aborts_the_request_at_home() {
+        let server = runtime("server");
+        let guests = runtime("guests");
+        let home = server.block_on(async { IoHome::current() });
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        guests.block_on(async {
+            let request = home.run(async move {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                drop(tx);
+            });
+            let _ = tokio::time::timeout(Duration::from_millis(20), request).await;
+        });
+        // Aborted at home: its sender is dropped long before 60 s.
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(5)),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+        );
+    }
+
+    #[test]
+    fn a_home_that_shut_down_says_so() {
+        let server = runtime("server");
+        let home = server.block_on(async { IoHome::current() });
+        server.shutdown_background();
+        let guests = runtime("guests");
+        let result = guests.block_on(home.run(async { 1 }));
+        assert_eq!(result, Err(HomeGone));
+    }
+}
