@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bsm_runtime::api::{
     AgentOutput, AgentRequest, AgentResult, Contribution, RunContext, StepRequest, Verdict,
 };
+use bsm_runtime::artifact_cache::CompilerProcess;
 use bsm_runtime::bindings::llm::Role;
 use bsm_runtime::capabilities::Capabilities;
 use bsm_runtime::{Manifest, PluginKind, RunError};
@@ -539,4 +540,116 @@ async fn a_planted_artifact_in_a_directory_others_can_write_is_never_run() {
         .await
         .unwrap();
     assert_eq!(run.output.text, "Hello, x!");
+}
+
+#[cfg(unix)]
+/// A compiler process that notes each call in `marker`, then is `bsm`'s own
+/// (or, with `exit`, fails with that status without compiling).
+fn noting_compiler(marker: &std::path::Path, exit: Option<i32>) -> CompilerProcess {
+    let then = match exit {
+        Some(code) => format!("exit {code}"),
+        None => format!(
+            "exec '{}' __compile-artifact \"$@\"",
+            env!("CARGO_BIN_EXE_bsm")
+        ),
+    };
+    CompilerProcess {
+        program: "sh".into(),
+        args: vec![
+            "-c".into(),
+            format!("echo called >> '{}'; {then}", marker.display()).into(),
+            "sh".into(),
+        ],
+        max_instances: 0,
+    }
+}
+
+#[cfg(unix)]
+fn calls(marker: &std::path::Path) -> usize {
+    std::fs::read_to_string(marker).map_or(0, |s| s.lines().count())
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_missing_artifact_is_compiled_by_the_compiler_process_and_loaded_from_its_file() {
+    let cache = tempfile::tempdir().unwrap();
+    let marker = cache.path().join("calls");
+    let artifacts = cache.path().join("components");
+    let options = || bsm_runtime::RuntimeOptions {
+        artifact_dir: Some(artifacts.clone()),
+        compiler: Some(noting_compiler(&marker, None)),
+        ..Default::default()
+    };
+    let manifest = shipped_dir().join("hello-agent.toml");
+    let first = bsm_runtime::Runtime::new(options()).unwrap();
+    let plugin = first.load_plugin(&manifest).await.unwrap();
+    first.registry().install(plugin);
+    assert_eq!(calls(&marker), 1, "compiled by the compiler process");
+    let written: Vec<_> = std::fs::read_dir(&artifacts).unwrap().collect();
+    assert_eq!(
+        written.len(),
+        1,
+        "its artifact is in the cache: {written:?}"
+    );
+    let run = first.run_agent("hello-agent", request("child")).await;
+    assert_eq!(run.unwrap().output.text, "Hello, child!");
+
+    // A restart loads the artifact: no compilation at all.
+    let second = bsm_runtime::Runtime::new(options()).unwrap();
+    second.load_plugin(&manifest).await.unwrap();
+    assert_eq!(calls(&marker), 1, "not compiled again");
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn an_invalid_component_is_refused_with_the_compiler_processs_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("calls");
+    let whole = std::fs::read(shipped_dir().join("hello-agent.wasm")).unwrap();
+    let wasm = dir.path().join("half.wasm");
+    // The header of a component, then half of its sections.
+    std::fs::write(&wasm, &whole[..whole.len() / 2]).unwrap();
+    let manifest = plugin_with_manifest(
+        dir.path(),
+        &wasm,
+        "id = \"half-agent\"\nversion = \"1.0.0\"\nkind = \"agent\"\n",
+    );
+    let runtime = bsm_runtime::Runtime::new(bsm_runtime::RuntimeOptions {
+        artifact_dir: Some(dir.path().join("components")),
+        compiler: Some(noting_compiler(&marker, None)),
+        ..Default::default()
+    })
+    .unwrap();
+    let err = runtime.load_plugin(&manifest).await.unwrap_err();
+    assert_eq!(err.stage, bsm_runtime::LoadStage::Component, "{err}");
+    assert!(err.to_string().contains("not a valid component"), "{err}");
+    assert_eq!(calls(&marker), 1, "the compiler process said so, once");
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("components"))
+            .unwrap()
+            .count(),
+        0,
+        "no artifact is left for an invalid component"
+    );
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_compiler_process_that_fails_leaves_the_compilation_to_the_host() {
+    let cache = tempfile::tempdir().unwrap();
+    let marker = cache.path().join("calls");
+    let runtime = bsm_runtime::Runtime::new(bsm_runtime::RuntimeOptions {
+        artifact_dir: Some(cache.path().join("components")),
+        compiler: Some(noting_compiler(&marker, Some(3))),
+        ..Default::default()
+    })
+    .unwrap();
+    let plugin = runtime
+        .load_plugin(&shipped_dir().join("hello-agent.toml"))
+        .await
+        .unwrap();
+    runtime.registry().install(plugin);
+    assert_eq!(calls(&marker), 1);
+    let run = runtime.run_agent("hello-agent", request("host")).await;
+    assert_eq!(run.unwrap().output.text, "Hello, host!");
 }

@@ -142,6 +142,14 @@ enum Command {
         BSM_LOG_FORMAT (see `bsm --help`)."
     )]
     Serve(ServeArgs),
+    /// Internal: compiles a component (stdin) into an artifact file, for
+    /// the host's compiler process (see `artifact_cache::CompilerProcess`).
+    #[command(hide = true, name = "__compile-artifact")]
+    CompileArtifact {
+        #[arg(long)]
+        max_instances: u32,
+        out: PathBuf,
+    },
     /// Write, test and install plugins; inspect the plugins directory.
     #[command(alias = "plugin")]
     Plugins {
@@ -502,6 +510,9 @@ fn webhook_secret(file: Option<&Path>) -> anyhow::Result<Option<secrecy::SecretS
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::CompileArtifact { max_instances, out } = &cli.command {
+        return compile_artifact(*max_instances, out);
+    }
     let serving = matches!(cli.command, Command::Serve(_));
     let filter = cli.global.log.clone().unwrap_or_else(|| {
         if serving {
@@ -526,6 +537,42 @@ fn main() -> ExitCode {
     match runtime.block_on(execute(cli)) {
         Ok(code) => code,
         Err(e) => fail(e),
+    }
+}
+
+/// The compiler process: no logging, no async runtime, one component.
+fn compile_artifact(max_instances: u32, out: &Path) -> ExitCode {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut bytes) {
+        eprintln!("cannot read the component: {e}");
+        return ExitCode::FAILURE;
+    }
+    let pool = bsm_platform::runtime::engine::PoolSettings {
+        max_instances,
+        ..Default::default()
+    };
+    let engine = match bsm_platform::runtime::engine::build_engine(&pool) {
+        Ok(engine) => engine,
+        Err(e) => {
+            eprintln!("cannot build the engine: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match engine.precompile_component(&bytes) {
+        Ok(artifact) => {
+            match bsm_platform::runtime::artifact_cache::write_atomically(out, &artifact) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("cannot write {}: {e:#}", out.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("{e:#}");
+            ExitCode::from(bsm_platform::runtime::artifact_cache::CompilerProcess::INVALID as u8)
+        }
     }
 }
 
@@ -659,8 +706,12 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         watch: false,
         background: false,
         tape: None,
+        compiler: compiler_process(),
     };
     match cli.command {
+        Command::CompileArtifact { max_instances, out } => {
+            return Ok(compile_artifact(max_instances, &out));
+        }
         Command::Serve(args) => {
             raise_open_file_limit();
             let file = settings.server.clone();
@@ -1001,6 +1052,17 @@ fn write_private(path: &Path, key: &str) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
     writeln!(file, "{key}")?;
     Ok(())
+}
+
+/// This very program as the compiler process; `None` (compile in-process)
+/// when its path is unknown.
+fn compiler_process() -> Option<bsm_platform::runtime::artifact_cache::CompilerProcess> {
+    let program = std::env::current_exe().ok()?;
+    Some(bsm_platform::runtime::artifact_cache::CompilerProcess {
+        program,
+        args: vec!["__compile-artifact".into()],
+        max_instances: bsm_platform::runtime::engine::PoolSettings::default().max_instances,
+    })
 }
 
 /// A bare runtime for the commands that only inspect components: no

@@ -34,6 +34,7 @@ use crate::watch::{watch_dir, watch_plugins_dir};
 use bsm_cache::PluginCache;
 use bsm_knowledge::{Embedder, Knowledge};
 use bsm_llm::LlmClient;
+use bsm_runtime::artifact_cache::CompilerProcess;
 use bsm_runtime::capabilities::Capabilities;
 use bsm_runtime::capabilities::llm::{LlmShared, NOT_CONFIGURED};
 use bsm_runtime::tape::Tape;
@@ -82,6 +83,9 @@ pub struct PlatformOptions {
     /// Records every host call of the runs, or answers them from a
     /// recording (`bsm run --record/--replay`); `None`: live.
     pub tape: Option<Arc<Tape>>,
+    /// Compiles plugins missing from the artifact cache in a process of
+    /// its own (`None`: in-process).
+    pub compiler: Option<CompilerProcess>,
 }
 
 /// The plugin every BSM agent is an instance of.
@@ -127,6 +131,7 @@ impl Platform {
         }
         let runtime = Arc::new(Runtime::new(RuntimeOptions {
             artifact_dir: Some(data_dir.join("cache").join("components")),
+            compiler: options.compiler.clone(),
             capabilities,
             cache: settings.cache.clone(),
             ..RuntimeOptions::default()

@@ -14,7 +14,7 @@ use crate::api::{
     self, ActionRequest, AgentOutput, AgentRequest, AgentRun, Contribution, DeliveryFailure,
     HandlerRun, StepRequest, StepRun,
 };
-use crate::artifact_cache::{self, ArtifactCache};
+use crate::artifact_cache::{self, ArtifactCache, CompilerProcess};
 use crate::bindings::agent::{Agent, AgentPre};
 use crate::bindings::handler::ActionHandlerPre;
 use crate::bindings::step::StepPre;
@@ -46,6 +46,9 @@ const HOST_GRACE: Duration = Duration::from_millis(50);
 pub struct RuntimeOptions {
     /// Directory for compiled components; `None` compiles on every load.
     pub artifact_dir: Option<PathBuf>,
+    /// Compiles missing artifacts in a process of its own (with a trusted
+    /// `artifact_dir`); `None` compiles in-process.
+    pub compiler: Option<CompilerProcess>,
     pub pool: PoolSettings,
     pub capabilities: Capabilities,
     /// TTLs and sizes of the host's caches.
@@ -100,7 +103,12 @@ impl Runtime {
             engine,
             linker,
             capabilities: options.capabilities,
-            artifacts: ArtifactCache::new(options.artifact_dir),
+            artifacts: ArtifactCache::new(options.artifact_dir).with_compiler(
+                options.compiler.map(|compiler| CompilerProcess {
+                    max_instances: options.pool.max_instances,
+                    ..compiler
+                }),
+            ),
             registry: Registry::default(),
             manifests: LoadingCache::new(
                 "manifests",
