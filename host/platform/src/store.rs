@@ -189,7 +189,10 @@ CREATE TABLE IF NOT EXISTS actions (
 );
 CREATE INDEX IF NOT EXISTS actions_state ON actions(status);
 CREATE INDEX IF NOT EXISTS actions_job ON actions(job_id);
-CREATE INDEX IF NOT EXISTS actions_approval ON actions(approval_id);
+-- Only actions held for an approval have one: a partial index costs the
+-- other inserts nothing (the full index of earlier versions is replaced).
+DROP INDEX IF EXISTS actions_approval;
+CREATE INDEX IF NOT EXISTS actions_held ON actions(approval_id) WHERE approval_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS actions_created ON actions(created_at);
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, digest BLOB NOT NULL, contexts TEXT NOT NULL, scopes TEXT NOT NULL,
@@ -767,5 +770,47 @@ impl ReportIndex for Store {
         })
         .await
         .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_approvals_action_is_found_through_the_partial_index_which_replaced_the_full_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bsm.db");
+        {
+            // A database of an earlier version, with the full index.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA).unwrap();
+            c.execute_batch("CREATE INDEX actions_approval ON actions(approval_id);")
+                .unwrap();
+        }
+        let (store, _) = Store::open(&path).unwrap();
+        let (indexes, plan) = store
+            .with(|c| {
+                let indexes: Vec<String> = c
+                    .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'actions'")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let plan: Vec<String> = c
+                    .prepare("EXPLAIN QUERY PLAN UPDATE actions SET status = 'queued' WHERE approval_id = ?1 AND status = 'pending_approval'")?
+                    .query_map(["a"], |r| r.get(3))?
+                    .collect::<rusqlite::Result<_>>()?;
+                Ok((indexes, plan))
+            })
+            .await
+            .unwrap();
+        assert!(
+            !indexes.iter().any(|i| i == "actions_approval"),
+            "{indexes:?}"
+        );
+        assert!(indexes.iter().any(|i| i == "actions_held"), "{indexes:?}");
+        assert!(
+            plan.iter().any(|p| p.contains("USING INDEX actions_held")),
+            "{plan:?}"
+        );
     }
 }
