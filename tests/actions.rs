@@ -84,21 +84,17 @@ manual_review_request = "github-actions"
 }
 
 fn start(data: &std::path::Path, llm: &LlmServer, setup: &Setup) -> BsmServer {
-    BsmServer::start(
+    BsmServer::with_llm(
         data,
+        &llm.base_url,
         &[
-            ("BSM_LLM_BASE_URL", llm.base_url.as_str()),
-            ("BSM_LLM_MODEL", "test-model"),
-            ("BSM_ADMIN_TOKEN", ADMIN_TOKEN),
             ("BSM_GITHUB_WEBHOOK_SECRET", WEBHOOK_SECRET),
-            ("BSM_RATE_LIMIT", "0"),
             ("BSM_PLUGINS_DIR", setup.plugins.path().to_str().unwrap()),
             ("BSM_CONFIG", setup.config.to_str().unwrap()),
             ("TEST_GITHUB_TOKEN", GITHUB_TOKEN),
             ("TEST_SINK_KEY", SINK_KEY),
         ],
     )
-    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn hmac_hex(secret: &str, body: &[u8]) -> String {
@@ -597,16 +593,7 @@ async fn an_action_without_a_route_is_dead_at_once_with_the_reason_and_none_is_l
     llm.set_reply("Reviewed: looks good to me.\nACTION: review_pr");
     let data = tempfile::tempdir().unwrap();
     // No [actions.routes]: nothing would deliver `review_pr`.
-    let s = BsmServer::start(
-        data.path(),
-        &[
-            ("BSM_LLM_BASE_URL", llm.base_url.as_str()),
-            ("BSM_LLM_MODEL", "test-model"),
-            ("BSM_ADMIN_TOKEN", ADMIN_TOKEN),
-            ("BSM_RATE_LIMIT", "0"),
-        ],
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let s = BsmServer::with_llm(data.path(), &llm.base_url, &[]);
     // More runs than the dispatcher's 16 delivery places, side by side.
     let runs = (0..40).map(|i| {
         let s = &s;

@@ -932,16 +932,7 @@ async fn send(req: reqwest::RequestBuilder) -> (StatusCode, Value) {
 async fn the_knowledge_api_lists_writes_searches_deletes_and_explains_its_errors() {
     let llm = LlmServer::start().await;
     let data = tempfile::tempdir().unwrap();
-    let s = BsmServer::start(
-        data.path(),
-        &[
-            ("BSM_LLM_BASE_URL", llm.base_url.as_str()),
-            ("BSM_LLM_MODEL", "test-model"),
-            ("BSM_ADMIN_TOKEN", ADMIN_TOKEN),
-            ("BSM_RATE_LIMIT", "0"),
-        ],
-    )
-    .unwrap();
+    let s = BsmServer::with_llm(data.path(), &llm.base_url, &[]);
     let c = http();
     let (status, list) = send(c.get(s.url("/api/knowledge"))).await;
     assert_eq!(status, StatusCode::OK);

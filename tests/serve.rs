@@ -20,14 +20,7 @@ use server::{ADMIN_TOKEN, BsmServer, http};
 /// A server with the shipped agent set (no BSM directory configured), the
 /// test LLM and an admin token.
 fn start(data: &std::path::Path, llm: &LlmServer, extra: &[(&str, &str)]) -> BsmServer {
-    let mut env = vec![
-        ("BSM_LLM_BASE_URL", llm.base_url.as_str()),
-        ("BSM_LLM_MODEL", "test-model"),
-        ("BSM_ADMIN_TOKEN", ADMIN_TOKEN),
-        ("BSM_RATE_LIMIT", "0"),
-    ];
-    env.extend_from_slice(extra);
-    BsmServer::start(data, &env).unwrap_or_else(|e| panic!("{e}"))
+    BsmServer::with_llm(data, &llm.base_url, extra)
 }
 
 async fn get(s: &BsmServer, path: &str) -> (StatusCode, Value) {

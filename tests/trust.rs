@@ -20,15 +20,9 @@ use sha2::Sha256;
 const WEBHOOK_SECRET: &str = "whs-7Hq2Lp9Xc4Vb8Nm3Kd6Fg1Jt5Rz0Ys";
 
 fn start(data: &std::path::Path, llm: &LlmServer, extra: &[(&str, &str)]) -> BsmServer {
-    let mut env = vec![
-        ("BSM_LLM_BASE_URL", llm.base_url.as_str()),
-        ("BSM_LLM_MODEL", "test-model"),
-        ("BSM_ADMIN_TOKEN", ADMIN_TOKEN),
-        ("BSM_GITHUB_WEBHOOK_SECRET", WEBHOOK_SECRET),
-        ("BSM_RATE_LIMIT", "0"),
-    ];
+    let mut env = vec![("BSM_GITHUB_WEBHOOK_SECRET", WEBHOOK_SECRET)];
     env.extend_from_slice(extra);
-    BsmServer::start(data, &env).unwrap_or_else(|e| panic!("{e}"))
+    BsmServer::with_llm(data, &llm.base_url, &env)
 }
 
 /// A request with an optional bearer credential; the status and JSON body.

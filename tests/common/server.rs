@@ -84,6 +84,20 @@ impl BsmServer {
         }
     }
 
+    /// Starts the server the way most suites want it: `llm_base_url` as the
+    /// LLM (model `test-model`), the test admin token, no rate limit, then
+    /// `extra` on top. Panics with the server's stderr if it does not start.
+    pub fn with_llm(data_dir: &Path, llm_base_url: &str, extra: &[(&str, &str)]) -> Self {
+        let mut env = vec![
+            ("BSM_LLM_BASE_URL", llm_base_url),
+            ("BSM_LLM_MODEL", "test-model"),
+            ("BSM_ADMIN_TOKEN", ADMIN_TOKEN),
+            ("BSM_RATE_LIMIT", "0"),
+        ];
+        env.extend_from_slice(extra);
+        Self::start(data_dir, &env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.url, path)
     }
