@@ -560,7 +560,6 @@ fn noting_compiler(marker: &std::path::Path, exit: Option<i32>) -> CompilerProce
             format!("echo called >> '{}'; {then}", marker.display()).into(),
             "sh".into(),
         ],
-        max_instances: 0,
     }
 }
 

@@ -1061,7 +1061,6 @@ fn compiler_process() -> Option<bsm_platform::runtime::artifact_cache::CompilerP
     Some(bsm_platform::runtime::artifact_cache::CompilerProcess {
         program,
         args: vec!["__compile-artifact".into()],
-        max_instances: bsm_platform::runtime::engine::PoolSettings::default().max_instances,
     })
 }
 

@@ -44,8 +44,6 @@ pub fn digest(bytes: &[u8]) -> String {
 pub struct CompilerProcess {
     pub program: PathBuf,
     pub args: Vec<std::ffi::OsString>,
-    /// The host engine's pool size (set by the runtime).
-    pub max_instances: u32,
 }
 
 impl CompilerProcess {
@@ -54,13 +52,18 @@ impl CompilerProcess {
 
     /// Compiles `bytes` into `out`. `Ok(Err(reason))`: the component is
     /// invalid; `Err`: the compiler itself failed.
-    fn compile_to(&self, bytes: &[u8], out: &Path) -> anyhow::Result<Result<(), String>> {
+    fn compile_to(
+        &self,
+        max_instances: u32,
+        bytes: &[u8],
+        out: &Path,
+    ) -> anyhow::Result<Result<(), String>> {
         use std::io::Write as _;
         use std::process::{Command, Stdio};
         let mut child = Command::new(&self.program)
             .args(&self.args)
             .arg("--max-instances")
-            .arg(self.max_instances.to_string())
+            .arg(max_instances.to_string())
             .arg(out)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -88,7 +91,8 @@ impl CompilerProcess {
 #[derive(Debug, Clone)]
 pub struct ArtifactCache {
     dir: Option<PathBuf>,
-    compiler: Option<CompilerProcess>,
+    /// The compiler process and the engine's pool size it builds for.
+    compiler: Option<(CompilerProcess, u32)>,
     /// The untrusted directory was reported (once per cache).
     warned: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
@@ -102,9 +106,14 @@ impl ArtifactCache {
         }
     }
 
-    /// Missing artifacts are compiled by `compiler` in a process of its own.
-    pub fn with_compiler(mut self, compiler: Option<CompilerProcess>) -> Self {
-        self.compiler = compiler;
+    /// Missing artifacts are compiled by `compiler` in a process of its
+    /// own, for the engine [`crate::engine::build_engine`] builds from `pool`.
+    pub fn with_compiler(
+        mut self,
+        compiler: Option<CompilerProcess>,
+        pool: &crate::engine::PoolSettings,
+    ) -> Self {
+        self.compiler = compiler.map(|c| (c, pool.max_instances));
         self
     }
 
@@ -133,8 +142,8 @@ impl ArtifactCache {
                 }
             }
         }
-        if let Some(compiler) = &self.compiler {
-            match compiler.compile_to(bytes, &path) {
+        if let Some((compiler, max_instances)) = &self.compiler {
+            match compiler.compile_to(*max_instances, bytes, &path) {
                 Ok(Ok(())) => {
                     // SAFETY: as above; the file was just written by our own
                     // compiler process with this engine's configuration.

@@ -12,11 +12,9 @@
 //! connection send their requests from the runtime they were built on.
 
 use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use tokio::runtime::Handle;
-use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 
 /// The runtime a client was built on: where its requests are sent from.
 #[derive(Debug, Clone)]
@@ -53,27 +51,11 @@ impl IoHome {
         if Handle::try_current().is_ok_and(|here| here.id() == home.id()) {
             return Ok(request.await);
         }
-        match (AbortOnDrop(home.spawn(request))).await {
+        match AbortOnDropHandle::new(home.spawn(request)).await {
             Ok(output) => Ok(output),
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(_) => Err(HomeGone),
         }
-    }
-}
-
-struct AbortOnDrop<T>(JoinHandle<T>);
-
-impl<T> Future for AbortOnDrop<T> {
-    type Output = Result<T, tokio::task::JoinError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0).poll(cx)
-    }
-}
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

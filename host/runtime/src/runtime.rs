@@ -103,12 +103,8 @@ impl Runtime {
             engine,
             linker,
             capabilities: options.capabilities,
-            artifacts: ArtifactCache::new(options.artifact_dir).with_compiler(
-                options.compiler.map(|compiler| CompilerProcess {
-                    max_instances: options.pool.max_instances,
-                    ..compiler
-                }),
-            ),
+            artifacts: ArtifactCache::new(options.artifact_dir)
+                .with_compiler(options.compiler, &options.pool),
             registry: Registry::default(),
             manifests: LoadingCache::new(
                 "manifests",
