@@ -244,7 +244,7 @@ fn govern_actions(
     for action in emitted {
         let approval_id = needs_approval.then(|| {
             let record = ApprovalRecord {
-                id: uuid::Uuid::new_v4().simple().to_string(),
+                id: crate::store::new_row_id().simple().to_string(),
                 agent_id: plugin.to_string(),
                 job_id: job.to_string(),
                 action: action.name.clone(),

@@ -107,7 +107,7 @@ impl OutboxAction {
         payload: Option<&Value>,
         approval_id: Option<String>,
     ) -> Self {
-        let id = uuid::Uuid::new_v4().simple().to_string();
+        let id = crate::store::new_row_id().simple().to_string();
         let at = now();
         Self {
             idempotency_key: format!("bsm-action-{id}"),

@@ -138,7 +138,7 @@ impl ReportStore {
         markdown: &str,
     ) -> Result<ReportRecord, ReportError> {
         let name = sanitize_name(name)?;
-        let id = uuid::Uuid::new_v4().simple().to_string();
+        let id = crate::store::new_row_id().simple().to_string();
         let file = format!("{}/{id}-{name}", sanitize_segment(plugin));
         let target = self.dir.join(&file);
         let bytes = markdown.as_bytes().to_vec();

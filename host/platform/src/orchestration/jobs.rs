@@ -117,7 +117,7 @@ impl Orchestrator {
             .to_string();
         let now = crate::store::now();
         let job = JobRecord {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: crate::store::new_row_id().to_string(),
             event,
             pipeline: pipeline_name,
             context,
