@@ -1208,6 +1208,22 @@ async fn concurrent_health_checks_do_not_race_on_a_probe_file() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waited_job_is_answered_with_the_record_that_was_stored() {
+    let llm = LlmServer::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), &llm, &[]);
+    let job = decision_for(&s).await;
+    let id = job["jobId"].as_str().unwrap();
+    let (status, stored) = get(&s, &format!("/api/orchestrator/jobs/{id}")).await;
+    assert_eq!(status, StatusCode::OK, "{stored}");
+    assert_eq!(
+        job["job"], stored["job"],
+        "the answer of the wait (built from the job's last event) and the database agree, time included"
+    );
+    assert_eq!(stored["job"]["status"], "completed", "{stored}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_for_a_job_follows_the_settings_and_never_ends_in_a_timeout() {
     let llm = LlmServer::start().await;
     llm.set_latency(Duration::from_millis(1500));

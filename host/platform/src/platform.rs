@@ -342,25 +342,44 @@ impl Platform {
         self.orchestrator.hub().subscribe(id)
     }
 
-    /// Waits until the job ends or `timeout` passes; true if it ended.
-    pub async fn wait_for_job(&self, id: &str, timeout: Duration) -> bool {
-        let Some((history, rx)) = self.subscribe_job(id) else {
-            return true;
-        };
-        if history.iter().any(JobEvent::is_terminal) {
-            return true;
-        }
-        let Some(mut rx) = rx else { return true };
-        let waiting = async {
-            loop {
-                match rx.recv().await {
-                    Ok(event) if event.is_terminal() => return,
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => return,
+    /// Waits until `job` (as submitted) ends or `timeout` passes, and gives
+    /// its record then and whether it ended. A job this process ran ends
+    /// with the record rebuilt from its terminal event, which the
+    /// orchestrator emits once the same record is stored: no read of the
+    /// database (and no parse of the result it just serialised) per waited
+    /// job. Otherwise the record is read from the database.
+    pub async fn wait_for_job(
+        &self,
+        job: JobRecord,
+        timeout: Duration,
+    ) -> Result<(JobRecord, bool), StoreError> {
+        let end = match self.subscribe_job(&job.id) {
+            None => Ok(None),
+            Some((history, rx)) => match (history.into_iter().find(JobEvent::is_terminal), rx) {
+                (Some(end), _) => Ok(Some(end)),
+                (None, None) => Ok(None),
+                (None, Some(mut rx)) => {
+                    let waiting = async {
+                        loop {
+                            match rx.recv().await {
+                                Ok(event) if event.is_terminal() => return Some(event),
+                                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                                Err(broadcast::error::RecvError::Closed) => return None,
+                            }
+                        }
+                    };
+                    tokio::time::timeout(timeout, waiting).await
                 }
-            }
+            },
         };
-        tokio::time::timeout(timeout, waiting).await.is_ok()
+        match end {
+            Ok(Some(end)) => Ok((end.ended(job), true)),
+            ended_unseen => {
+                let id = job.id.clone();
+                let stored = self.job(&id).await?.unwrap_or(job);
+                Ok((stored, ended_unseen.is_ok()))
+            }
+        }
     }
 
     pub fn pipelines(&self) -> &Pipelines {

@@ -305,18 +305,22 @@ impl Store {
         .await
     }
 
+    /// Stores how a job ended, at `finished_at` (the time its terminal
+    /// event carries too, so that a record rebuilt from that event matches
+    /// this one).
     pub async fn finish_job(
         &self,
         id: &str,
         status: JobStatus,
         result: Option<Value>,
         error: Option<String>,
+        finished_at: String,
     ) -> Result<(), StoreError> {
         let id = id.to_string();
         self.write(move |c| {
             c.execute(
                 "UPDATE jobs SET status = ?2, result = ?3, error = ?4, updated_at = ?5 WHERE id = ?1",
-                params![id, status.as_str(), result.map(|r| r.to_string()), error, now()],
+                params![id, status.as_str(), result.map(|r| r.to_string()), error, finished_at],
             )
             .map(|_| ())
         })
@@ -788,7 +792,9 @@ mod tests {
 
     #[test]
     fn row_ids_sort_in_creation_order_so_inserts_append_to_their_index() {
-        let ids: Vec<String> = (0..2000).map(|_| new_row_id().simple().to_string()).collect();
+        let ids: Vec<String> = (0..2000)
+            .map(|_| new_row_id().simple().to_string())
+            .collect();
         let mut sorted = ids.clone();
         sorted.sort();
         assert_eq!(ids, sorted, "ids made one after another sort the same way");

@@ -64,11 +64,7 @@ pub async fn run_job(
         )
             .into_response());
     }
-    let finished = state
-        .platform
-        .wait_for_job(&job.id, state.wait_timeout)
-        .await;
-    let job = state.platform.job(&job.id).await?.unwrap_or(job);
+    let (job, finished) = state.platform.wait_for_job(job, state.wait_timeout).await?;
     if !finished {
         return Ok((StatusCode::ACCEPTED, Json(json!({ "jobId": job.id, "status": job.status, "job": job, "note": "still running; poll the job or follow its events" }))).into_response());
     }

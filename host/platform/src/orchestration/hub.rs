@@ -11,6 +11,8 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
+use crate::store::{JobRecord, JobStatus};
+
 /// Bytes (approximately: the events' strings and numbers) of finished
 /// jobs' event histories kept in memory.
 pub const KEEP_FINISHED_BYTES: usize = 8 << 20;
@@ -33,6 +35,21 @@ pub struct JobEvent {
 impl JobEvent {
     pub fn is_terminal(&self) -> bool {
         self.kind == "job.finished" || self.kind == "job.failed"
+    }
+
+    /// `job` as this terminal event says it ended: the record the
+    /// orchestrator stored with it (same status, result, error and time),
+    /// without reading it back from the database.
+    pub fn ended(&self, mut job: JobRecord) -> JobRecord {
+        if self.kind == "job.finished" {
+            job.status = JobStatus::Completed;
+            job.result = self.data.get("result").cloned();
+        } else {
+            job.status = JobStatus::Failed;
+            job.error = self.data["error"].as_str().map(String::from);
+        }
+        job.updated_at = self.at.clone();
+        job
     }
 }
 
@@ -95,6 +112,11 @@ impl JobHub {
 
     /// Records and broadcasts an event.
     pub fn emit(&self, job: &str, kind: &str, data: Value) {
+        self.emit_at(job, kind, data, crate::store::now());
+    }
+
+    /// Records and broadcasts an event that happened `at`.
+    pub fn emit_at(&self, job: &str, kind: &str, data: Value, at: String) {
         let mut inner = self.inner.lock().unwrap();
         let inner = &mut *inner;
         let Some(channel) = inner.by_job.get_mut(job) else {
@@ -104,7 +126,7 @@ impl JobHub {
             seq: channel.history.len() as u64 + 1,
             kind: kind.to_string(),
             data,
-            at: crate::store::now(),
+            at,
         };
         channel.bytes += approximate_bytes(&event.data) + event.kind.len() + event.at.len() + 16;
         let terminal = event.is_terminal();
@@ -185,6 +207,54 @@ mod tests {
         assert!(jobs < 100, "the big job pushed older ones out: {jobs}");
         assert!(hub.subscribe("big").is_some(), "the newest is kept");
         assert!(hub.subscribe("small-0").is_none(), "the oldest is gone");
+    }
+
+    fn running_job() -> JobRecord {
+        JobRecord {
+            id: "j".into(),
+            event: "push".into(),
+            pipeline: "default".into(),
+            context: "api".into(),
+            status: JobStatus::Running,
+            payload: json!({"n": 1}),
+            result: None,
+            error: None,
+            created_at: "2026-11-29T00:00:00.000Z".into(),
+            updated_at: "2026-11-29T00:00:00.000Z".into(),
+        }
+    }
+
+    #[test]
+    fn a_terminal_event_rebuilds_the_record_the_job_ended_with() {
+        let hub = JobHub::default();
+        hub.open("j");
+        let at = "2026-11-29T00:00:01.234Z".to_string();
+        hub.emit_at(
+            "j",
+            "job.finished",
+            json!({"status": "completed", "result": {"decision": "approve"}}),
+            at.clone(),
+        );
+        let (history, _) = hub.subscribe("j").unwrap();
+        let ended = history.last().unwrap().ended(running_job());
+        assert_eq!(ended.status, JobStatus::Completed);
+        assert_eq!(ended.result, Some(json!({"decision": "approve"})));
+        assert_eq!(ended.error, None);
+        assert_eq!(ended.updated_at, at, "the time stored with it");
+        assert_eq!(ended.payload, json!({"n": 1}), "the rest as submitted");
+
+        hub.open("k");
+        hub.emit_at(
+            "k",
+            "job.failed",
+            json!({"status": "failed", "error": "routing failed"}),
+            at.clone(),
+        );
+        let (history, _) = hub.subscribe("k").unwrap();
+        let ended = history.last().unwrap().ended(running_job());
+        assert_eq!(ended.status, JobStatus::Failed);
+        assert_eq!(ended.error.as_deref(), Some("routing failed"));
+        assert_eq!(ended.result, None);
     }
 
     #[tokio::test]

@@ -180,22 +180,38 @@ impl Orchestrator {
         );
         let outcome = self.execute(&job).await;
         let store = self.governed.store();
+        // The record and the terminal event carry the same time: a waiter
+        // rebuilds the record from the event (see `JobEvent::ended`).
+        let finished_at = crate::store::now();
         let stored = match outcome {
             Ok(result) => {
                 let r = store
-                    .finish_job(&id, JobStatus::Completed, Some(result.clone()), None)
+                    .finish_job(
+                        &id,
+                        JobStatus::Completed,
+                        Some(result.clone()),
+                        None,
+                        finished_at.clone(),
+                    )
                     .await;
-                self.hub.emit(&id, "job.finished", json!({ "jobId": id, "status": "completed", "durationMs": started.elapsed().as_secs_f64() * 1e3, "result": result }));
+                self.hub.emit_at(&id, "job.finished", json!({ "jobId": id, "status": "completed", "durationMs": started.elapsed().as_secs_f64() * 1e3, "result": result }), finished_at);
                 r
             }
             Err(message) => {
                 let r = store
-                    .finish_job(&id, JobStatus::Failed, None, Some(message.clone()))
+                    .finish_job(
+                        &id,
+                        JobStatus::Failed,
+                        None,
+                        Some(message.clone()),
+                        finished_at.clone(),
+                    )
                     .await;
-                self.hub.emit(
+                self.hub.emit_at(
                     &id,
                     "job.failed",
                     json!({ "jobId": id, "status": "failed", "error": message }),
+                    finished_at,
                 );
                 r
             }
