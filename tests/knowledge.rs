@@ -436,6 +436,26 @@ async fn answers(k: &Knowledge) -> Vec<Vec<(String, u32)>> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_flushes_of_a_lagging_collection_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = open(dir.path()).await;
+    large_collection(&k, 500).await;
+    for i in 0..20 {
+        k.upsert(
+            &caller(),
+            "big",
+            vec![doc(&format!("extra-{i}"), "one more document", &[])],
+        )
+        .await
+        .unwrap();
+        let (a, b, c) = tokio::join!(k.flush(), k.flush(), k.flush());
+        for r in [a, b, c] {
+            r.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_restores_every_collection_and_answers_identically() {
     let dir = tempfile::tempdir().unwrap();
     let k = open(dir.path()).await;

@@ -45,6 +45,10 @@ pub struct Collection {
     stats: RwLock<FeatureStats>,
     generation: AtomicU64,
     saved_generation: AtomicU64,
+    /// One save at a time: the background saver and an explicit flush
+    /// share the temporary file beside the vector file, and one renaming it
+    /// away under the other failed the other's save.
+    saving: std::sync::Mutex<()>,
     /// One write at a time, so the indexes apply writes in generation order.
     pub(crate) write: tokio::sync::Mutex<()>,
 }
@@ -181,6 +185,7 @@ impl Collection {
             stats: RwLock::new(stats),
             generation: AtomicU64::new(row.generation),
             saved_generation: AtomicU64::new(row.generation),
+            saving: std::sync::Mutex::new(()),
             write: tokio::sync::Mutex::new(()),
         })
     }
@@ -275,6 +280,7 @@ impl Collection {
 
     /// Writes the vector file (and what it reflects) if it lags behind.
     pub fn save(&self) -> Result<(), KnowledgeError> {
+        let _saving = self.saving.lock().unwrap_or_else(|e| e.into_inner());
         let generation = self.generation();
         if self.saved_generation.load(Ordering::Acquire) == generation {
             return Ok(());
