@@ -38,12 +38,7 @@ impl BatchWriter {
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
                     let mut batch = vec![first];
-                    while batch.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(write) => batch.push(write),
-                            Err(_) => break,
-                        }
-                    }
+                    take_queued(&rx, &mut batch);
                     commit(&conn, batch);
                     counted.fetch_add(1, Ordering::Relaxed);
                 }
@@ -57,21 +52,62 @@ impl BatchWriter {
         &self,
         apply: impl FnOnce(&Connection) -> rusqlite::Result<()> + Send + 'static,
     ) -> Result<(), String> {
+        self.queue(apply).await
+    }
+
+    /// Queues `apply` now and returns what answers once it committed, for
+    /// a caller that need not wait for it before going on. Writes commit
+    /// in the order they were queued: once a later write has committed,
+    /// this one has too (in the same transaction or an earlier one), so a
+    /// job waits only for its last write.
+    pub fn queue(
+        &self,
+        apply: impl FnOnce(&Connection) -> rusqlite::Result<()> + Send + 'static,
+    ) -> Committed {
         let (done, answer) = oneshot::channel();
-        self.tx
-            .send(Write {
-                apply: Box::new(apply),
-                done,
-            })
-            .map_err(|_| "the database writer has stopped".to_string())?;
-        answer
-            .await
-            .map_err(|_| "the database writer has stopped".to_string())?
+        let queued = self.tx.send(Write {
+            apply: Box::new(apply),
+            done,
+        });
+        Committed(queued.is_ok().then_some(answer))
     }
 
     /// Transactions committed so far.
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
+    }
+}
+
+/// Moves what is queued now into `batch`, up to [`MAX_BATCH`].
+fn take_queued(rx: &mpsc::Receiver<Write>, batch: &mut Vec<Write>) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(write) => batch.push(write),
+            Err(_) => break,
+        }
+    }
+}
+
+/// A queued write's answer: ready once the transaction holding it has
+/// committed, with the error that stopped it otherwise. Dropping it does
+/// not withdraw the write.
+#[must_use = "a queued write's error is only seen by awaiting its answer"]
+pub struct Committed(Option<oneshot::Receiver<Result<(), String>>>);
+
+impl std::future::Future for Committed {
+    type Output = Result<(), String>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let stopped = || "the database writer has stopped".to_string();
+        match self.0.as_mut() {
+            None => std::task::Poll::Ready(Err(stopped())),
+            Some(answer) => std::pin::Pin::new(answer)
+                .poll(cx)
+                .map(|r| r.unwrap_or_else(|_| Err(stopped()))),
+        }
     }
 }
 
@@ -176,6 +212,33 @@ mod tests {
             "200 writes in {} transactions",
             writer.commits()
         );
+    }
+
+    #[tokio::test]
+    async fn queued_writes_are_committed_by_the_time_a_later_write_answers() {
+        let conn = table();
+        let writer = BatchWriter::start(conn.clone());
+        // Nobody waits for these: their answers are dropped at once.
+        for i in 0..100 {
+            drop(writer.queue(move |c| {
+                c.execute("INSERT INTO t (id, v) VALUES (?1, 'behind')", [i])
+                    .map(|_| ())
+            }));
+        }
+        writer
+            .write(|c| {
+                c.execute("INSERT INTO t (id, v) VALUES (1000, 'last')", [])
+                    .map(|_| ())
+            })
+            .await
+            .unwrap();
+        assert_eq!(count(&conn), 101, "every earlier write has committed");
+        // A kept answer reports its own write's fate.
+        let duplicate = writer.queue(|c| {
+            c.execute("INSERT INTO t (id, v) VALUES (5, 'again')", [])
+                .map(|_| ())
+        });
+        assert!(duplicate.await.unwrap_err().contains("UNIQUE"));
     }
 
     #[tokio::test]

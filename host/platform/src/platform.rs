@@ -14,6 +14,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::access::ApiKeys;
+use crate::batch_writer::Committed;
 use crate::bsm::governance::{KNOWN_CONTEXTS, Policy, Violation};
 use crate::bsm::knowledge::BsmKnowledge;
 use crate::deploy::{DeployError, Upload, VersionView};
@@ -298,8 +299,25 @@ impl Platform {
         payload: Value,
         context: String,
     ) -> Result<JobRecord, PlatformError> {
+        let (job, stored) = self.start_job(event, payload, context)?;
+        stored.await.map_err(StoreError)?;
+        Ok(job)
+    }
+
+    /// Starts a job for `event` without waiting for its record to commit,
+    /// for a caller that waits for the job anyway (`?wait=true`): the
+    /// record's write answers on its own, and the caller awaits it before
+    /// it tells anyone of the job. By then it has long committed (writes
+    /// commit in order, and the job's end is written after it), so a
+    /// waited job waits for one commit, its last, instead of two.
+    pub fn start_job(
+        &self,
+        event: String,
+        payload: Value,
+        context: String,
+    ) -> Result<(JobRecord, Committed), PlatformError> {
         self.check_context(&context)?;
-        let Some(job) = self.orchestrator.submit(event, payload, context).await? else {
+        let Some(started) = self.orchestrator.submit(event, payload, context) else {
             metrics::counter!("bsm_jobs_refused_total").increment(1);
             return Err(PlatformError::Overloaded {
                 running: self.orchestrator.running(),
@@ -308,7 +326,7 @@ impl Platform {
             });
         };
         self.activity.jobs_submitted.fetch_add(1, Ordering::Relaxed);
-        Ok(job)
+        Ok(started)
     }
 
     pub async fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {

@@ -434,7 +434,7 @@ mod tests {
             .await
             .unwrap();
         r.store
-            .insert_agent_run("old", "a", None, None, 1.0, Default::default())
+            .queue_agent_run("old", "a", None, None, 1.0, Default::default())
             .await
             .unwrap();
         for (id, status) in [

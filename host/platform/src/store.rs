@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::batch_writer::BatchWriter;
+use crate::batch_writer::{BatchWriter, Committed};
 use crate::reports::{ReportIndex, ReportRecord};
 
 /// A database failure, with what was being done.
@@ -294,15 +294,23 @@ impl Store {
     }
 
     pub async fn insert_job(&self, job: &JobRecord) -> Result<(), StoreError> {
+        self.queue_job(job).await.map_err(StoreError)
+    }
+
+    /// Stores a new job, queued at once (see [`BatchWriter::queue`]) for a
+    /// caller that starts the job before its record has committed. Run
+    /// records and actions of a job whose record did not commit are refused
+    /// with it (see [`Store::queue_agent_run`]), so such a job leaves
+    /// nothing behind.
+    pub fn queue_job(&self, job: &JobRecord) -> Committed {
         let j = job.clone();
-        self.write(move |c| {
+        self.writer.queue(move |c| {
             c.execute(
                 "INSERT INTO jobs (id, event, pipeline, context, status, payload, result, error, created_at, updated_at, owner_pid) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![j.id, j.event, j.pipeline, j.context, j.status.as_str(), j.payload.to_string(), j.result.map(|r| r.to_string()), j.error, j.created_at, j.updated_at, std::process::id()],
             )
             .map(|_| ())
         })
-        .await
     }
 
     /// Stores how a job ended, at `finished_at` (the time its terminal
@@ -345,9 +353,11 @@ impl Store {
         .await
     }
 
-    /// Records a agent run of a job with what governance decided for its
-    /// actions, in one transaction.
-    pub async fn insert_agent_run(
+    /// Records an agent run of a job with what governance decided for its
+    /// actions, in one transaction. Queued at once; the job goes on without
+    /// waiting for it, since the job's final write, committed after it,
+    /// answers for it (see [`BatchWriter::queue`]).
+    pub fn queue_agent_run(
         &self,
         job_id: &str,
         agent_id: &str,
@@ -355,23 +365,24 @@ impl Store {
         error: Option<String>,
         duration_ms: f64,
         writes: ActionWrites,
-    ) -> Result<(), StoreError> {
+    ) -> Committed {
         let (job_id, agent_id) = (job_id.to_string(), agent_id.to_string());
-        self.write(move |c| {
+        let created_at = now();
+        self.writer.queue(move |c| {
+            job_is_stored(c, &job_id)?;
             writes.apply(c)?;
             c.execute(
                 "INSERT INTO agent_runs (job_id, agent_id, ok, output, error, duration_ms, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![job_id, agent_id, error.is_none(), output.map(|o| o.to_string()), error, duration_ms, now()],
+                params![job_id, agent_id, error.is_none(), output.map(|o| o.to_string()), error, duration_ms, created_at],
             )
             .map(|_| ())
         })
-        .await
     }
 
-    /// Records a step run (routing or decision) of a job.
-    /// Records a step run of a job with what governance decided for its
-    /// actions, in one transaction.
-    pub async fn insert_step_run(
+    /// Records a step run (routing or decision) of a job with what
+    /// governance decided for its actions, in one transaction; queued like
+    /// [`Store::queue_agent_run`].
+    pub fn queue_step_run(
         &self,
         job_id: &str,
         step_id: &str,
@@ -379,17 +390,18 @@ impl Store {
         error: Option<String>,
         duration_ms: f64,
         writes: ActionWrites,
-    ) -> Result<(), StoreError> {
+    ) -> Committed {
         let (job_id, step_id) = (job_id.to_string(), step_id.to_string());
-        self.write(move |c| {
+        let created_at = now();
+        self.writer.queue(move |c| {
+            job_is_stored(c, &job_id)?;
             writes.apply(c)?;
             c.execute(
                 "INSERT INTO step_runs (job_id, step_id, ok, output, error, duration_ms, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![job_id, step_id, error.is_none(), output.map(|o| o.to_string()), error, duration_ms, now()],
+                params![job_id, step_id, error.is_none(), output.map(|o| o.to_string()), error, duration_ms, created_at],
             )
             .map(|_| ())
         })
-        .await
     }
 
     /// Step runs recorded for a job: (step, ok, duration ms).
@@ -511,6 +523,22 @@ impl ActionWrites {
         }
         crate::outbox::insert(c, &self.actions)
     }
+}
+
+/// Refuses a write for a job whose record is not stored (its own queued
+/// write failed): nothing of such a job is kept, its actions least of all.
+fn job_is_stored(c: &Connection, job_id: &str) -> rusqlite::Result<()> {
+    if c.prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")?
+        .exists(params![job_id])?
+    {
+        return Ok(());
+    }
+    Err(rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY),
+        Some(format!(
+            "job {job_id} is not stored; its runs are not either"
+        )),
+    ))
 }
 
 fn parse_json(text: Option<String>) -> Option<Value> {
@@ -800,6 +828,82 @@ mod tests {
         assert_eq!(ids, sorted, "ids made one after another sort the same way");
         sorted.dedup();
         assert_eq!(sorted.len(), ids.len(), "ids are unique");
+    }
+
+    #[tokio::test]
+    async fn a_run_of_a_job_whose_record_did_not_commit_is_refused_with_its_actions() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&dir.path().join("bsm.db")).unwrap();
+        let writes = |job: &str| ActionWrites {
+            approvals: vec![],
+            actions: vec![crate::outbox::OutboxAction::new(
+                job,
+                "agent",
+                "comment",
+                &serde_json::json!({ "body": "hi" }),
+                None,
+                None,
+            )],
+        };
+        let refused = store
+            .queue_agent_run(
+                "never-stored",
+                "agent",
+                None,
+                None,
+                1.0,
+                writes("never-stored"),
+            )
+            .await
+            .unwrap_err();
+        assert!(refused.contains("not stored"), "{refused}");
+        let refused = store
+            .queue_step_run(
+                "never-stored",
+                "decide",
+                None,
+                None,
+                1.0,
+                writes("never-stored"),
+            )
+            .await
+            .unwrap_err();
+        assert!(refused.contains("not stored"), "{refused}");
+
+        let now = now();
+        let job = JobRecord {
+            id: "stored".into(),
+            event: "e".into(),
+            pipeline: "default".into(),
+            context: "api".into(),
+            status: JobStatus::Running,
+            payload: serde_json::json!({}),
+            result: None,
+            error: None,
+            created_at: now.clone(),
+            updated_at: now,
+        };
+        // Queued, not awaited: the run queued after it sees it committed.
+        drop(store.queue_job(&job));
+        store
+            .queue_agent_run("stored", "agent", None, None, 1.0, writes("stored"))
+            .await
+            .unwrap();
+        let (actions, runs): (i64, i64) = store
+            .with(|c| {
+                c.query_row(
+                    "SELECT (SELECT COUNT(*) FROM actions), (SELECT COUNT(*) FROM agent_runs)",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            (actions, runs),
+            (1, 1),
+            "only the stored job's run and action"
+        );
     }
 
     #[tokio::test]

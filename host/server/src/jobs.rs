@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use bsm_platform::orchestration::JobEvent;
 use bsm_platform::paging::{PageError, PageRequest};
-use bsm_platform::store::{ApprovalStatus, JobRecord};
+use bsm_platform::store::{ApprovalStatus, JobRecord, StoreError};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiJson};
@@ -49,22 +49,23 @@ pub async fn run_job(
     let context = caller.context(body.context.as_deref())?;
     // The job's channel is opened (with its event history) before the job
     // starts, so a caller that subscribes afterwards cannot miss the end.
-    let job = state
-        .platform
-        .submit_job(
-            body.event,
-            body.payload.unwrap_or_else(|| json!({})),
-            context,
-        )
-        .await?;
+    let payload = body.payload.unwrap_or_else(|| json!({}));
     if !q.wait {
+        let job = state
+            .platform
+            .submit_job(body.event, payload, context)
+            .await?;
         return Ok((
             StatusCode::ACCEPTED,
             Json(json!({ "jobId": job.id, "status": job.status, "job": job })),
         )
             .into_response());
     }
+    let (job, stored) = state.platform.start_job(body.event, payload, context)?;
     let (job, finished) = state.platform.wait_for_job(job, state.wait_timeout).await?;
+    // Committed before the job's end was (writes commit in order): a job
+    // whose record failed to store is not reported as if it were kept.
+    stored.await.map_err(StoreError)?;
     if !finished {
         return Ok((StatusCode::ACCEPTED, Json(json!({ "jobId": job.id, "status": job.status, "job": job, "note": "still running; poll the job or follow its events" }))).into_response());
     }

@@ -13,10 +13,15 @@ use tokio_util::task::TaskTracker;
 
 use super::hub::JobHub;
 use super::pipelines::Pipelines;
+use crate::batch_writer::Committed;
 use crate::governed::{ActionOutcome, Governed, GovernedStep, PlatformError};
 use crate::reports::ReportStore;
-use crate::store::{JobRecord, JobStatus, StoreError};
+use crate::store::{JobRecord, JobStatus};
 use bsm_runtime::api::{AgentRequest, AgentResult, Contribution, RunContext, RunMode, StepRequest};
+
+/// A job's run records (named by agent or step), queued as the runs end:
+/// the job waits only for its final write, which commits after them all.
+type RunWrites = Vec<(String, Committed)>;
 
 /// The outcome of one agent in a job.
 #[derive(Debug, Clone, Serialize)]
@@ -95,18 +100,21 @@ impl Orchestrator {
         &self.hub
     }
 
-    /// Stores a new job for `event` and starts it in the background, or
-    /// refuses it at the door when the running and queued jobs are at their
-    /// bounds (`Ok(None)`): overload is turned away, not turned into failed
-    /// agents and manual-review verdicts.
-    pub async fn submit(
+    /// Queues a new job's record for `event` and starts the job in the
+    /// background, or refuses it at the door when the running and queued
+    /// jobs are at their bounds (`None`): overload is turned away, not
+    /// turned into failed agents and manual-review verdicts. The record's
+    /// write answers on its own: await it before telling anyone the job
+    /// exists (the job's runs are refused if it failed, see
+    /// [`crate::store::Store::queue_job`]).
+    pub fn submit(
         self: &Arc<Self>,
         event: String,
         payload: Value,
         context: String,
-    ) -> Result<Option<JobRecord>, StoreError> {
+    ) -> Option<(JobRecord, Committed)> {
         if self.tasks.len() >= self.limits.max_running + self.limits.max_queued {
-            return Ok(None);
+            return None;
         }
         // Without a matching or default pipeline the job fails when it runs,
         // with the reason; it is still recorded.
@@ -128,7 +136,7 @@ impl Orchestrator {
             created_at: now.clone(),
             updated_at: now,
         };
-        self.governed.store().insert_job(&job).await?;
+        let stored = self.governed.store().queue_job(&job);
         self.hub.open(&job.id);
         let this = self.clone();
         let record = job.clone();
@@ -140,7 +148,7 @@ impl Orchestrator {
             };
             this.run(record).await
         });
-        Ok(Some(job))
+        Some((job, stored))
     }
 
     /// Stops taking jobs and waits up to `grace` for running ones; those
@@ -178,7 +186,8 @@ impl Orchestrator {
             "job.started",
             json!({ "jobId": id, "event": job.event, "pipeline": job.pipeline }),
         );
-        let outcome = self.execute(&job).await;
+        let mut writes = Vec::new();
+        let outcome = self.execute(&job, &mut writes).await;
         let store = self.governed.store();
         // The record and the terminal event carry the same time: a waiter
         // rebuilds the record from the event (see `JobEvent::ended`).
@@ -219,11 +228,17 @@ impl Orchestrator {
         if let Err(e) = stored {
             tracing::error!(job = %id, error = %e, "could not store the job's outcome");
         }
+        // Queued before the job's end, so already answered now.
+        for (what, write) in writes {
+            if let Err(e) = write.await {
+                tracing::error!(job = %id, run = %what, error = %e, "could not store the run");
+            }
+        }
     }
 
     /// The pipeline itself; errors are failures of the job as a whole
     /// (a routing or decision step that failed), not of single agents.
-    async fn execute(&self, job: &JobRecord) -> Result<Value, String> {
+    async fn execute(&self, job: &JobRecord, writes: &mut RunWrites) -> Result<Value, String> {
         let Some((_, pipeline)) = self.pipelines.for_event(&job.event) else {
             return Err(format!(
                 "no pipeline handles {:?} and there is no default pipeline",
@@ -236,7 +251,7 @@ impl Orchestrator {
             calling_context: job.context.clone(),
         };
         let (agents, mode) = match &pipeline.router {
-            Some(router) => self.route(router, job, &context).await?,
+            Some(router) => self.route(router, job, &context, writes).await?,
             None => (pipeline.agents.clone(), pipeline.mode),
         };
 
@@ -249,7 +264,7 @@ impl Orchestrator {
             .and_then(Value::as_str)
             .map(String::from)
             .unwrap_or_else(|| format!("Handle the event {} with this payload.", job.event));
-        let outcomes = match mode {
+        let runs = match mode {
             RunMode::Parallel => {
                 join_all(
                     agents
@@ -266,9 +281,14 @@ impl Orchestrator {
                 out
             }
         };
+        let mut outcomes = Vec::with_capacity(runs.len());
+        for (outcome, write) in runs {
+            writes.push((outcome.agent_id.clone(), write));
+            outcomes.push(outcome);
+        }
 
         let decision = match &pipeline.decision {
-            Some(step) => Some(self.decide(step, job, &outcomes, &context).await?),
+            Some(step) => Some(self.decide(step, job, &outcomes, &context, writes).await?),
             None => None,
         };
         // The original BSM's names of the decisions, for its clients.
@@ -320,6 +340,7 @@ impl Orchestrator {
         router: &str,
         job: &JobRecord,
         context: &RunContext,
+        writes: &mut RunWrites,
     ) -> Result<(Vec<String>, RunMode), String> {
         let request = StepRequest {
             event: job.event.clone(),
@@ -328,7 +349,7 @@ impl Orchestrator {
             results: vec![],
         };
         match self
-            .run_step(job, router, request)
+            .run_step(job, router, request, writes)
             .await
             .map_err(|e| format!("routing step {router:?} failed: {e}"))?
             .run
@@ -352,7 +373,7 @@ impl Orchestrator {
         input: &str,
         payload: &Value,
         context: &RunContext,
-    ) -> AgentOutcome {
+    ) -> (AgentOutcome, Committed) {
         self.hub
             .emit(&job.id, "agent.started", json!({ "agentId": agent }));
         let started = Instant::now();
@@ -389,20 +410,14 @@ impl Orchestrator {
                 duration_ms,
             },
         };
-        let store = self.governed.store();
-        if let Err(e) = store
-            .insert_agent_run(
-                &job.id,
-                agent,
-                outcome.output.clone(),
-                outcome.error.clone(),
-                duration_ms,
-                writes,
-            )
-            .await
-        {
-            tracing::error!(job = %job.id, agent, error = %e, "could not store the agent run");
-        }
+        let stored = self.governed.store().queue_agent_run(
+            &job.id,
+            agent,
+            outcome.output.clone(),
+            outcome.error.clone(),
+            duration_ms,
+            writes,
+        );
         let kind = if outcome.ok {
             "agent.finished"
         } else {
@@ -413,7 +428,7 @@ impl Orchestrator {
             kind,
             serde_json::to_value(&outcome).unwrap_or(Value::Null),
         );
-        outcome
+        (outcome, stored)
     }
 
     async fn decide(
@@ -422,6 +437,7 @@ impl Orchestrator {
         job: &JobRecord,
         outcomes: &[AgentOutcome],
         context: &RunContext,
+        writes: &mut RunWrites,
     ) -> Result<Value, String> {
         let results = outcomes
             .iter()
@@ -461,7 +477,7 @@ impl Orchestrator {
             results,
         };
         let governed = self
-            .run_step(job, step, request)
+            .run_step(job, step, request, writes)
             .await
             .map_err(|e| format!("decision step {step:?} failed: {e}"))?;
         let mut decision = serde_json::to_value(&governed.run.contribution).unwrap_or(Value::Null);
@@ -477,10 +493,11 @@ impl Orchestrator {
         job: &JobRecord,
         step: &str,
         request: StepRequest,
+        writes: &mut RunWrites,
     ) -> Result<GovernedStep, PlatformError> {
         let started = Instant::now();
         let mut result = self.governed.run_step(step, request).await;
-        let (output, error, writes) = match &mut result {
+        let (output, error, action_writes) = match &mut result {
             Ok(g) => (
                 serde_json::to_value(&g.run.contribution).ok(),
                 None,
@@ -489,14 +506,15 @@ impl Orchestrator {
             Err(e) => (None, Some(e.to_string()), Default::default()),
         };
         let duration_ms = started.elapsed().as_secs_f64() * 1e3;
-        if let Err(e) = self
-            .governed
-            .store()
-            .insert_step_run(&job.id, step, output, error, duration_ms, writes)
-            .await
-        {
-            tracing::error!(job = %job.id, step, error = %e, "could not store the step run");
-        }
+        let stored = self.governed.store().queue_step_run(
+            &job.id,
+            step,
+            output,
+            error,
+            duration_ms,
+            action_writes,
+        );
+        writes.push((step.to_string(), stored));
         result
     }
 }
