@@ -201,9 +201,10 @@ async fn agents_run_through_the_api_with_usage_and_correlation_id() {
     assert_eq!(body["agentId"], "code-review-agent");
     assert_eq!(body["output"], "Compliant.\nACTION: review_pr");
     assert_eq!(body["actions"][0]["name"], "review_pr");
-    assert_eq!(body["actions"][0]["status"], "queued");
+    assert_eq!(body["actions"][0]["status"], "dead", "{body}");
     assert_eq!(body["usage"]["calls"], 1);
-    // No handler is routed here: the outbox says so instead of pretending.
+    // No handler is routed here: the answer and the outbox say so instead
+    // of pretending.
     let action_id = body["actions"][0]["id"].as_str().unwrap().to_string();
     let mut action = Value::Null;
     for _ in 0..50 {

@@ -234,7 +234,15 @@ impl Platform {
             })
             .unwrap_or_default();
         let api_keys = ApiKeys::new(store.clone());
-        let governed = Arc::new(Governed::new(runtime, governance, store, deployer.clone()));
+        // This process delivers actions when it runs in the background.
+        let routes = options.background.then(|| settings.actions.clone());
+        let governed = Arc::new(Governed::new(
+            runtime,
+            governance,
+            store,
+            deployer.clone(),
+            routes,
+        ));
         let mut watches = Vec::new();
         if options.watch && settings.plugins.watch {
             match watch_plugins_dir(&options.plugins_dir, deployer) {

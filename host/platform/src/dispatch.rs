@@ -201,7 +201,7 @@ async fn run(deliverer: Arc<Deliverer>, wake: Arc<Notify>) {
 }
 
 /// Why an action without a route is dead.
-fn unrouted(name: &str) -> String {
+pub(crate) fn unrouted(name: &str) -> String {
     format!("no handler is configured for action {name:?} ([actions.routes])")
 }
 

@@ -14,6 +14,7 @@ use serde_json::Value;
 use crate::bsm::Governance;
 use crate::bsm::governance::{Policy, Violation};
 use crate::deploy::Deployer;
+use crate::dispatch::ActionSettings;
 use crate::outbox::OutboxAction;
 use crate::store::{ActionWrites, ApprovalRecord, ApprovalStatus, Store, StoreError};
 use bsm_runtime::api::{Action, AgentRequest, AgentRun, Contribution, StepRequest, StepRun};
@@ -28,6 +29,10 @@ use bsm_runtime::{Plugin, Runtime};
 pub enum ActionStatus {
     Queued,
     PendingApproval,
+    /// No handler is configured for it (`error` says so): it is recorded
+    /// dead at once, rather than queued for a dispatcher that would only
+    /// find out.
+    Dead,
 }
 
 /// An emitted action and its fate.
@@ -41,6 +46,9 @@ pub struct ActionOutcome {
     pub status: ActionStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval_id: Option<String>,
+    /// Why it is dead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// An agent run that passed governance.
@@ -123,6 +131,11 @@ pub struct Governed {
     store: Store,
     /// Watches new versions' runs (automatic rollback).
     deployer: Arc<Deployer>,
+    /// The routes of this process's dispatcher, when it delivers actions
+    /// (`bsm serve`): an action none routes is dead when it is written.
+    /// Without a dispatcher here (a CLI run), a server on the same data
+    /// directory delivers with its own routes, so actions are queued.
+    routes: Option<ActionSettings>,
 }
 
 impl Governed {
@@ -131,12 +144,14 @@ impl Governed {
         governance: Governance,
         store: Store,
         deployer: Arc<Deployer>,
+        routes: Option<ActionSettings>,
     ) -> Self {
         Self {
             runtime,
             governance: ArcSwap::from_pointee(governance),
             store,
             deployer,
+            routes,
         }
     }
 
@@ -186,8 +201,14 @@ impl Governed {
         let run = self.runtime.run_agent_plugin(&plugin, request).await;
         self.deployer.after_run(&plugin);
         let run = counted(agent, run)?;
-        let (actions, writes) =
-            govern_actions(agent, &job, policy, &run.output.actions, payload.as_ref());
+        let (actions, writes) = govern_actions(
+            agent,
+            &job,
+            policy,
+            self.routes.as_ref(),
+            &run.output.actions,
+            payload.as_ref(),
+        );
         Ok(GovernedRun {
             run,
             actions,
@@ -215,7 +236,7 @@ impl Governed {
         let run = counted(step, run)?;
         let (actions, writes) = match &run.contribution {
             Contribution::Decision { actions, .. } => {
-                govern_actions(step, &job, policy, actions, None)
+                govern_actions(step, &job, policy, self.routes.as_ref(), actions, None)
             }
             Contribution::Route { .. } => Default::default(),
         };
@@ -229,12 +250,14 @@ impl Governed {
 
 /// What governance makes of emitted actions: each becomes an outbox entry,
 /// queued, or waiting for an approval (also to be written) when the
-/// plugin's policy requires one. Nothing is written here: the caller writes
-/// it with the run's record, in one transaction.
+/// plugin's policy requires one, or dead when `routes` (this process's
+/// dispatcher) has no handler for it. Nothing is written here: the caller
+/// writes it with the run's record, in one transaction.
 fn govern_actions(
     plugin: &str,
     job: &str,
     policy: Option<&Policy>,
+    routes: Option<&ActionSettings>,
     emitted: &[Action],
     payload: Option<&Value>,
 ) -> (Vec<ActionOutcome>, ActionWrites) {
@@ -259,7 +282,7 @@ fn govern_actions(
             writes.approvals.push(record);
             id
         });
-        let entry = OutboxAction::new(
+        let mut entry = OutboxAction::new(
             job,
             plugin,
             &action.name,
@@ -267,16 +290,27 @@ fn govern_actions(
             payload,
             approval_id.clone(),
         );
+        let mut status = match approval_id {
+            Some(_) => ActionStatus::PendingApproval,
+            None => ActionStatus::Queued,
+        };
+        if status == ActionStatus::Queued
+            && let Some(routes) = routes
+            && routes.route(&action.name).is_none()
+        {
+            let why = crate::dispatch::unrouted(&action.name);
+            tracing::warn!(action = %entry.id, name = %action.name, error = %why, "action is dead");
+            metrics::counter!("bsm_action_attempts_total", "outcome" => "dead").increment(1);
+            entry = entry.dead(why);
+            status = ActionStatus::Dead;
+        }
         outcomes.push(ActionOutcome {
             id: entry.id.clone(),
             name: action.name.clone(),
             args: action.args.clone(),
-            status: if approval_id.is_some() {
-                ActionStatus::PendingApproval
-            } else {
-                ActionStatus::Queued
-            },
+            status,
             approval_id,
+            error: entry.last_error.clone(),
         });
         writes.actions.push(entry);
     }

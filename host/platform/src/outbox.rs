@@ -134,6 +134,16 @@ impl OutboxAction {
             updated_at: at,
         }
     }
+
+    /// The same action, dead before any attempt: nothing in this process
+    /// would deliver it (`why`). Written so at once, it never takes a claim.
+    pub fn dead(self, why: String) -> Self {
+        Self {
+            status: ActionState::Dead,
+            last_error: Some(why),
+            ..self
+        }
+    }
 }
 
 const COLUMNS: &str = "id, job_id, plugin_id, name, args, status, handler, attempts, next_attempt_at, last_error, result, idempotency_key, approval_id, decided_by, reason, created_at, updated_at, payload";
