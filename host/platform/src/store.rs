@@ -505,7 +505,7 @@ fn insert_approval(c: &Connection, a: &ApprovalRecord) -> rusqlite::Result<()> {
 
 /// What governance decided to write for a run's actions: approvals to ask
 /// for and outbox entries. Written with the run's record, in its
-/// transaction (see [`Store::insert_agent_run`]).
+/// transaction (see [`Store::queue_agent_run`]).
 #[derive(Debug, Clone, Default)]
 pub struct ActionWrites {
     pub approvals: Vec<ApprovalRecord>,
