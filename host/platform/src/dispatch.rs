@@ -62,6 +62,14 @@ impl ActionSettings {
             .map(String::as_str)
     }
 
+    /// Whether an action (by name) has a handler here; `Err` says why not.
+    pub fn check_route(&self, action: &str) -> Result<(), String> {
+        match self.route(action) {
+            Some(_) => Ok(()),
+            None => Err(unrouted(action)),
+        }
+    }
+
     /// The delay before attempt `attempts + 1`, with jitter in [d/2, d].
     pub fn backoff(&self, attempts: u32) -> Duration {
         let exp = attempts.saturating_sub(1).min(30);
@@ -146,10 +154,7 @@ async fn run(deliverer: Arc<Deliverer>, wake: Arc<Notify>) {
     // holds one place, not the others.
     let mut in_flight = tokio::task::JoinSet::new();
     let routes = deliverer.clone();
-    let routed: Router = Arc::new(move |name: &str| match routes.settings.route(name) {
-        Some(_) => Ok(()),
-        None => Err(unrouted(name)),
-    });
+    let routed: Router = Arc::new(move |name: &str| routes.settings.check_route(name));
     let mut last_claim = tokio::time::Instant::now();
     loop {
         let free = concurrency - in_flight.len();
@@ -201,12 +206,12 @@ async fn run(deliverer: Arc<Deliverer>, wake: Arc<Notify>) {
 }
 
 /// Why an action without a route is dead.
-pub(crate) fn unrouted(name: &str) -> String {
+fn unrouted(name: &str) -> String {
     format!("no handler is configured for action {name:?} ([actions.routes])")
 }
 
 /// The log line and counter of one delivery attempt's outcome.
-fn log_attempt(action: &OutboxAction, handler: Option<&str>, attempt: &Attempt) {
+pub(crate) fn log_attempt(action: &OutboxAction, handler: Option<&str>, attempt: &Attempt) {
     let status = match attempt {
         Attempt::Delivered(_) => "delivered",
         Attempt::Failed { .. } => "failed",

@@ -15,7 +15,7 @@ use crate::bsm::Governance;
 use crate::bsm::governance::{Policy, Violation};
 use crate::deploy::Deployer;
 use crate::dispatch::ActionSettings;
-use crate::outbox::OutboxAction;
+use crate::outbox::{ActionState, Attempt, OutboxAction};
 use crate::store::{ActionWrites, ApprovalRecord, ApprovalStatus, Store, StoreError};
 use bsm_runtime::api::{Action, AgentRequest, AgentRun, Contribution, StepRequest, StepRun};
 use bsm_runtime::error::RunError;
@@ -282,7 +282,7 @@ fn govern_actions(
             writes.approvals.push(record);
             id
         });
-        let mut entry = OutboxAction::new(
+        let entry = OutboxAction::new(
             job,
             plugin,
             &action.name,
@@ -290,20 +290,21 @@ fn govern_actions(
             payload,
             approval_id.clone(),
         );
-        let mut status = match approval_id {
-            Some(_) => ActionStatus::PendingApproval,
-            None => ActionStatus::Queued,
+        // Without a handler here it is dead now (one awaiting approval
+        // waits for it first).
+        let entry = match routes.map(|r| r.check_route(&action.name)) {
+            Some(Err(why)) if approval_id.is_none() => {
+                let dead = entry.dead(why.clone());
+                crate::dispatch::log_attempt(&dead, None, &Attempt::Dead(why));
+                dead
+            }
+            _ => entry,
         };
-        if status == ActionStatus::Queued
-            && let Some(routes) = routes
-            && routes.route(&action.name).is_none()
-        {
-            let why = crate::dispatch::unrouted(&action.name);
-            tracing::warn!(action = %entry.id, name = %action.name, error = %why, "action is dead");
-            metrics::counter!("bsm_action_attempts_total", "outcome" => "dead").increment(1);
-            entry = entry.dead(why);
-            status = ActionStatus::Dead;
-        }
+        let status = match entry.status {
+            ActionState::PendingApproval => ActionStatus::PendingApproval,
+            ActionState::Dead => ActionStatus::Dead,
+            _ => ActionStatus::Queued,
+        };
         outcomes.push(ActionOutcome {
             id: entry.id.clone(),
             name: action.name.clone(),

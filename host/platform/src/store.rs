@@ -366,17 +366,15 @@ impl Store {
         duration_ms: f64,
         writes: ActionWrites,
     ) -> Committed {
-        let (job_id, agent_id) = (job_id.to_string(), agent_id.to_string());
-        let created_at = now();
-        self.writer.queue(move |c| {
-            job_is_stored(c, &job_id)?;
-            writes.apply(c)?;
-            c.execute(
-                "INSERT INTO agent_runs (job_id, agent_id, ok, output, error, duration_ms, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![job_id, agent_id, error.is_none(), output.map(|o| o.to_string()), error, duration_ms, created_at],
-            )
-            .map(|_| ())
-        })
+        self.queue_run(
+            "INSERT INTO agent_runs (job_id, agent_id, ok, output, error, duration_ms, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            job_id,
+            agent_id,
+            output,
+            error,
+            duration_ms,
+            writes,
+        )
     }
 
     /// Records a step run (routing or decision) of a job with what
@@ -391,14 +389,46 @@ impl Store {
         duration_ms: f64,
         writes: ActionWrites,
     ) -> Committed {
-        let (job_id, step_id) = (job_id.to_string(), step_id.to_string());
+        self.queue_run(
+            "INSERT INTO step_runs (job_id, step_id, ok, output, error, duration_ms, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            job_id,
+            step_id,
+            output,
+            error,
+            duration_ms,
+            writes,
+        )
+    }
+
+    /// A run record (`insert`, agent or step) with its actions, refused
+    /// with them when the job is not stored.
+    #[allow(clippy::too_many_arguments)]
+    fn queue_run(
+        &self,
+        insert: &'static str,
+        job_id: &str,
+        plugin_id: &str,
+        output: Option<Value>,
+        error: Option<String>,
+        duration_ms: f64,
+        writes: ActionWrites,
+    ) -> Committed {
+        let (job_id, plugin_id) = (job_id.to_string(), plugin_id.to_string());
         let created_at = now();
         self.writer.queue(move |c| {
             job_is_stored(c, &job_id)?;
             writes.apply(c)?;
             c.execute(
-                "INSERT INTO step_runs (job_id, step_id, ok, output, error, duration_ms, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![job_id, step_id, error.is_none(), output.map(|o| o.to_string()), error, duration_ms, created_at],
+                insert,
+                params![
+                    job_id,
+                    plugin_id,
+                    error.is_none(),
+                    output.map(|o| o.to_string()),
+                    error,
+                    duration_ms,
+                    created_at
+                ],
             )
             .map(|_| ())
         })
@@ -845,30 +875,28 @@ mod tests {
                 None,
             )],
         };
-        let refused = store
-            .queue_agent_run(
+        let refused = [
+            store.queue_agent_run(
                 "never-stored",
                 "agent",
                 None,
                 None,
                 1.0,
                 writes("never-stored"),
-            )
-            .await
-            .unwrap_err();
-        assert!(refused.contains("not stored"), "{refused}");
-        let refused = store
-            .queue_step_run(
+            ),
+            store.queue_step_run(
                 "never-stored",
                 "decide",
                 None,
                 None,
                 1.0,
                 writes("never-stored"),
-            )
-            .await
-            .unwrap_err();
-        assert!(refused.contains("not stored"), "{refused}");
+            ),
+        ];
+        for write in refused {
+            let error = write.await.unwrap_err();
+            assert!(error.contains("not stored"), "{error}");
+        }
 
         let now = now();
         let job = JobRecord {
