@@ -142,7 +142,10 @@ impl std::future::Future for Committed {
 /// write fails alone; a failed commit fails them all.
 fn commit(conn: &Mutex<Connection>, batch: Vec<Write>) {
     let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    // Prepared once per connection, like every statement a write runs:
+    // parsing SQL showed in the writer's profile.
+    let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
+    if let Err(e) = run("BEGIN IMMEDIATE") {
         for write in batch {
             let _ = write.done.send(Err(e.to_string()));
         }
@@ -150,8 +153,6 @@ fn commit(conn: &Mutex<Connection>, batch: Vec<Write>) {
     }
     let mut answers = Vec::with_capacity(batch.len());
     for write in batch {
-        // Prepared once per connection: these run twice per write.
-        let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
         let result = run("SAVEPOINT write")
             .and_then(|_| match (write.apply)(&conn) {
                 Ok(()) => run("RELEASE write").map(|_| ()),
@@ -163,8 +164,8 @@ fn commit(conn: &Mutex<Connection>, batch: Vec<Write>) {
             .map_err(|e| e.to_string());
         answers.push((write.done, result));
     }
-    match conn.execute_batch("COMMIT") {
-        Ok(()) => {
+    match run("COMMIT") {
+        Ok(_) => {
             for (done, result) in answers {
                 let _ = done.send(result);
             }

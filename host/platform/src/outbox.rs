@@ -431,18 +431,18 @@ impl Outbox {
             .write(move |c| {
                 let at = now();
                 match attempt {
-                    Attempt::Delivered(result) => c.execute(
+                    Attempt::Delivered(result) => c.prepare_cached(
                         "UPDATE actions SET status = 'delivered', handler = ?2, result = ?3, last_error = NULL, next_attempt_at = NULL, updated_at = ?4 WHERE id = ?1",
-                        params![id, handler, result, at],
-                    ),
-                    Attempt::Failed { error, next_attempt_at } => c.execute(
+                    )?
+                    .execute(params![id, handler, result, at]),
+                    Attempt::Failed { error, next_attempt_at } => c.prepare_cached(
                         "UPDATE actions SET status = 'failed', handler = ?2, last_error = ?3, next_attempt_at = ?4, updated_at = ?5 WHERE id = ?1",
-                        params![id, handler, error, next_attempt_at, at],
-                    ),
-                    Attempt::Dead(error) => c.execute(
+                    )?
+                    .execute(params![id, handler, error, next_attempt_at, at]),
+                    Attempt::Dead(error) => c.prepare_cached(
                         "UPDATE actions SET status = 'dead', handler = ?2, last_error = ?3, next_attempt_at = NULL, updated_at = ?4 WHERE id = ?1",
-                        params![id, handler, error, at],
-                    ),
+                    )?
+                    .execute(params![id, handler, error, at]),
                 }
                 .map(|_| ())
             })

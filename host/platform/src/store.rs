@@ -227,6 +227,9 @@ impl Store {
         // runs): wait for each other's write locks instead of failing.
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(db_err)?;
+        // Every statement a write runs is prepared once and kept (more
+        // than rusqlite's default of 16 of them).
+        conn.set_prepared_statement_cache_capacity(64);
         conn.execute_batch(SCHEMA).map_err(db_err)?;
         migrate(&conn).map_err(db_err)?;
         let interrupted = interrupt_orphans(&conn).map_err(db_err)?;
@@ -305,8 +308,10 @@ impl Store {
     pub fn queue_job(&self, job: &JobRecord) -> Committed {
         let j = job.clone();
         self.writer.queue(move |c| {
-            c.execute(
+            c.prepare_cached(
                 "INSERT INTO jobs (id, event, pipeline, context, status, payload, result, error, created_at, updated_at, owner_pid) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?
+            .execute(
                 params![j.id, j.event, j.pipeline, j.context, j.status.as_str(), j.payload.to_string(), j.result.map(|r| r.to_string()), j.error, j.created_at, j.updated_at, std::process::id()],
             )
             .map(|_| ())
@@ -326,8 +331,10 @@ impl Store {
     ) -> Result<(), StoreError> {
         let id = id.to_string();
         self.write(move |c| {
-            c.execute(
+            c.prepare_cached(
                 "UPDATE jobs SET status = ?2, result = ?3, error = ?4, updated_at = ?5 WHERE id = ?1",
+            )?
+            .execute(
                 params![id, status.as_str(), result.map(|r| r.to_string()), error, finished_at],
             )
             .map(|_| ())
@@ -418,9 +425,8 @@ impl Store {
         self.writer.queue(move |c| {
             job_is_stored(c, &job_id)?;
             writes.apply(c)?;
-            c.execute(
-                insert,
-                params![
+            c.prepare_cached(insert)?
+                .execute(params![
                     job_id,
                     plugin_id,
                     error.is_none(),
@@ -428,9 +434,8 @@ impl Store {
                     error,
                     duration_ms,
                     created_at
-                ],
-            )
-            .map(|_| ())
+                ])
+                .map(|_| ())
         })
     }
 
@@ -526,8 +531,10 @@ impl Store {
 }
 
 fn insert_approval(c: &Connection, a: &ApprovalRecord) -> rusqlite::Result<()> {
-    c.execute(
+    c.prepare_cached(
         "INSERT INTO approvals (id, agent_id, job_id, action, args, status, approvers, created_at, decided_at, decided_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(
         params![a.id, a.agent_id, a.job_id, a.action, a.args.to_string(), a.status.as_str(), serde_json::to_string(&a.approvers).unwrap_or_default(), a.created_at, a.decided_at, a.decided_by],
     )
     .map(|_| ())
@@ -809,8 +816,10 @@ impl ReportIndex for Store {
     async fn append(&self, record: &ReportRecord) -> Result<(), String> {
         let r = record.clone();
         self.write(move |c| {
-            c.execute(
+            c.prepare_cached(
                 "INSERT INTO reports (id, plugin, job, name, file, bytes, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(
                 params![r.id, r.plugin, r.job, r.name, r.file, r.bytes as i64, r.created_at],
             )
             .map(|_| ())
