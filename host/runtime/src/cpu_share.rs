@@ -184,8 +184,12 @@ impl CpuScheduler {
 /// Shorter polls (a run that has just come back from a host call) go on:
 /// yielding them would move a run that barely computed to the guest pool,
 /// two thread hand-offs for nothing. A spinning run still yields within
-/// two ticks.
-pub const MIN_SLICE: Duration = Duration::from_micros(100);
+/// two ticks. Measured: at 100 us, runs preempted by the OS for a moment
+/// (a 2-core machine under load) moved to the pool for nothing; one tick
+/// (1 ms) cut the machine's context switches and served more runs per
+/// CPU-second with the fairness row well within its target (BENCHMARKS.md,
+/// "The sixth pass").
+pub const MIN_SLICE: Duration = Duration::from_millis(1);
 
 /// CPU time used by one run, shared with the run's epoch callback, which
 /// also reads how long the poll in progress has been computing: an epoch
