@@ -185,10 +185,10 @@ impl CpuScheduler {
 /// yielding them would move a run that barely computed to the guest pool,
 /// two thread hand-offs for nothing. A spinning run still yields within
 /// two ticks. Measured: at 100 us, runs preempted by the OS for a moment
-/// (a 2-core machine under load) moved to the pool for nothing; one tick
-/// (1 ms) cut the machine's context switches and served more runs per
-/// CPU-second with the fairness row well within its target (BENCHMARKS.md,
-/// "The sixth pass").
+/// (a 2-core machine under load) moved to the pool for nothing (its
+/// threads switched ~2,400 times a second in the fan-out; at one tick,
+/// 1 ms, ~350), with the fairness row well within its target
+/// (BENCHMARKS.md, "The sixth pass").
 pub const MIN_SLICE: Duration = Duration::from_millis(1);
 
 /// CPU time used by one run, shared with the run's epoch callback, which

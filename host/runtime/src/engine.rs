@@ -11,9 +11,10 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 /// and the longest a run computes before it yields its CPU turn (a run
 /// waiting for a turn waits at most about this long per step). Each tick
 /// wakes a thread, and each yield can move a run between threads: 1 ms
-/// against 0.5 ms served ~30% more agent runs per CPU-second at 0 ms LLM
-/// latency with the spinning-plugin p99 ratio still under 2x (BENCHMARKS.md,
-/// "The sixth pass").
+/// (with a [`crate::cpu_share::MIN_SLICE`] of 1 ms) against 0.5 ms cut the
+/// machine's context switches by a quarter under load, with the
+/// spinning-plugin p99 ratio still under 2x (BENCHMARKS.md, "The sixth
+/// pass").
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Upper bound of any plugin's memory budget: the pooling allocator reserves
