@@ -19,6 +19,7 @@ pub mod batch_writer;
 pub mod bsm;
 pub mod compose;
 pub mod deploy;
+pub mod dir_sync;
 pub mod dispatch;
 pub mod governed;
 pub mod orchestration;

@@ -11,6 +11,8 @@ use bsm_runtime::bindings::reports::{Error as WitReportError, ReportRef};
 use bsm_runtime::capabilities::reports::ReportSink;
 use serde::{Deserialize, Serialize};
 
+use crate::dir_sync::DirSyncs;
+
 /// Longest report name accepted.
 pub const MAX_NAME_BYTES: usize = 128;
 const INDEX_FILE: &str = "index.jsonl";
@@ -99,6 +101,8 @@ impl ReportIndex for JsonlIndex {
 pub struct ReportStore {
     dir: PathBuf,
     index: Arc<dyn ReportIndex>,
+    /// Reports written side by side share their directory's fsync.
+    dir_syncs: Arc<DirSyncs>,
 }
 
 impl ReportStore {
@@ -122,7 +126,11 @@ impl ReportStore {
         std::fs::create_dir_all(&dir)
             .map_err(|e| storage_error(&dir, "create the report directory", &e))?;
         remove_leftovers(&dir);
-        Ok(Arc::new(Self { dir, index }))
+        Ok(Arc::new(Self {
+            dir,
+            index,
+            dir_syncs: Arc::default(),
+        }))
     }
 
     pub fn dir(&self) -> &Path {
@@ -143,7 +151,8 @@ impl ReportStore {
         let target = self.dir.join(&file);
         let bytes = markdown.as_bytes().to_vec();
         let size = bytes.len() as u64;
-        tokio::task::spawn_blocking(move || write_atomically(&target, &bytes))
+        let dir_syncs = self.dir_syncs.clone();
+        tokio::task::spawn_blocking(move || write_atomically(&target, &bytes, &dir_syncs))
             .await
             .map_err(|e| ReportError::Storage(format!("report writer task failed: {e}")))??;
         let record = ReportRecord {
@@ -274,8 +283,9 @@ fn storage_error(path: &Path, action: &str, e: &std::io::Error) -> ReportError {
 }
 
 /// Temporary file in the same directory, fsync, rename over the target,
-/// fsync of the directory so the rename itself is durable.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
+/// fsync of the directory (shared with the reports renamed meanwhile) so
+/// the rename itself is durable.
+fn write_atomically(path: &Path, bytes: &[u8], dir_syncs: &DirSyncs) -> Result<(), ReportError> {
     let dir = path.parent().expect("report paths have a parent");
     std::fs::create_dir_all(dir)
         .map_err(|e| storage_error(dir, "create the report directory", &e))?;
@@ -289,9 +299,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
             .map_err(|e| storage_error(&tmp, "sync the report", &e))?;
         std::fs::rename(&tmp, path)
             .map_err(|e| storage_error(path, "move the report into place", &e))?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
+        dir_syncs.of(dir).sync(dir);
         Ok(())
     })();
     if result.is_err() {
