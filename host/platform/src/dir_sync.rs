@@ -27,8 +27,6 @@ struct SyncState {
     covered: u64,
     /// A sync is running (its covering ticket is not yet `covered`).
     running: bool,
-    /// Syncs run, for tests and metrics.
-    syncs: u64,
 }
 
 impl DirSync {
@@ -65,14 +63,8 @@ impl DirSync {
             state = self.state.lock().unwrap_or_else(|p| p.into_inner());
             state.running = false;
             state.covered = state.covered.max(covers);
-            state.syncs += 1;
             self.finished.notify_all();
         }
-    }
-
-    /// How many syncs ran.
-    pub fn syncs(&self) -> u64 {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).syncs
     }
 }
 
@@ -94,30 +86,36 @@ impl DirSyncs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::mpsc;
     use std::time::Duration;
 
     #[test]
     fn a_lone_request_syncs_at_once() {
         let dir = DirSync::default();
-        dir.sync_with(|| {});
-        dir.sync_with(|| {});
-        assert_eq!(dir.syncs(), 2);
+        let syncs = AtomicU64::new(0);
+        let count = || {
+            syncs.fetch_add(1, Ordering::SeqCst);
+        };
+        dir.sync_with(count);
+        dir.sync_with(count);
+        assert_eq!(syncs.load(Ordering::SeqCst), 2);
     }
 
     #[test]
     fn requests_made_during_a_sync_share_the_next_one_and_are_not_covered_by_the_running_one() {
         let dir = Arc::new(DirSync::default());
+        let syncs = Arc::new(AtomicU64::new(0));
         let (entered_tx, entered) = mpsc::channel::<()>();
         let (release, release_rx) = mpsc::channel::<()>();
         let release_rx = Mutex::new(release_rx);
         // The first sync blocks until released, with four requests made
         // meanwhile.
         let leader = {
-            let dir = dir.clone();
+            let (dir, syncs) = (dir.clone(), syncs.clone());
             std::thread::spawn(move || {
                 dir.sync_with(|| {
+                    syncs.fetch_add(1, Ordering::SeqCst);
                     entered_tx.send(()).unwrap();
                     release_rx.lock().unwrap().recv().unwrap();
                 })
@@ -129,10 +127,15 @@ mod tests {
         let (done_tx, done) = mpsc::channel::<bool>();
         let followers: Vec<_> = (0..4)
             .map(|_| {
-                let (dir, done_tx, second_done) =
-                    (dir.clone(), done_tx.clone(), second_done.clone());
+                let (dir, done_tx, second_done, syncs) = (
+                    dir.clone(),
+                    done_tx.clone(),
+                    second_done.clone(),
+                    syncs.clone(),
+                );
                 std::thread::spawn(move || {
                     dir.sync_with(|| {
+                        syncs.fetch_add(1, Ordering::SeqCst);
                         std::thread::sleep(Duration::from_millis(5));
                         second_done.store(true, Ordering::SeqCst);
                     });
@@ -159,7 +162,7 @@ mod tests {
             "a request returned on a sync that started before it: {seen:?}"
         );
         assert_eq!(
-            dir.syncs(),
+            syncs.load(Ordering::SeqCst),
             2,
             "the four requests made during the first sync share one"
         );
