@@ -15,7 +15,8 @@
 //! it cannot bank idle time. A plugin spinning on every thread thus gets at
 //! most an equal share of the CPU once another plugin asks for it, however
 //! short the other plugin's steps are, and the other plugin's run starts
-//! within one epoch tick. Accounts start afresh whenever the pool is idle. A run's CPU time (the sum of its turns) is metered; `cpu-ms` in a
+//! within two epoch ticks (a poll yields once it has computed for
+//! [`MIN_SLICE`]). Accounts start afresh whenever the pool is idle. A run's CPU time (the sum of its turns) is metered; `cpu-ms` in a
 //! budget caps it separately from the wall-clock timeout.
 
 use std::collections::{HashMap, VecDeque};
