@@ -37,7 +37,7 @@ impl GuestPool {
         let runtime = Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("bsm-guest")
-            // Guest polls are short (one epoch tick at most); look at I/O
+            // Guest polls are short (two epoch ticks at most); look at I/O
             // (LLM answers) and timers more often than tokio's default.
             .event_interval(8)
             .enable_all()
@@ -59,7 +59,7 @@ impl GuestPool {
     /// the rest of it to the pool. Most runs are short or wait on the host
     /// (an LLM answer): they finish where they started, without the two
     /// thread hand-offs a spawn costs (~35 us a run, measured). A run
-    /// computing for long takes at most one tick of the caller's thread.
+    /// computing for long takes at most two ticks of the caller's thread.
     pub async fn run_from_here<T: Send + 'static>(
         &self,
         task: impl Future<Output = T> + Send + 'static,
