@@ -811,6 +811,8 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 println!("{}", governed.run.output.text);
             }
+            // Syncs the reports the run wrote (and saves knowledge).
+            platform.shutdown(Duration::ZERO).await?;
         }
         Command::Step {
             step_id,
@@ -863,6 +865,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 println!("{}", serde_json::to_string(&governed.run.contribution)?);
             }
+            platform.shutdown(Duration::ZERO).await?;
         }
         Command::Job {
             command:

@@ -112,7 +112,8 @@ impl Platform {
             .dir
             .clone()
             .unwrap_or_else(|| data_dir.join("reports"));
-        let reports = ReportStore::open_with_index(&reports_dir, Arc::new(store.clone()))
+        let reports = ReportStore::open_journaled(&reports_dir, Arc::new(store.clone()))
+            .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let llm = LlmClient::from_settings(&settings.llm)?.map(Arc::new);
         let knowledge = open_knowledge(&options.settings, data_dir, llm.as_ref()).await?;

@@ -27,6 +27,7 @@ pub mod outbound;
 pub mod outbox;
 pub mod paging;
 pub mod platform;
+pub mod report_journal;
 pub mod reports;
 pub mod retention;
 pub mod secrets;

@@ -415,10 +415,14 @@ impl Platform {
         if let Err(e) = self.knowledge.flush().await {
             tracing::warn!(error = %e, "a knowledge index was not saved; it is rebuilt at the next start");
         }
-        if self.orchestrator.shutdown(grace).await == 0 {
-            return Ok(0);
+        let interrupted = match self.orchestrator.shutdown(grace).await {
+            0 => 0,
+            _ => self.governed.store().interrupt_running().await?,
+        };
+        if let Err(e) = self.reports.settle().await {
+            tracing::warn!(error = %e, "reports not synced at shutdown; their files are checked against the database at the next start");
         }
-        self.governed.store().interrupt_running().await
+        Ok(interrupted)
     }
 
     // ---- reports and approvals ----

@@ -1,7 +1,10 @@
 //! Markdown reports, written without blocking the async runtime's threads and
-//! atomically (temporary file, fsync, rename, fsync of the directory): a
-//! crash never leaves a half-written report. Names are sanitised; an
-//! append-only index records id, plugin, job, name, size and time.
+//! atomically (temporary file, rename): a crash never leaves a half-written
+//! report. Names are sanitised; an index records id, plugin, job, name, size
+//! and time. Durability: with a JSON-lines index (the CLI) each report is
+//! fsync'd (file, then directory) before its write returns; with the
+//! database (the server) its body is committed with its index row and the
+//! files are synced in batches (see [`crate::report_journal`]).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -12,6 +15,7 @@ use bsm_runtime::capabilities::reports::ReportSink;
 use serde::{Deserialize, Serialize};
 
 use crate::dir_sync::DirSyncs;
+use crate::report_journal::{ReportJournal, Settler};
 
 /// Longest report name accepted.
 pub const MAX_NAME_BYTES: usize = 128;
@@ -101,8 +105,17 @@ impl ReportIndex for JsonlIndex {
 pub struct ReportStore {
     dir: PathBuf,
     index: Arc<dyn ReportIndex>,
-    /// Reports written side by side share their directory's fsync.
-    dir_syncs: Arc<DirSyncs>,
+    durability: Durability,
+}
+
+/// How a written report becomes durable before its write returns.
+enum Durability {
+    /// Its file and directory are fsync'd (reports written side by side
+    /// share their directory's fsync).
+    SyncEach(Arc<DirSyncs>),
+    /// Its body is committed with its index row; the file is synced by the
+    /// settler's next pass.
+    Journaled(Arc<Settler>),
 }
 
 impl ReportStore {
@@ -129,8 +142,54 @@ impl ReportStore {
         Ok(Arc::new(Self {
             dir,
             index,
-            dir_syncs: Arc::default(),
+            durability: Durability::SyncEach(Arc::default()),
         }))
+    }
+
+    /// Opens a report directory indexed by a journal (the database): files
+    /// of reports a crash left unsynced are restored from it first.
+    pub async fn open_journaled(
+        dir: impl Into<PathBuf>,
+        journal: Arc<dyn ReportJournal>,
+    ) -> Result<Arc<Self>, ReportError> {
+        Self::open_journaled_every(dir, journal, crate::report_journal::SETTLE_EVERY).await
+    }
+
+    /// [`ReportStore::open_journaled`] with the files synced every `every`.
+    pub(crate) async fn open_journaled_every(
+        dir: impl Into<PathBuf>,
+        journal: Arc<dyn ReportJournal>,
+        every: std::time::Duration,
+    ) -> Result<Arc<Self>, ReportError> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| storage_error(&dir, "create the report directory", &e))?;
+        remove_leftovers(&dir);
+        let (settler, restored) = Settler::recover(&dir, journal.clone(), every)
+            .await
+            .map_err(ReportError::Storage)?;
+        if restored > 0 {
+            tracing::warn!(
+                restored,
+                "report files lost in a crash were restored from the database"
+            );
+        }
+        Ok(Arc::new(Self {
+            dir,
+            index: journal,
+            durability: Durability::Journaled(settler),
+        }))
+    }
+
+    /// Syncs the reports written so far whose files are not yet synced
+    /// (at shutdown; a no-op for a store that syncs each report).
+    pub async fn settle(&self) -> Result<usize, ReportError> {
+        match &self.durability {
+            Durability::SyncEach(_) => Ok(0),
+            Durability::Journaled(settler) => {
+                settler.settle_now().await.map_err(ReportError::Storage)
+            }
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -151,8 +210,12 @@ impl ReportStore {
         let target = self.dir.join(&file);
         let bytes = markdown.as_bytes().to_vec();
         let size = bytes.len() as u64;
-        let dir_syncs = self.dir_syncs.clone();
-        tokio::task::spawn_blocking(move || write_atomically(&target, &bytes, &dir_syncs))
+        let dir_syncs = match &self.durability {
+            Durability::SyncEach(dir_syncs) => Some(dir_syncs.clone()),
+            Durability::Journaled(_) => None,
+        };
+        let path = target.clone();
+        tokio::task::spawn_blocking(move || write_file(&path, &bytes, dir_syncs.as_deref()))
             .await
             .map_err(|e| ReportError::Storage(format!("report writer task failed: {e}")))??;
         let record = ReportRecord {
@@ -164,10 +227,17 @@ impl ReportStore {
             bytes: size,
             created_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         };
-        self.index
-            .append(&record)
-            .await
-            .map_err(ReportError::Storage)?;
+        match &self.durability {
+            Durability::SyncEach(_) => self.index.append(&record).await,
+            Durability::Journaled(settler) => {
+                let appended = settler.journal().append_journaled(&record, markdown).await;
+                if appended.is_ok() {
+                    settler.written(record.id.clone(), target);
+                }
+                appended
+            }
+        }
+        .map_err(ReportError::Storage)?;
         Ok(record)
     }
 
@@ -282,10 +352,15 @@ fn storage_error(path: &Path, action: &str, e: &std::io::Error) -> ReportError {
     ReportError::Storage(format!("cannot {action} at {}: {why}", path.display()))
 }
 
-/// Temporary file in the same directory, fsync, rename over the target,
-/// fsync of the directory (shared with the reports renamed meanwhile) so
-/// the rename itself is durable.
-fn write_atomically(path: &Path, bytes: &[u8], dir_syncs: &DirSyncs) -> Result<(), ReportError> {
+/// Temporary file in the same directory, renamed over the target. With
+/// `dir_syncs`, durable before it returns: the file is fsync'd before the
+/// rename and the directory after it (shared with the reports renamed
+/// meanwhile); without, durability is the caller's (the journal).
+pub(crate) fn write_file(
+    path: &Path,
+    bytes: &[u8],
+    dir_syncs: Option<&DirSyncs>,
+) -> Result<(), ReportError> {
     let dir = path.parent().expect("report paths have a parent");
     std::fs::create_dir_all(dir)
         .map_err(|e| storage_error(dir, "create the report directory", &e))?;
@@ -295,11 +370,15 @@ fn write_atomically(path: &Path, bytes: &[u8], dir_syncs: &DirSyncs) -> Result<(
             .map_err(|e| storage_error(&tmp, "create the report", &e))?;
         f.write_all(bytes)
             .map_err(|e| storage_error(&tmp, "write the report", &e))?;
-        f.sync_all()
-            .map_err(|e| storage_error(&tmp, "sync the report", &e))?;
+        if dir_syncs.is_some() {
+            f.sync_all()
+                .map_err(|e| storage_error(&tmp, "sync the report", &e))?;
+        }
         std::fs::rename(&tmp, path)
             .map_err(|e| storage_error(path, "move the report into place", &e))?;
-        dir_syncs.of(dir).sync(dir);
+        if let Some(dir_syncs) = dir_syncs {
+            dir_syncs.of(dir).sync(dir);
+        }
         Ok(())
     })();
     if result.is_err() {

@@ -282,6 +282,7 @@ impl Retention {
                     let tx = c.unchecked_transaction()?;
                     for id in &ids {
                         tx.execute("DELETE FROM reports WHERE id = ?1", params![id])?;
+                        tx.execute("DELETE FROM report_journal WHERE id = ?1", params![id])?;
                     }
                     tx.commit()
                 })
@@ -536,7 +537,8 @@ mod tests {
             },
         );
         let reports =
-            crate::reports::ReportStore::open_with_index(&r.reports_dir, Arc::new(r.store.clone()))
+            crate::reports::ReportStore::open_journaled(&r.reports_dir, Arc::new(r.store.clone()))
+                .await
                 .unwrap();
         for i in 0..5 {
             let at = format!("2020-01-0{}T00:00:00.000Z", i + 1);
@@ -561,6 +563,11 @@ mod tests {
         );
         assert!(r.reports_dir.join(&second.file).exists());
         assert_eq!(reports.list().await, vec![second]);
+        assert_eq!(
+            count(&r.store, "report_journal").await,
+            1,
+            "a pruned report's body leaves the journal with it"
+        );
         let again = r.prune(&HashSet::new()).await.unwrap();
         assert_eq!(again.total(), 0, "a second pass finds nothing");
     }

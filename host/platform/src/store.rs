@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::batch_writer::{BatchWriter, Committed};
+use crate::report_journal::ReportJournal;
 use crate::reports::{ReportIndex, ReportRecord};
 
 /// A database failure, with what was being done.
@@ -179,6 +180,8 @@ CREATE TABLE IF NOT EXISTS reports (
     bytes INTEGER NOT NULL, created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS reports_created ON reports(created_at);
+-- Bodies of reports whose files are not yet synced (see report_journal.rs).
+CREATE TABLE IF NOT EXISTS report_journal (id TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS plugin_versions (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, plugin_id TEXT NOT NULL, version TEXT NOT NULL,
     digest TEXT NOT NULL, size INTEGER NOT NULL, manifest TEXT NOT NULL, installed_at TEXT NOT NULL,
@@ -811,21 +814,21 @@ fn report_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReportRecord> {
     })
 }
 
+fn insert_report(c: &Connection, r: &ReportRecord) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO reports (id, plugin, job, name, file, bytes, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![r.id, r.plugin, r.job, r.name, r.file, r.bytes as i64, r.created_at])
+    .map(|_| ())
+}
+
 #[async_trait::async_trait]
 impl ReportIndex for Store {
     async fn append(&self, record: &ReportRecord) -> Result<(), String> {
         let r = record.clone();
-        self.write(move |c| {
-            c.prepare_cached(
-                "INSERT INTO reports (id, plugin, job, name, file, bytes, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?
-            .execute(
-                params![r.id, r.plugin, r.job, r.name, r.file, r.bytes as i64, r.created_at],
-            )
-            .map(|_| ())
-        })
-        .await
-        .map_err(|e| e.to_string())
+        self.write(move |c| insert_report(c, &r))
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn find(&self, id: &str) -> Option<ReportRecord> {
@@ -850,6 +853,46 @@ impl ReportIndex for Store {
         })
         .await
         .unwrap_or_default()
+    }
+}
+
+/// The body rides in the same group commit as the index row.
+#[async_trait::async_trait]
+impl ReportJournal for Store {
+    async fn append_journaled(&self, record: &ReportRecord, body: &str) -> Result<(), String> {
+        let (r, body) = (record.clone(), body.to_string());
+        self.write(move |c| {
+            insert_report(c, &r)?;
+            c.prepare_cached("INSERT INTO report_journal (id, body) VALUES (?1, ?2)")?
+                .execute(params![r.id, body])
+                .map(|_| ())
+        })
+        .await
+        .map_err(|e| e.to_string())
+    }
+
+    async fn unsettled(&self) -> Result<Vec<(ReportRecord, String)>, String> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT r.id, r.plugin, r.job, r.name, r.file, r.bytes, r.created_at, j.body FROM report_journal j JOIN reports r ON r.id = j.id ORDER BY r.rowid",
+            )?;
+            stmt.query_map([], |row| Ok((report_row(row)?, row.get(7)?)))?
+                .collect()
+        })
+        .await
+        .map_err(|e| e.to_string())
+    }
+
+    async fn settle(&self, ids: Vec<String>) -> Result<(), String> {
+        self.write(move |c| {
+            let mut stmt = c.prepare_cached("DELETE FROM report_journal WHERE id = ?1")?;
+            for id in &ids {
+                stmt.execute(params![id])?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.to_string())
     }
 }
 
