@@ -157,7 +157,7 @@ fn restore(dir: &Path, unsettled: &[(ReportRecord, String)]) -> Result<usize, St
         if std::fs::read(&path).ok().as_deref() != Some(body.as_bytes()) {
             crate::reports::write_file(&path, body.as_bytes(), None).map_err(|e| e.to_string())?;
             restored += 1;
-            tracing::warn!(report = %record.id, file = %record.file, "a report's file was lost in a crash before it was synced; restored from the database");
+            tracing::debug!(report = %record.id, file = %record.file, "a report's file was lost in a crash before it was synced; restored from the database");
         }
         paths.push(path);
     }
