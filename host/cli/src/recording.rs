@@ -142,18 +142,9 @@ pub fn close<T, E: std::fmt::Display>(
     Ok(transcript)
 }
 
-/// Writes `bytes` to a temporary file beside `path`, then renames it over
-/// `path`: a reader never sees half a recording.
+/// Replaces the recording whole: a reader never sees half of one.
 fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .context("the recording needs a file name")?;
-    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    use bsm_platform::runtime::atomic_file::{Durability, write};
+    write(path, bytes, Durability::Atomic)
+        .with_context(|| format!("cannot write {}", path.display()))
 }

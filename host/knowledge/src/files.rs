@@ -2,7 +2,6 @@
 //! sees the old file or the new one, never a torn one.
 
 use std::fs::{self, File};
-use std::io::Write as _;
 use std::path::Path;
 
 use crate::error::KnowledgeError;
@@ -25,13 +24,10 @@ pub fn sync_and_rename(tmp: &Path, path: &Path) -> Result<(), KnowledgeError> {
     Ok(())
 }
 
-/// Writes `bytes` to `path` atomically (temporary file + fsync + rename).
+/// Writes `bytes` to `path` atomically (temporary file, fsync, rename,
+/// fsync of the directory).
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), KnowledgeError> {
-    let tmp = path.with_extension("tmp");
-    let mut file = File::create(&tmp)
-        .map_err(|e| KnowledgeError::Storage(format!("creating {}: {e}", tmp.display())))?;
-    file.write_all(bytes)
-        .map_err(|e| KnowledgeError::Storage(format!("writing {}: {e}", tmp.display())))?;
-    drop(file);
-    sync_and_rename(&tmp, path)
+    use bsm_runtime::atomic_file::{Durability, write};
+    write(path, bytes, Durability::SyncFileAndDir)
+        .map_err(|e| KnowledgeError::Storage(format!("writing {}: {e}", path.display())))
 }

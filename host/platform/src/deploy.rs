@@ -734,17 +734,9 @@ async fn write_once(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let path = path.to_path_buf();
     let bytes = bytes.to_vec();
     tokio::task::spawn_blocking(move || {
-        use std::io::Write as _;
-        let dir = path.parent().expect("a file in a directory");
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
-        let mut file = std::fs::File::create(&tmp)
-            .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-        file.write_all(&bytes)
-            .and_then(|_| file.sync_all())
-            .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).map_err(|e| format!("cannot store {}: {e}", path.display()))
+        use bsm_runtime::atomic_file::{Durability, write};
+        write(&path, &bytes, Durability::SyncFile)
+            .map_err(|e| format!("cannot store {}: {e}", path.display()))
     })
     .await
     .map_err(|e| format!("the writer task failed: {e}"))?

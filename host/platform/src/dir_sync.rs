@@ -34,11 +34,7 @@ impl DirSync {
     /// finished. Errors are not reported: some file systems cannot sync a
     /// directory, and the file itself was already synced.
     pub fn sync(&self, dir: &Path) {
-        self.sync_with(|| {
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
-        })
+        self.sync_with(|| bsm_runtime::atomic_file::sync_dir(dir))
     }
 
     /// [`DirSync::sync`] with the sync itself given (tests).

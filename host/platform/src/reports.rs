@@ -21,7 +21,7 @@ use crate::report_journal::{ReportJournal, Settler};
 pub const MAX_NAME_BYTES: usize = 128;
 const INDEX_FILE: &str = "index.jsonl";
 /// Prefix of temporary files: removed at open (crash leftovers).
-pub const TMP_PREFIX: &str = ".tmp-";
+pub const TMP_PREFIX: &str = bsm_runtime::atomic_file::TMP_PREFIX;
 
 /// One entry of the report index.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -361,30 +361,19 @@ pub(crate) fn write_file(
     bytes: &[u8],
     dir_syncs: Option<&DirSyncs>,
 ) -> Result<(), ReportError> {
+    use bsm_runtime::atomic_file::{Durability, write};
     let dir = path.parent().expect("report paths have a parent");
     std::fs::create_dir_all(dir)
         .map_err(|e| storage_error(dir, "create the report directory", &e))?;
-    let tmp = dir.join(format!("{TMP_PREFIX}{}", uuid::Uuid::new_v4().simple()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)
-            .map_err(|e| storage_error(&tmp, "create the report", &e))?;
-        f.write_all(bytes)
-            .map_err(|e| storage_error(&tmp, "write the report", &e))?;
-        if dir_syncs.is_some() {
-            f.sync_all()
-                .map_err(|e| storage_error(&tmp, "sync the report", &e))?;
-        }
-        std::fs::rename(&tmp, path)
-            .map_err(|e| storage_error(path, "move the report into place", &e))?;
-        if let Some(dir_syncs) = dir_syncs {
-            dir_syncs.of(dir).sync(dir);
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    let durability = match dir_syncs {
+        Some(_) => Durability::SyncFile,
+        None => Durability::Atomic,
+    };
+    write(path, bytes, durability).map_err(|e| storage_error(path, "write the report", &e))?;
+    if let Some(dir_syncs) = dir_syncs {
+        dir_syncs.of(dir).sync(dir);
     }
-    result
+    Ok(())
 }
 
 /// Removes `.tmp-*` files (reports whose write never finished) below `dir`.

@@ -225,18 +225,10 @@ fn store(path: &Path, component: &Component) -> anyhow::Result<()> {
     write_atomically(path, &component.serialize()?)
 }
 
-/// Writes an artifact atomically: temporary file, fsync, rename. A crash
-/// leaves either no artifact or a whole one.
+/// Writes an artifact atomically (fsync'd, then renamed): a crash leaves
+/// either no artifact or a whole one, and compiles of the same component
+/// racing to store it each rename a whole file.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().context("artifact path has no parent")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    crate::atomic_file::write(path, bytes, crate::atomic_file::Durability::SyncFile)
+        .with_context(|| format!("writing {}", path.display()))
 }

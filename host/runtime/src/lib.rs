@@ -21,6 +21,7 @@
 
 pub mod api;
 pub mod artifact_cache;
+pub mod atomic_file;
 pub mod bindings;
 pub mod bulkhead;
 pub mod capabilities;
