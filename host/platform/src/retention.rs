@@ -311,6 +311,10 @@ impl Retention {
 
 /// Removes `<digest>-<key>.cwasm` files older than `max_age` whose digest
 /// no loaded plugin uses. Other files are left alone.
+/// How old a temporary file in the artifact directory must be to count as
+/// a crash's leftover.
+const ABANDONED_TMP_AGE: Duration = Duration::from_secs(3600);
+
 fn prune_artifact_dir(dir: &Path, in_use: &HashSet<String>, max_age: Duration) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
@@ -319,6 +323,20 @@ fn prune_artifact_dir(dir: &Path, in_use: &HashSet<String>, max_age: Duration) -
     let mut removed = 0;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with(bsm_runtime::atomic_file::TMP_PREFIX) {
+            // A write that never finished (a crash while storing an
+            // artifact); an hour old, nobody is still writing it.
+            let abandoned = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age > ABANDONED_TMP_AGE);
+            if abandoned && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+            continue;
+        }
         let Some(digest) = name
             .strip_suffix(".cwasm")
             .and_then(|n| n.split('-').next())
@@ -579,14 +597,29 @@ mod tests {
         let artifacts = dir.path().join("artifacts");
         std::fs::create_dir_all(&artifacts).unwrap();
         let old = SystemTime::now() - Duration::from_secs(90 * 86_400);
-        for name in ["aaa-1.cwasm", "bbb-1.cwasm", "ccc-1.cwasm", "notes.txt"] {
+        for name in [
+            "aaa-1.cwasm",
+            "bbb-1.cwasm",
+            "ccc-1.cwasm",
+            "notes.txt",
+            ".tmp-crashed",
+            ".tmp-writing",
+        ] {
             let file = std::fs::File::create(artifacts.join(name)).unwrap();
-            if name != "ccc-1.cwasm" {
+            if name != "ccc-1.cwasm" && name != ".tmp-writing" {
                 file.set_modified(old).unwrap();
             }
         }
         let in_use: HashSet<String> = ["bbb".to_string()].into();
-        assert_eq!(r.prune(&in_use).await.unwrap().artifacts, 1);
+        assert_eq!(r.prune(&in_use).await.unwrap().artifacts, 2);
+        assert!(
+            !artifacts.join(".tmp-crashed").exists(),
+            "a crash's leftover"
+        );
+        assert!(
+            artifacts.join(".tmp-writing").exists(),
+            "a write in progress"
+        );
         assert!(!artifacts.join("aaa-1.cwasm").exists(), "old and unused");
         assert!(artifacts.join("bbb-1.cwasm").exists(), "in use");
         assert!(artifacts.join("ccc-1.cwasm").exists(), "recent");
