@@ -15,7 +15,7 @@ use std::path::Path;
 /// recognised and removed.
 pub const TMP_PREFIX: &str = ".tmp-";
 
-/// How durable the new content is when [`write`] returns.
+/// How durable the new content is when [`write()`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
     /// Atomic against a crash of the process; the OS writes it back when it
