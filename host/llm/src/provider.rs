@@ -41,8 +41,10 @@ pub struct Provider {
     home: IoHome,
     breaker: CircuitBreaker,
     limit: Arc<AdaptiveLimit>,
-    chat_url: String,
-    embeddings_url: String,
+    /// Parsed once: parsing (with its IDNA pass over the host) showed in
+    /// the profile of every call.
+    chat_url: reqwest::Url,
+    embeddings_url: reqwest::Url,
     /// Failed attempts and refusals by the open breaker are logged through
     /// these, so an outage does not flood the log.
     failures_log: LogThrottle,
@@ -64,6 +66,23 @@ impl Provider {
             .pool_max_idle_per_host(limits.max as usize)
             .build()?;
         let base = settings.base_url.trim_end_matches('/').to_string();
+        let endpoint = |path: &str| {
+            let url = format!("{base}/{path}");
+            match reqwest::Url::parse(&url) {
+                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => Ok(parsed),
+                Ok(_) => Err(anyhow::anyhow!(
+                    "provider {:?}: base-url {:?} is not an http(s) URL",
+                    settings.name,
+                    settings.base_url
+                )),
+                Err(e) => Err(anyhow::anyhow!(
+                    "provider {:?}: base-url {:?} is not a URL: {e}",
+                    settings.name,
+                    settings.base_url
+                )),
+            }
+        };
+        let (chat_url, embeddings_url) = (endpoint("chat/completions")?, endpoint("embeddings")?);
         let breaker_config = settings
             .breaker
             .clone()
@@ -71,8 +90,8 @@ impl Provider {
         Ok(Self {
             breaker: CircuitBreaker::new(format!("llm:{}", settings.name), breaker_config),
             limit: AdaptiveLimit::new(limits),
-            chat_url: format!("{base}/chat/completions"),
-            embeddings_url: format!("{base}/embeddings"),
+            chat_url,
+            embeddings_url,
             http,
             home: IoHome::current(),
             retry,
@@ -237,10 +256,10 @@ impl Provider {
             .unwrap_or(Err(LlmError::Timeout))
     }
 
-    fn post(&self, url: &str, caller: &Caller, body: &[u8]) -> reqwest::RequestBuilder {
+    fn post(&self, url: &reqwest::Url, caller: &Caller, body: &[u8]) -> reqwest::RequestBuilder {
         let mut request = self
             .http
-            .post(url)
+            .post(url.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header("x-correlation-id", &*caller.correlation_id)
             .header("x-bsm-plugin", &*caller.plugin_id)
@@ -368,4 +387,35 @@ fn describe_reqwest(e: &reqwest::Error, base_url: &str) -> String {
         source = s.source();
     }
     message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(base_url: &str) -> anyhow::Result<Provider> {
+        Provider::new(
+            ProviderSettings::new("p", base_url, "m"),
+            RetrySettings::default(),
+            &BreakerConfig::default(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_base_url_that_is_not_an_http_url_is_refused_when_the_provider_is_built() {
+        for bad in ["not a url", "ftp://example.com/v1", "localhost:11434/v1"] {
+            let err = build(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert!(
+                err.to_string().contains("base-url") && err.to_string().contains(bad),
+                "{err}"
+            );
+        }
+        let provider = build("http://127.0.0.1:11434/v1/").unwrap();
+        assert_eq!(
+            provider.chat_url.as_str(),
+            "http://127.0.0.1:11434/v1/chat/completions"
+        );
+    }
 }
