@@ -101,7 +101,7 @@ pub async fn build(options: &ServeOptions, open_allowed: bool) -> anyhow::Result
         None => None,
     };
     let platform = Arc::new(Platform::build(options.platform.clone()).await?);
-    Ok(AppState {
+    Ok(AppState::new(state::Shared {
         platform,
         admin_token,
         github_webhook_secret: options.github_webhook_secret.clone(),
@@ -109,7 +109,7 @@ pub async fn build(options: &ServeOptions, open_allowed: bool) -> anyhow::Result
         metrics: install_metrics_recorder(),
         requests: Arc::new(RequestCounters::default()),
         wait_timeout: wait_timeout(options.request_timeout, options.wait_timeout),
-    })
+    }))
 }
 
 /// The process-wide Prometheus recorder. A second server in the same

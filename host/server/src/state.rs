@@ -11,9 +11,28 @@ use crate::admin::AdminToken;
 use crate::middleware::RequestCounters;
 
 /// The application state handed to handlers: the platform facade plus what
-/// only the HTTP layer needs.
+/// only the HTTP layer needs. One `Arc`: axum clones the state for every
+/// request, which cloned (and, on drop, zeroized) the webhook secret and
+/// counted three references each time.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct Shared {
     pub platform: Arc<Platform>,
     /// `None`: the admin endpoints are disabled.
     pub admin_token: Option<AdminToken>,
