@@ -320,19 +320,21 @@ fn prune_artifact_dir(dir: &Path, in_use: &HashSet<String>, max_age: Duration) -
         return 0;
     };
     let now = SystemTime::now();
+    let older_than = |entry: &std::fs::DirEntry, limit: Duration| {
+        entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age > limit)
+    };
     let mut removed = 0;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
         if name.starts_with(bsm_runtime::atomic_file::TMP_PREFIX) {
             // A write that never finished (a crash while storing an
             // artifact); an hour old, nobody is still writing it.
-            let abandoned = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| now.duration_since(t).ok())
-                .is_some_and(|age| age > ABANDONED_TMP_AGE);
-            if abandoned && std::fs::remove_file(entry.path()).is_ok() {
+            if older_than(&entry, ABANDONED_TMP_AGE) && std::fs::remove_file(entry.path()).is_ok() {
                 removed += 1;
             }
             continue;
@@ -343,13 +345,10 @@ fn prune_artifact_dir(dir: &Path, in_use: &HashSet<String>, max_age: Duration) -
         else {
             continue;
         };
-        let old = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| now.duration_since(t).ok())
-            .is_some_and(|age| age > max_age);
-        if old && !in_use.contains(digest) && std::fs::remove_file(entry.path()).is_ok() {
+        if older_than(&entry, max_age)
+            && !in_use.contains(digest)
+            && std::fs::remove_file(entry.path()).is_ok()
+        {
             removed += 1;
         }
     }
