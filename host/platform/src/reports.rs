@@ -122,23 +122,11 @@ impl ReportStore {
     /// Opens (creating if needed) a report directory with its `index.jsonl`,
     /// and removes temporary files left by a crash.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Arc<Self>, ReportError> {
-        let dir = dir.into();
+        let dir = prepare_dir(dir.into())?;
         let index = Arc::new(JsonlIndex {
             path: dir.join(INDEX_FILE),
             lock: tokio::sync::Mutex::new(()),
         });
-        Self::open_with_index(dir, index)
-    }
-
-    /// Opens a report directory whose index lives elsewhere (the database).
-    pub fn open_with_index(
-        dir: impl Into<PathBuf>,
-        index: Arc<dyn ReportIndex>,
-    ) -> Result<Arc<Self>, ReportError> {
-        let dir = dir.into();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| storage_error(&dir, "create the report directory", &e))?;
-        remove_leftovers(&dir);
         Ok(Arc::new(Self {
             dir,
             index,
@@ -161,10 +149,7 @@ impl ReportStore {
         journal: Arc<dyn ReportJournal>,
         every: std::time::Duration,
     ) -> Result<Arc<Self>, ReportError> {
-        let dir = dir.into();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| storage_error(&dir, "create the report directory", &e))?;
-        remove_leftovers(&dir);
+        let dir = prepare_dir(dir.into())?;
         let (settler, restored) = Settler::recover(&dir, journal.clone(), every)
             .await
             .map_err(ReportError::Storage)?;
@@ -374,6 +359,14 @@ pub(crate) fn write_file(
         dir_syncs.of(dir).sync(dir);
     }
     Ok(())
+}
+
+/// Creates the report directory if needed and clears a crash's leftovers.
+fn prepare_dir(dir: PathBuf) -> Result<PathBuf, ReportError> {
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| storage_error(&dir, "create the report directory", &e))?;
+    remove_leftovers(&dir);
+    Ok(dir)
 }
 
 /// Removes `.tmp-*` files (reports whose write never finished) below `dir`.
