@@ -1458,7 +1458,7 @@ async fn a_thousand_concurrent_runs_of_one_agent_on_a_slow_llm_all_succeed_with_
     // Default settings throughout; only the per-client rate limit is off
     // (as in every test here): this one client stands for a thousand.
     let s = start(data.path(), &llm, &[]);
-    let client = reqwest::Client::builder()
+    let client = bsm_llm::http_client::builder()
         .timeout(Duration::from_secs(120))
         .pool_max_idle_per_host(1000)
         .build()

@@ -10,7 +10,7 @@ use std::time::Duration;
 /// An HTTP client for the tests (a generous timeout: a hung request fails
 /// the test instead of hanging it).
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder()
+    bsm_llm::http_client::builder()
         .timeout(Duration::from_secs(60))
         .build()
         .unwrap()

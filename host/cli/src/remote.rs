@@ -139,7 +139,9 @@ pub async fn install(
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::new()
+    bsm_platform::llm::http_client::builder()
+        .build()
+        .expect("an HTTP client with default settings builds")
 }
 
 fn base(server: &ServerArgs) -> &str {

@@ -16,6 +16,7 @@ pub mod adaptive_limit;
 pub mod breaker;
 pub mod classify;
 pub mod client;
+pub mod http_client;
 pub mod log_throttle;
 pub mod provider;
 pub mod settings;

@@ -61,7 +61,7 @@ impl Provider {
         limits
             .validate()
             .map_err(|m| anyhow::anyhow!("provider {:?}: {m}", settings.name))?;
-        let http = reqwest::Client::builder()
+        let http = crate::http_client::builder()
             .connect_timeout(settings.timeouts.connect())
             .pool_max_idle_per_host(limits.max as usize)
             .build()?;

@@ -35,7 +35,7 @@ pub struct OutboundHttp {
 
 impl OutboundHttp {
     pub fn new(secrets: Secrets) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
+        let client = bsm_llm::http_client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("bsm/", env!("CARGO_PKG_VERSION")))
             .build()?;
