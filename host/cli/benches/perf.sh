@@ -25,41 +25,8 @@ cargo build --release -p bsm-cli --bin bsm --example llm_stub -q
 BSM=$PWD/target/release/bsm
 STUB=$PWD/target/release/examples/llm_stub
 OUT=$(ls -td target/release/build/bsm-cli-*/out/plugins | head -1)
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
-ulimit -n "$(ulimit -Hn)"
-TICK=$(getconf CLK_TCK)
-
-cat > "$work/post.lua" <<'LUA'
-wrk.method = "POST"
-wrk.headers["content-type"] = "application/json"
-wrk.body = os.getenv("BODY")
-LUA
-
-start_stub() { # latency_ms
-  rm -f "$work/stub.out"
-  "$STUB" "$1" > "$work/stub.out" &
-  STUB_PID=$!
-  until [ -s "$work/stub.out" ]; do sleep 0.1; done
-  LLM=$(head -1 "$work/stub.out")
-}
-
-stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
-
-start_server() { # [plugins dir]
-  rm -f "$work/serve.out"
-  local plugins=()
-  [ -n "${1:-}" ] && plugins=(BSM_PLUGINS_DIR="$1")
-  env "${plugins[@]}" BSM_ADDR=127.0.0.1:0 BSM_DATA_DIR="$work/data-$RANDOM" BSM_BSM_DIR=examples/bsm \
-    BSM_LLM_BASE_URL="${LLM:-http://127.0.0.1:1/v1}" BSM_LLM_MODEL=stub BSM_RATE_LIMIT=0 BSM_LOG=error \
-    "$BSM" serve > "$work/serve.out" &
-  SERVER_PID=$!
-  until grep -q listening "$work/serve.out" 2>/dev/null; do sleep 0.1; done
-  URL=$(sed 's/listening on //' "$work/serve.out" | head -1)
-}
-
-rss_mb() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+. host/cli/benches/lib.sh
+bench_init
 
 # wrk_row CONNS SECONDS PATH BODY -> sets RPS P50 P99 ERRORS CORES PEAK_MB
 wrk_row() {
@@ -134,7 +101,7 @@ memory-mb = 16
 max-concurrent = 2
 max-queued = 0
 TOML
-  start_server "$work/plugins"
+  start_server BSM_PLUGINS_DIR="$work/plugins"
   HELLO='{"agentId":"hello-agent","input":"load"}'
   echo
   echo "| hello-agent, 50 connections | requests/s | p50 | p99 | errors |"

@@ -23,10 +23,8 @@ DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-3}
 cargo build --release -p bsm-cli --example llm_stub -q
 STUB=$PWD/target/release/examples/llm_stub
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
-ulimit -n "$(ulimit -Hn)"
-TICK=$(getconf CLK_TCK)
+. host/cli/benches/lib.sh
+bench_init
 
 case $KIND in
   fanout)
@@ -38,32 +36,19 @@ case $KIND in
   *) echo "KIND is fanout or agent" >&2; exit 2 ;;
 esac
 export BODY
-cat > "$work/post.lua" <<'LUA'
-wrk.method = "POST"
-wrk.headers["content-type"] = "application/json"
-wrk.body = os.getenv("BODY")
-LUA
-
-"$STUB" "${LATENCY:-0}" > "$work/stub.out" &
-until [ -s "$work/stub.out" ]; do sleep 0.1; done
-LLM=$(head -1 "$work/stub.out")
+start_stub "${LATENCY:-0}"
 
 busy() { awk '/^cpu / {print $2+$3+$4+$7+$8, $5+$6}' /proc/stat; }
 switches() { awk '/^ctxt/ {print $2}' /proc/stat; }
 
 for round in $(seq "$ROUNDS"); do
   for bin in "${BINS[@]}"; do
-    rm -f "$work/serve.out"
-    BSM_ADDR=127.0.0.1:0 BSM_DATA_DIR="$work/data-$round-$RANDOM" BSM_BSM_DIR=examples/bsm \
-      BSM_LLM_BASE_URL="$LLM" BSM_LLM_MODEL=stub BSM_RATE_LIMIT=0 BSM_LOG=error \
-      "$bin" serve > "$work/serve.out" 2>&1 &
-    pid=$!
-    until grep -q listening "$work/serve.out" 2>/dev/null; do sleep 0.1; done
-    url=$(sed 's/listening on //' "$work/serve.out" | head -1)
+    BSM=$bin start_server
+    pid=$SERVER_PID url=$URL
     wrk -t2 -c"$CONNS" -d"${WARMUP}s" -s "$work/post.lua" "$url$ROUTE" > /dev/null
-    cpu0=$(awk '{print $14+$15}' "/proc/$pid/stat"); sw0=$(switches); m0=$(busy)
+    cpu0=$(cpu_ticks "$pid"); sw0=$(switches); m0=$(busy)
     wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -s "$work/post.lua" "$url$ROUTE" > "$work/wrk.out"
-    cpu1=$(awk '{print $14+$15}' "/proc/$pid/stat"); sw1=$(switches); m1=$(busy)
+    cpu1=$(cpu_ticks "$pid"); sw1=$(switches); m1=$(busy)
     rps=$(awk '/Requests\/sec/ {printf "%.0f", $2}' "$work/wrk.out")
     p99=$(awk '$1=="99%" {print $2}' "$work/wrk.out")
     non2xx=$(awk '/Non-2xx/ {print $NF}' "$work/wrk.out")
@@ -73,7 +58,7 @@ for round in $(seq "$ROUNDS"); do
     echo "round $round $(basename "$bin"): rps=$rps p99=$p99 non2xx=${non2xx:-0} cores=$cores" \
       "per_cpu_s=$(awk -v r="$rps" -v c="$cores" 'BEGIN {printf "%.0f", r/c}')" \
       "switches/s=$(( (sw1 - sw0) / DURATION )) machine=$machine rss_peak=${rss}MB"
-    kill "$pid"; wait "$pid" 2>/dev/null || true
+    stop "$pid"
     sleep 2
   done
 done
