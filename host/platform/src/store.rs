@@ -309,13 +309,30 @@ impl Store {
     /// with it (see [`Store::queue_agent_run`]), so such a job leaves
     /// nothing behind.
     pub fn queue_job(&self, job: &JobRecord) -> Committed {
-        let j = job.clone();
+        // Serialised here, not in the writer: its thread is the one every
+        // job's commit waits for.
+        let (payload, result) = (
+            job.payload.to_string(),
+            job.result.as_ref().map(Value::to_string),
+        );
+        let j = JobRecord {
+            id: job.id.clone(),
+            event: job.event.clone(),
+            pipeline: job.pipeline.clone(),
+            context: job.context.clone(),
+            status: job.status,
+            payload: Value::Null,
+            result: None,
+            error: job.error.clone(),
+            created_at: job.created_at.clone(),
+            updated_at: job.updated_at.clone(),
+        };
         self.writer.queue(move |c| {
             c.prepare_cached(
                 "INSERT INTO jobs (id, event, pipeline, context, status, payload, result, error, created_at, updated_at, owner_pid) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?
             .execute(
-                params![j.id, j.event, j.pipeline, j.context, j.status.as_str(), j.payload.to_string(), j.result.map(|r| r.to_string()), j.error, j.created_at, j.updated_at, std::process::id()],
+                params![j.id, j.event, j.pipeline, j.context, j.status.as_str(), payload, result, j.error, j.created_at, j.updated_at, std::process::id()],
             )
             .map(|_| ())
         })
@@ -328,17 +345,18 @@ impl Store {
         &self,
         id: &str,
         status: JobStatus,
-        result: Option<Value>,
+        result: Option<&Value>,
         error: Option<String>,
         finished_at: String,
     ) -> Result<(), StoreError> {
         let id = id.to_string();
+        let result = result.map(Value::to_string);
         self.write(move |c| {
             c.prepare_cached(
                 "UPDATE jobs SET status = ?2, result = ?3, error = ?4, updated_at = ?5 WHERE id = ?1",
             )?
             .execute(
-                params![id, status.as_str(), result.map(|r| r.to_string()), error, finished_at],
+                params![id, status.as_str(), result, error, finished_at],
             )
             .map(|_| ())
         })
@@ -424,6 +442,7 @@ impl Store {
         writes: ActionWrites,
     ) -> Committed {
         let (job_id, plugin_id) = (job_id.to_string(), plugin_id.to_string());
+        let output = output.map(|o| o.to_string());
         let created_at = now();
         self.writer.queue(move |c| {
             job_is_stored(c, &job_id)?;
@@ -433,7 +452,7 @@ impl Store {
                     job_id,
                     plugin_id,
                     error.is_none(),
-                    output.map(|o| o.to_string()),
+                    output,
                     error,
                     duration_ms,
                     created_at

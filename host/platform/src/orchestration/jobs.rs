@@ -198,7 +198,7 @@ impl Orchestrator {
                     .finish_job(
                         &id,
                         JobStatus::Completed,
-                        Some(result.clone()),
+                        Some(&result),
                         None,
                         finished_at.clone(),
                     )
