@@ -1,8 +1,8 @@
 //! The process-wide wasmtime [`Engine`] and the epoch ticker that gives every
 //! run a wall-clock deadline.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -79,42 +79,164 @@ pub fn build_engine(pool: &PoolSettings) -> wasmtime::Result<Engine> {
     Engine::new(&config)
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] on a small thread, until
-/// dropped. Runs check their deadline at each tick.
+/// Advances the engine's epoch every [`EPOCH_TICK`] on a small thread while
+/// any run is in flight, until dropped. Runs check their deadline and CPU
+/// time at each tick; with no run in flight there is nothing to check, and
+/// the thread sleeps until the next run instead of waking a thousand times a
+/// second on an idle server.
 pub struct EpochTicker {
-    stop: Arc<AtomicBool>,
+    shared: Arc<Ticking>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Ticking {
+    /// Holds of [`EpochTicker::hold`] alive: stores that may run guest code.
+    runs: AtomicUsize,
+    /// Taken to wait for the first run, and by the run that ends the wait.
+    parked: Mutex<()>,
+    resumed: Condvar,
+    stop: AtomicBool,
+    ticks: AtomicU64,
 }
 
 impl EpochTicker {
     pub fn start(engine: &Engine) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Ticking {
+            runs: AtomicUsize::new(0),
+            parked: Mutex::new(()),
+            resumed: Condvar::new(),
+            stop: AtomicBool::new(false),
+            ticks: AtomicU64::new(0),
+        });
         let weak = engine.weak();
-        let flag = stop.clone();
+        let ticking = shared.clone();
         let thread = std::thread::Builder::new()
             .name("bsm-epoch".into())
             .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
+                loop {
+                    ticking.wait_for_a_run();
+                    if ticking.stop.load(Ordering::Acquire) {
+                        break;
+                    }
                     std::thread::sleep(EPOCH_TICK);
                     match weak.upgrade() {
                         Some(engine) => engine.increment_epoch(),
                         None => break,
                     }
+                    ticking.ticks.fetch_add(1, Ordering::Relaxed);
                 }
             })
             .expect("spawning the epoch ticker thread");
         Self {
-            stop,
+            shared,
             thread: Some(thread),
         }
+    }
+
+    /// Keeps the epoch advancing for as long as the returned hold lives: a
+    /// store that may run guest code holds one from its creation to its
+    /// drop, so every run's deadline and CPU time are checked.
+    pub fn hold(&self) -> TickingHold {
+        if self.shared.runs.fetch_add(1, Ordering::AcqRel) == 0 {
+            // Under the lock the ticker checks `runs` with: it either saw
+            // this run already or is waiting and gets the notification.
+            let _parked = self.shared.parked.lock().unwrap_or_else(|p| p.into_inner());
+            self.shared.resumed.notify_one();
+        }
+        TickingHold(self.shared.clone())
+    }
+
+    /// Ticks so far (the epoch's advance since start).
+    pub fn ticks(&self) -> u64 {
+        self.shared.ticks.load(Ordering::Relaxed)
+    }
+}
+
+impl Ticking {
+    fn wait_for_a_run(&self) {
+        if self.runs.load(Ordering::Acquire) > 0 {
+            return;
+        }
+        let mut parked = self.parked.lock().unwrap_or_else(|p| p.into_inner());
+        while self.runs.load(Ordering::Acquire) == 0 && !self.stop.load(Ordering::Acquire) {
+            parked = self.resumed.wait(parked).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// One run's claim on the epoch ticker (see [`EpochTicker::hold`]).
+pub struct TickingHold(Arc<Ticking>);
+
+impl Drop for TickingHold {
+    fn drop(&mut self) {
+        self.0.runs.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 impl Drop for EpochTicker {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.shared.stop.store(true, Ordering::Release);
+        {
+            let _parked = self.shared.parked.lock().unwrap_or_else(|p| p.into_inner());
+            self.shared.resumed.notify_one();
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Waits up to 10 s for `ticker` to pass `ticks`.
+    fn ticks_past(ticker: &EpochTicker, ticks: u64) -> bool {
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < until {
+            if ticker.ticks() > ticks {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    #[test]
+    fn the_epoch_ticks_only_while_a_run_holds_it() {
+        let engine = Engine::default();
+        let ticker = EpochTicker::start(&engine);
+        std::thread::sleep(EPOCH_TICK * 30);
+        assert_eq!(ticker.ticks(), 0, "no run in flight: no tick");
+
+        let first = ticker.hold();
+        let second = ticker.hold();
+        assert!(ticks_past(&ticker, 3), "a held ticker advances");
+        drop(first);
+        let at = ticker.ticks();
+        assert!(ticks_past(&ticker, at + 3), "one hold left: still ticking");
+
+        drop(second);
+        // At most the tick under way when the last hold went.
+        std::thread::sleep(EPOCH_TICK * 5);
+        let parked = ticker.ticks();
+        std::thread::sleep(EPOCH_TICK * 30);
+        assert_eq!(
+            ticker.ticks(),
+            parked,
+            "the last run ended: the ticker sleeps"
+        );
+
+        let _again = ticker.hold();
+        assert!(ticks_past(&ticker, parked), "the next run wakes it");
+    }
+
+    #[test]
+    fn a_parked_ticker_stops_when_dropped() {
+        let engine = Engine::default();
+        let ticker = EpochTicker::start(&engine);
+        std::thread::sleep(EPOCH_TICK * 5);
+        // Joins the thread: returns only if the parked thread saw the stop.
+        drop(ticker);
     }
 }

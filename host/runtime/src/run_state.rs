@@ -31,6 +31,9 @@ pub struct RunState {
     pub used_a_tick: std::sync::Arc<std::sync::atomic::AtomicBool>,
     pub stderr: CapturedOutput,
     pub caps: RunCapabilities,
+    /// Keeps the epoch ticking while this store lives (the ticker sleeps
+    /// while no run is in flight).
+    pub ticking: Option<crate::engine::TickingHold>,
 }
 
 impl RunState {
@@ -58,6 +61,7 @@ impl RunState {
             used_a_tick: Default::default(),
             stderr,
             caps,
+            ticking: None,
         }
     }
 }

@@ -73,7 +73,7 @@ pub struct Runtime {
     instances: Arc<tokio::sync::Semaphore>,
     pool_slots: u32,
     guests: GuestPool,
-    _ticker: EpochTicker,
+    ticker: EpochTicker,
 }
 
 /// One guest call on a run's store, boxed so it can move to the guest pool.
@@ -99,7 +99,7 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         capabilities::link(&mut linker)?;
         Ok(Self {
-            _ticker: EpochTicker::start(&engine),
+            ticker: EpochTicker::start(&engine),
             engine,
             linker,
             capabilities: options.capabilities,
@@ -746,6 +746,7 @@ impl Runtime {
         let deadline = Instant::now() + budget.timeout();
         let mut state = RunState::new(RunLimits::new(budget.memory_bytes()), deadline, caps);
         state.cpu_limit_nanos = budget.cpu_ms.map(|ms| ms.saturating_mul(1_000_000));
+        state.ticking = Some(self.ticker.hold());
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         // At every epoch tick: past the deadline or over its CPU time,
