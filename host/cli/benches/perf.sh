@@ -3,7 +3,7 @@
 # with the shipped BSM agents and the local OpenAI-protocol stub. One run
 # prints every row of BENCHMARKS.md's "Where users live" section:
 #
-#  idle      RSS after start with the BSM agents loaded
+#  idle      RSS after start with the BSM agents loaded, and CPU idle
 #  latency   POST /api/agents/run (code-review-agent) with the stub at
 #            0/50/200/1000 ms and 50/500/2000 connections: requests/s,
 #            p50/p99, errors, server RSS (peak during the row) and CPU
@@ -57,6 +57,8 @@ if [[ " $ONLY " == *" idle "* ]]; then
   start_server
   sleep 2
   echo "idle RSS after start with the BSM agents loaded: $(rss_mb "$SERVER_PID") MB"
+  before=$(cpu_ticks "$SERVER_PID"); sleep 10; after=$(cpu_ticks "$SERVER_PID")
+  echo "idle CPU over 10 s: $(awk -v a="$before" -v b="$after" -v t="$TICK" 'BEGIN {printf "%.1f", 100*(b-a)/t/10}')% of a core"
   curl -s "$URL/api/agents" -o /dev/null
   stop "$SERVER_PID"
 fi
