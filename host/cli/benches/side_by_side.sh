@@ -44,21 +44,20 @@ switches() { awk '/^ctxt/ {print $2}' /proc/stat; }
 for round in $(seq "$ROUNDS"); do
   for bin in "${BINS[@]}"; do
     BSM=$bin start_server
-    pid=$SERVER_PID url=$URL
-    wrk -t2 -c"$CONNS" -d"${WARMUP}s" -s "$work/post.lua" "$url$ROUTE" > /dev/null
-    cpu0=$(cpu_ticks "$pid"); sw0=$(switches); m0=$(busy)
-    wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -s "$work/post.lua" "$url$ROUTE" > "$work/wrk.out"
-    cpu1=$(cpu_ticks "$pid"); sw1=$(switches); m1=$(busy)
+    wrk -t2 -c"$CONNS" -d"${WARMUP}s" -s "$work/post.lua" "$URL$ROUTE" > /dev/null
+    cpu0=$(cpu_ticks "$SERVER_PID"); sw0=$(switches); m0=$(busy)
+    wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -s "$work/post.lua" "$URL$ROUTE" > "$work/wrk.out"
+    cpu1=$(cpu_ticks "$SERVER_PID"); sw1=$(switches); m1=$(busy)
     rps=$(awk '/Requests\/sec/ {printf "%.0f", $2}' "$work/wrk.out")
     p99=$(awk '$1=="99%" {print $2}' "$work/wrk.out")
     non2xx=$(awk '/Non-2xx/ {print $NF}' "$work/wrk.out")
     cores=$(awk -v a="$cpu0" -v b="$cpu1" -v t="$TICK" -v s="$DURATION" 'BEGIN {printf "%.2f", (b-a)/t/s}')
     machine=$(echo "$m0 $m1" | awk '{b=$3-$1; i=$4-$2; printf "%.0f%%", 100*b/(b+i)}')
-    rss=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$pid/status")
+    rss=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$SERVER_PID/status")
     echo "round $round $(basename "$bin"): rps=$rps p99=$p99 non2xx=${non2xx:-0} cores=$cores" \
       "per_cpu_s=$(awk -v r="$rps" -v c="$cores" 'BEGIN {printf "%.0f", r/c}')" \
       "switches/s=$(( (sw1 - sw0) / DURATION )) machine=$machine rss_peak=${rss}MB"
-    stop "$pid"
+    stop "$SERVER_PID"
     sleep 2
   done
 done

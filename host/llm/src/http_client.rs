@@ -17,7 +17,7 @@ pub fn builder() -> reqwest::ClientBuilder {
 }
 
 /// Installs ring as rustls' process-wide crypto provider unless one is set.
-pub fn install_crypto_provider() {
+fn install_crypto_provider() {
     static INSTALL: std::sync::Once = std::sync::Once::new();
     INSTALL.call_once(|| {
         if rustls::crypto::CryptoProvider::get_default().is_none() {

@@ -32,7 +32,7 @@ pub struct RunState {
     pub stderr: CapturedOutput,
     pub caps: RunCapabilities,
     /// Keeps the epoch ticking while this store lives (the ticker sleeps
-    /// while no run is in flight).
+    /// while no run is in flight); every store the runtime makes sets it.
     pub ticking: Option<crate::engine::TickingHold>,
 }
 
