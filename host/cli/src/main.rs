@@ -1115,7 +1115,7 @@ async fn run_job(
         }
         e.is_terminal()
     };
-    let mut ended = history.iter().any(&mut print);
+    let mut ended = history.iter().any(|e| print(e));
     if let Some(mut rx) = rx {
         while !ended {
             match rx.recv().await {

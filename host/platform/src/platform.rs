@@ -20,7 +20,7 @@ use crate::bsm::knowledge::BsmKnowledge;
 use crate::deploy::{DeployError, Upload, VersionView};
 use crate::dispatch::Dispatch;
 use crate::governed::{Governed, GovernedRun, GovernedStep, PlatformError};
-use crate::orchestration::{JobEvent, Orchestrator, Pipelines};
+use crate::orchestration::{Orchestrator, Pipelines, SharedEvent};
 use crate::outbox::Outbox;
 use crate::reports::{ReportRecord, ReportStore};
 use crate::store::{ApprovalRecord, ApprovalStatus, DecideError, JobRecord, StoreError};
@@ -356,7 +356,7 @@ impl Platform {
     pub fn subscribe_job(
         &self,
         id: &str,
-    ) -> Option<(Vec<JobEvent>, Option<broadcast::Receiver<JobEvent>>)> {
+    ) -> Option<(Vec<SharedEvent>, Option<broadcast::Receiver<SharedEvent>>)> {
         self.orchestrator.hub().subscribe(id)
     }
 
@@ -373,7 +373,7 @@ impl Platform {
     ) -> Result<(JobRecord, bool), StoreError> {
         let end = match self.subscribe_job(&job.id) {
             None => Ok(None),
-            Some((history, rx)) => match (history.into_iter().find(JobEvent::is_terminal), rx) {
+            Some((history, rx)) => match (history.into_iter().find(|e| e.is_terminal()), rx) {
                 (Some(end), _) => Ok(Some(end)),
                 (None, None) => Ok(None),
                 (None, Some(mut rx)) => {

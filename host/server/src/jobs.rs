@@ -11,7 +11,7 @@ use futures_util::stream::{self, Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use bsm_platform::orchestration::JobEvent;
+use bsm_platform::orchestration::SharedEvent;
 use bsm_platform::paging::{PageError, PageRequest};
 use bsm_platform::store::{ApprovalStatus, JobRecord, StoreError};
 
@@ -102,17 +102,17 @@ pub async fn job_events(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let to_sse = |e: JobEvent| {
+    let to_sse = |e: SharedEvent| {
         Ok(Event::default()
             .event(e.kind.clone())
             .id(e.seq.to_string())
-            .json_data(&e)
+            .json_data(&*e)
             .unwrap_or_default())
     };
     let stream: std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>> =
         match state.platform.subscribe_job(&id) {
             Some((history, rx)) => {
-                let ended = history.iter().any(JobEvent::is_terminal);
+                let ended = history.iter().any(|e| e.is_terminal());
                 let past = stream::iter(history.into_iter().map(to_sse));
                 match rx {
                     Some(rx) if !ended => {

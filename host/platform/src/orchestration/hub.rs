@@ -5,7 +5,7 @@
 //! read from the database. A finished job keeps no broadcast channel.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -19,6 +19,11 @@ pub const KEEP_FINISHED_BYTES: usize = 8 << 20;
 
 /// Events buffered per live subscriber (a job has a dozen or so).
 const LIVE_BUFFER: usize = 64;
+
+/// One step of a job's progress, shared (not copied) between the history
+/// and every live subscriber: an agent's output or a job's result is in
+/// one place however many listen.
+pub type SharedEvent = Arc<JobEvent>;
 
 /// One step of a job's progress.
 #[derive(Debug, Clone, Serialize)]
@@ -54,9 +59,9 @@ impl JobEvent {
 }
 
 struct Channel {
-    history: Vec<JobEvent>,
+    history: Vec<SharedEvent>,
     /// Dropped when the job ends (subscribers then get the history).
-    tx: Option<broadcast::Sender<JobEvent>>,
+    tx: Option<broadcast::Sender<SharedEvent>>,
     bytes: usize,
 }
 
@@ -122,12 +127,12 @@ impl JobHub {
         let Some(channel) = inner.by_job.get_mut(job) else {
             return;
         };
-        let event = JobEvent {
+        let event = Arc::new(JobEvent {
             seq: channel.history.len() as u64 + 1,
             kind: kind.to_string(),
             data,
             at,
-        };
+        });
         channel.bytes += approximate_bytes(&event.data) + event.kind.len() + event.at.len() + 16;
         let terminal = event.is_terminal();
         match (&channel.tx, terminal) {
@@ -159,7 +164,7 @@ impl JobHub {
     pub fn subscribe(
         &self,
         job: &str,
-    ) -> Option<(Vec<JobEvent>, Option<broadcast::Receiver<JobEvent>>)> {
+    ) -> Option<(Vec<SharedEvent>, Option<broadcast::Receiver<SharedEvent>>)> {
         let inner = self.inner.lock().unwrap();
         let channel = inner.by_job.get(job)?;
         let rx = channel.tx.as_ref().map(|tx| tx.subscribe());

@@ -7,6 +7,6 @@ pub mod hub;
 pub mod jobs;
 pub mod pipelines;
 
-pub use hub::{JobEvent, JobHub};
+pub use hub::{JobEvent, JobHub, SharedEvent};
 pub use jobs::{JobLimits, Orchestrator};
 pub use pipelines::{Pipeline, Pipelines};
