@@ -121,8 +121,11 @@ impl Platform {
         // A direct run has no run record: its actions are written alone
         // (one transaction) before the caller hears of them.
         let writes = std::mem::take(&mut run.writes);
+        let queued = writes.queues_delivery();
         self.governed.store().insert_action_writes(writes).await?;
-        self.dispatch.wake();
+        if queued {
+            self.dispatch.wake();
+        }
         Ok(run)
     }
 
@@ -135,8 +138,11 @@ impl Platform {
     ) -> Result<GovernedStep, PlatformError> {
         let mut run = self.counted(self.governed.run_step(step, request).await)?;
         let writes = std::mem::take(&mut run.writes);
+        let queued = writes.queues_delivery();
         self.governed.store().insert_action_writes(writes).await?;
-        self.dispatch.wake();
+        if queued {
+            self.dispatch.wake();
+        }
         Ok(run)
     }
 

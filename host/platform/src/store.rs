@@ -576,6 +576,16 @@ impl ActionWrites {
         self.approvals.is_empty() && self.actions.is_empty()
     }
 
+    /// Does any of these actions wait for delivery? Only then is the
+    /// dispatcher worth waking: an action kept for approval or dead (no
+    /// route) gives it nothing to claim, and under load each needless wake
+    /// cost a claim transaction every few milliseconds.
+    pub fn queues_delivery(&self) -> bool {
+        self.actions
+            .iter()
+            .any(|a| a.status == crate::outbox::ActionState::Queued)
+    }
+
     fn apply(&self, c: &Connection) -> rusqlite::Result<()> {
         for a in &self.approvals {
             insert_approval(c, a)?;
@@ -918,6 +928,37 @@ impl ReportJournal for Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_queued_action_is_worth_waking_the_dispatcher_for() {
+        let action = |approval: Option<&str>| {
+            crate::outbox::OutboxAction::new(
+                "job",
+                "agent",
+                "comment",
+                &serde_json::json!({}),
+                None,
+                approval.map(String::from),
+            )
+        };
+        let writes = |actions| ActionWrites {
+            approvals: vec![],
+            actions,
+        };
+        assert!(!writes(vec![]).queues_delivery(), "no action");
+        assert!(
+            !writes(vec![action(None).dead("no route".into())]).queues_delivery(),
+            "a dead action is never claimed"
+        );
+        assert!(
+            !writes(vec![action(Some("approval"))]).queues_delivery(),
+            "an action waiting for approval is claimed once approved"
+        );
+        assert!(
+            writes(vec![action(None).dead("no route".into()), action(None)]).queues_delivery(),
+            "one queued action among others"
+        );
+    }
 
     #[test]
     fn row_ids_sort_in_creation_order_so_inserts_append_to_their_index() {
