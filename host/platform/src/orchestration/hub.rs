@@ -263,6 +263,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn subscribers_and_the_history_share_each_event_instead_of_copying_it() {
+        let hub = JobHub::default();
+        hub.open("j");
+        let (_, first) = hub.subscribe("j").unwrap();
+        let (_, second) = hub.subscribe("j").unwrap();
+        hub.emit("j", "agent.finished", json!({ "output": "a long review" }));
+        let live = [first, second].map(|rx| rx.unwrap().try_recv().unwrap());
+        let (history, _) = hub.subscribe("j").unwrap();
+        assert!(
+            Arc::ptr_eq(&live[0], &live[1]),
+            "one event for both listeners"
+        );
+        assert!(
+            Arc::ptr_eq(&live[0], &history[0]),
+            "and the same in the history"
+        );
+    }
+
+    #[tokio::test]
     async fn a_live_subscriber_gets_the_end_and_a_late_one_the_history() {
         let hub = JobHub::default();
         hub.open("j");
