@@ -24,7 +24,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use futures_util::task::AtomicWaker;
@@ -243,23 +243,55 @@ impl CpuMeter {
     }
 }
 
-/// A run's call, polled only while it holds a CPU turn.
+/// A run's call, polled only while it holds a CPU turn, and only when it
+/// was woken: a combinator that polls every future it holds on any wake
+/// (`join_all` of a job's agents does) would otherwise make runs waiting on
+/// the LLM take turns, and each turn given back woke the next queued run:
+/// a storm of empty turns that kept the CPU busy while every run waited.
 pub struct FairShare<F> {
     inner: Pin<Box<F>>,
     scheduler: Arc<CpuScheduler>,
     plugin: Arc<str>,
     ticket: Option<Arc<Ticket>>,
     meter: CpuMeter,
+    wake: Arc<InnerWake>,
+    waker: Waker,
+}
+
+/// Whether the run's call was woken since its last poll; the waker the
+/// call sees sets it and passes the wake on to whoever polls the run.
+#[derive(Default)]
+struct InnerWake {
+    woken: AtomicBool,
+    outer: AtomicWaker,
+}
+
+impl Wake for InnerWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.outer.wake();
+    }
 }
 
 impl<F: Future> FairShare<F> {
     pub fn new(scheduler: Arc<CpuScheduler>, plugin: Arc<str>, meter: CpuMeter, inner: F) -> Self {
+        // Woken to begin with: the first poll starts the call.
+        let wake = Arc::new(InnerWake {
+            woken: AtomicBool::new(true),
+            outer: AtomicWaker::new(),
+        });
         Self {
             inner: Box::pin(inner),
             scheduler,
             plugin,
             ticket: None,
             meter,
+            waker: Waker::from(wake.clone()),
+            wake,
         }
     }
 }
@@ -269,8 +301,11 @@ impl<F: Future> Future for FairShare<F> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = &mut *self;
+        this.wake.outer.register(cx.waker());
         let ticket = match this.ticket.take() {
             Some(ticket) => Some(ticket),
+            // Not woken since the last poll: nothing for the call to do.
+            None if !this.wake.woken.load(Ordering::Acquire) => return Poll::Pending,
             None => this.scheduler.take_or_queue(&this.plugin),
         };
         if let Some(ticket) = ticket {
@@ -280,9 +315,14 @@ impl<F: Future> Future for FairShare<F> {
                 return Poll::Pending;
             }
         }
-        // The turn is ours for this one poll.
+        // The turn is ours for this one poll. Cleared before polling, so
+        // that a wake during the poll is kept for the next one.
+        this.wake.woken.store(false, Ordering::Release);
         let started = this.meter.start_poll();
-        let result = this.inner.as_mut().poll(cx);
+        let result = this
+            .inner
+            .as_mut()
+            .poll(&mut Context::from_waker(&this.waker));
         let used = this.meter.add(started);
         this.scheduler.release(&this.plugin, used);
         result
@@ -469,6 +509,52 @@ mod tests {
             2,
             "every turn returned"
         );
+    }
+
+    #[test]
+    fn a_run_polled_without_being_woken_takes_no_turn_and_does_not_poll_its_call() {
+        let scheduler = CpuScheduler::new(1);
+        let polls = Arc::new(AtomicUsize::new(0));
+        let inner_waker = Arc::new(Mutex::new(None::<Waker>));
+        let call = {
+            let (polls, inner_waker) = (polls.clone(), inner_waker.clone());
+            std::future::poll_fn(move |cx| {
+                polls.fetch_add(1, Ordering::SeqCst);
+                *inner_waker.lock().unwrap() = Some(cx.waker().clone());
+                Poll::<()>::Pending
+            })
+        };
+        let mut run = Box::pin(FairShare::new(
+            scheduler.clone(),
+            Arc::from("p"),
+            CpuMeter::default(),
+            call,
+        ));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(run.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(
+            polls.load(Ordering::SeqCst),
+            1,
+            "the first poll starts the call"
+        );
+        // A combinator polling everything it holds, with the call still waiting.
+        for _ in 0..10 {
+            assert!(run.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(
+            polls.load(Ordering::SeqCst),
+            1,
+            "spurious polls reach nothing"
+        );
+        // Holding the only turn elsewhere: a spurious poll does not queue.
+        assert!(scheduler.take_or_queue(&Arc::from("other")).is_none());
+        assert!(run.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(scheduler.waiting(), 0, "no turn asked for");
+        scheduler.release(&Arc::from("other"), 0);
+        // The call's own wake-up (an LLM answer) gets it polled again.
+        inner_waker.lock().unwrap().take().unwrap().wake();
+        assert!(run.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(polls.load(Ordering::SeqCst), 2, "woken, it is polled");
     }
 
     #[tokio::test]
