@@ -7,6 +7,8 @@
 //! the next epoch tick, where every run yields) and gives it back at once.
 //! A run waiting on the host (an LLM answer, a sleep) therefore holds no
 //! turn at all: waiting is free, only computing is rationed.
+//! A poll the call was not woken for (a combinator re-polling everything it
+//! holds) asks for no turn and does not resume the call.
 //!
 //! When every turn is taken, waiting runs queue per plugin, and a freed
 //! turn goes to the waiting plugin that has been charged the least CPU time
@@ -260,7 +262,6 @@ pub struct FairShare<F> {
 
 /// Whether the run's call was woken since its last poll; the waker the
 /// call sees sets it and passes the wake on to whoever polls the run.
-#[derive(Default)]
 struct InnerWake {
     woken: AtomicBool,
     outer: AtomicWaker,
