@@ -225,9 +225,17 @@ fn knowledge_for(settings: &Settings, input: &str, payload: Option<&Value>) -> S
 
 struct PromptAgent;
 
+/// The settings from one `config.get-all` call: a call per key crossed into
+/// the host fifteen times a run, which showed in the profile.
+fn settings() -> Settings {
+    let all: std::collections::BTreeMap<String, String> =
+        config::get_all().unwrap_or_default().into_iter().collect();
+    Settings::from_lookup(|key| all.get(key).cloned())
+}
+
 impl Agent for PromptAgent {
     fn describe() -> AgentInfo {
-        let s = Settings::from_lookup(config::get);
+        let s = settings();
         AgentInfo::new(
             s.id,
             s.name,
@@ -243,7 +251,7 @@ impl Agent for PromptAgent {
     }
 
     fn run(input: Input) -> Result<Output, AgentError> {
-        let settings = Settings::from_lookup(config::get);
+        let settings = settings();
         let payload: Option<Value> = match input.payload.trim() {
             "" => None,
             text => Some(
