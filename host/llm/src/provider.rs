@@ -139,8 +139,9 @@ impl Provider {
             self.settings.stream,
             self.settings.json_mode,
         );
-        let body =
-            serde_json::to_vec(&body).map_err(|e| LlmError::InvalidRequest(e.to_string()))?;
+        let body: bytes::Bytes = serde_json::to_vec(&body)
+            .map_err(|e| LlmError::InvalidRequest(e.to_string()))?
+            .into();
         self.call(|| self.chat_attempt(caller, &body, &model)).await
     }
 
@@ -152,11 +153,12 @@ impl Provider {
         inputs: &[String],
     ) -> Result<Vec<Vec<f32>>, LlmError> {
         let model = self.settings.resolve_model(model);
-        let body = serde_json::to_vec(&WireEmbeddingsRequest {
+        let body: bytes::Bytes = serde_json::to_vec(&WireEmbeddingsRequest {
             model,
             input: inputs,
         })
-        .map_err(|e| LlmError::InvalidRequest(e.to_string()))?;
+        .map_err(|e| LlmError::InvalidRequest(e.to_string()))?
+        .into();
         self.call(|| self.embed_attempt(caller, &body, inputs.len()))
             .await
     }
@@ -256,14 +258,21 @@ impl Provider {
             .unwrap_or(Err(LlmError::Timeout))
     }
 
-    fn post(&self, url: &reqwest::Url, caller: &Caller, body: &[u8]) -> reqwest::RequestBuilder {
+    /// The request of one attempt; the body is shared between attempts,
+    /// not copied.
+    fn post(
+        &self,
+        url: &reqwest::Url,
+        caller: &Caller,
+        body: &bytes::Bytes,
+    ) -> reqwest::RequestBuilder {
         let mut request = self
             .http
             .post(url.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header("x-correlation-id", &*caller.correlation_id)
             .header("x-bsm-plugin", &*caller.plugin_id)
-            .body(body.to_vec());
+            .body(body.clone());
         if let Some(key) = &self.settings.api_key {
             request = request.bearer_auth(key);
         }
@@ -301,7 +310,7 @@ impl Provider {
     async fn chat_attempt(
         &self,
         caller: &Caller,
-        body: &[u8],
+        body: &bytes::Bytes,
         model: &str,
     ) -> Result<(ChatResponse, Duration), AttemptError> {
         let started = Instant::now();
@@ -358,7 +367,7 @@ impl Provider {
     async fn embed_attempt(
         &self,
         caller: &Caller,
-        body: &[u8],
+        body: &bytes::Bytes,
         expected: usize,
     ) -> Result<(Vec<Vec<f32>>, Duration), AttemptError> {
         let started = Instant::now();

@@ -8,11 +8,12 @@ use serde_json::Value;
 
 use bsm_runtime::bindings::llm::{ChatRequest, ChatResponse, Message, ProviderError, Role, Usage};
 
-/// Body of `POST {base}/chat/completions`.
+/// Body of `POST {base}/chat/completions`; borrows the plugin's messages
+/// (a review's prompt is kilobytes, serialised once).
 #[derive(Debug, Serialize)]
-pub struct WireChatRequest {
+pub struct WireChatRequest<'a> {
     pub model: String,
-    pub messages: Vec<WireMessage>,
+    pub messages: Vec<WireMessage<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -32,14 +33,14 @@ pub struct StreamOptions {
 }
 
 #[derive(Debug, Serialize)]
-pub struct WireMessage {
+pub struct WireMessage<'a> {
     pub role: &'static str,
-    pub content: String,
+    pub content: &'a str,
 }
 
-impl WireChatRequest {
+impl<'a> WireChatRequest<'a> {
     pub fn new(
-        request: &ChatRequest,
+        request: &'a ChatRequest,
         model: String,
         max_tokens: Option<u32>,
         stream: bool,
@@ -60,7 +61,7 @@ impl WireChatRequest {
     }
 }
 
-fn wire_message(m: &Message) -> WireMessage {
+fn wire_message(m: &Message) -> WireMessage<'_> {
     WireMessage {
         role: match m.role {
             Role::System => "system",
@@ -68,7 +69,7 @@ fn wire_message(m: &Message) -> WireMessage {
             Role::Assistant => "assistant",
             Role::Tool => "tool",
         },
-        content: m.content.clone(),
+        content: &m.content,
     }
 }
 
