@@ -3,11 +3,14 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::Deserialize;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use bsm_platform::governed::ActionOutcome;
 use bsm_platform::runtime::Plugin;
 use bsm_platform::runtime::api::{AgentRequest, RunContext};
+use bsm_platform::runtime::capabilities::llm::LlmUsage;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiJson, correlation_id};
@@ -47,7 +50,7 @@ pub async fn run_agent(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(body): ApiJson<RunBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     if body.agent_id.trim().is_empty() {
         return Err(ApiError::bad_request("agentId is required"));
     }
@@ -77,17 +80,34 @@ pub async fn run_agent(
         },
     };
     let governed = state.platform.run_agent(&body.agent_id, request).await?;
-    let run = governed.run;
-    Ok(Json(json!({
-        "agentId": run.plugin_id,
-        "version": run.plugin_version,
-        "output": run.output.text,
-        "actions": governed.actions,
-        "metadata": run.output.metadata,
-        "usage": run.usage,
-        "durationMs": run.duration_ms,
-        "correlationId": run.correlation_id,
-    })))
+    let run = &governed.run;
+    Ok(Json(RunAnswer {
+        agent_id: &run.plugin_id,
+        version: &run.plugin_version,
+        output: &run.output.text,
+        actions: &governed.actions,
+        metadata: &run.output.metadata,
+        usage: &run.usage,
+        duration_ms: run.duration_ms,
+        correlation_id: &run.correlation_id,
+    })
+    .into_response())
+}
+
+/// The answer of `POST /api/agents/run`, serialised straight from the run
+/// (building a `Value` first copied every string of it on the busiest
+/// route).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RunAnswer<'a> {
+    agent_id: &'a str,
+    version: &'a str,
+    output: &'a str,
+    actions: &'a [ActionOutcome],
+    metadata: &'a Value,
+    usage: &'a LlmUsage,
+    duration_ms: f64,
+    correlation_id: &'a str,
 }
 
 fn plugin_json(p: &Plugin) -> Value {

@@ -141,9 +141,8 @@ pub async fn authenticate(
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_default();
-    let Some(scope) = required_scope(request.method(), &route) else {
+        .map_or("", MatchedPath::as_str);
+    let Some(scope) = required_scope(request.method(), route) else {
         return next.run(request).await;
     };
     let caller = match resolve(&state, request.headers()).await {
