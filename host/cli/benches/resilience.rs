@@ -1,7 +1,11 @@
 //! Resilience costs, side by side in one run:
 //! - an LLM call while the provider hangs: failing fast on an open breaker
 //!   against waiting out the configured attempt timeout;
-//! - the breaker's own overhead on the closed path against a bare call.
+//! - the breaker's own overhead on the closed path against a bare call;
+//! - a streamed chat completion from a provider answering at once: through
+//!   the whole stack (`LlmClient::chat`: timeouts, retry, breaker, adaptive
+//!   limit, SSE parsing into a reply) against the same request sent with
+//!   reqwest alone and read to its end: what the stack costs per call.
 //!
 //! Run: `cargo bench -p bsm-cli --bench resilience`
 
@@ -132,5 +136,83 @@ fn breaker_overhead(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, breaker_overhead, hanging_upstream);
+/// A review-sized request: a ~2.5 KB system prompt and a short input.
+fn review_request() -> ChatRequest {
+    ChatRequest {
+        messages: vec![
+            Message {
+                role: Role::System,
+                content: "Review the diff in the payload as a careful senior engineer would. "
+                    .repeat(36),
+            },
+            Message {
+                role: Role::User,
+                content: "Review PR 1".into(),
+            },
+        ],
+        model: None,
+        max_tokens: None,
+        temperature: Some(0.7),
+        json: false,
+    }
+}
+
+fn stack_per_call(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = rt.block_on(LlmServer::start());
+    server.stop_recording();
+    let caller = Caller {
+        plugin_id: Arc::from("bench"),
+        correlation_id: Arc::from("bench"),
+    };
+    let stack = rt.block_on(async {
+        LlmClient::from_settings(&LlmSettings {
+            providers: vec![ProviderSettings::new("stub", &server.base_url, "m")],
+            ..LlmSettings::default()
+        })
+        .unwrap()
+        .unwrap()
+    });
+    let bare = bsm_llm::http_client::builder().build().unwrap();
+    let url = format!("{}/chat/completions", server.base_url);
+    let body = bytes::Bytes::from(
+        serde_json::to_vec(&serde_json::json!({
+            "model": "m",
+            "messages": [
+                {"role": "system", "content": review_request().messages[0].content},
+                {"role": "user", "content": "Review PR 1"},
+            ],
+            "stream": true,
+            "stream_options": {"include_usage": true},
+        }))
+        .unwrap(),
+    );
+
+    let mut group = c.benchmark_group("llm call, provider answering at once");
+    group.bench_function("bare reqwest, read to the end", |b| {
+        b.to_async(&rt).iter(|| async {
+            let response = bare
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            assert!(!response.bytes().await.unwrap().is_empty());
+        })
+    });
+    group.bench_function("through the stack (LlmClient::chat)", |b| {
+        b.to_async(&rt).iter(|| async {
+            let reply = stack.chat(&caller, review_request()).await.unwrap();
+            assert!(!reply.content.is_empty());
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, breaker_overhead, hanging_upstream, stack_per_call);
 criterion_main!(benches);
