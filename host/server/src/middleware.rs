@@ -204,7 +204,9 @@ mod tests {
                 }),
             )
             .route("/id", get(|| async { crate::error::correlation_id() }))
-            .layer(from_fn(move |req: Request, next: Next| edge(limit, req, next)))
+            .layer(from_fn(move |req: Request, next: Next| {
+                edge(limit, req, next)
+            }))
     }
 
     async fn json(response: Response) -> serde_json::Value {
