@@ -389,7 +389,7 @@ impl Store {
         &self,
         job_id: &str,
         agent_id: &str,
-        output: Option<Value>,
+        output: Option<String>,
         error: Option<String>,
         duration_ms: f64,
         writes: ActionWrites,
@@ -412,7 +412,7 @@ impl Store {
         &self,
         job_id: &str,
         step_id: &str,
-        output: Option<Value>,
+        output: Option<String>,
         error: Option<String>,
         duration_ms: f64,
         writes: ActionWrites,
@@ -429,20 +429,22 @@ impl Store {
     }
 
     /// A run record (`insert`, agent or step) with its actions, refused
-    /// with them when the job is not stored.
+    /// with them when the job is not stored. `output` is the run's output
+    /// as JSON text, serialised by the caller straight from what it holds
+    /// (a `Value` built, cloned and dropped per run showed in the fan-out's
+    /// profile).
     #[allow(clippy::too_many_arguments)]
     fn queue_run(
         &self,
         insert: &'static str,
         job_id: &str,
         plugin_id: &str,
-        output: Option<Value>,
+        output: Option<String>,
         error: Option<String>,
         duration_ms: f64,
         writes: ActionWrites,
     ) -> Committed {
         let (job_id, plugin_id) = (job_id.to_string(), plugin_id.to_string());
-        let output = output.map(|o| o.to_string());
         let created_at = now();
         self.writer.queue(move |c| {
             job_is_stored(c, &job_id)?;

@@ -413,7 +413,7 @@ impl Orchestrator {
         let stored = self.governed.store().queue_agent_run(
             &job.id,
             agent,
-            outcome.output.clone(),
+            outcome.output.as_ref().map(Value::to_string),
             outcome.error.clone(),
             duration_ms,
             writes,
@@ -499,7 +499,7 @@ impl Orchestrator {
         let mut result = self.governed.run_step(step, request).await;
         let (output, error, action_writes) = match &mut result {
             Ok(g) => (
-                serde_json::to_value(&g.run.contribution).ok(),
+                serde_json::to_string(&g.run.contribution).ok(),
                 None,
                 std::mem::take(&mut g.writes),
             ),
