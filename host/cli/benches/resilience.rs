@@ -48,12 +48,9 @@ fn client(base_url: &str, breaker: BreakerConfig) -> LlmClient {
     LlmClient::from_settings(&settings).unwrap().unwrap()
 }
 
-fn request() -> ChatRequest {
+fn chat(messages: Vec<Message>) -> ChatRequest {
     ChatRequest {
-        messages: vec![Message {
-            role: Role::User,
-            content: "hello".into(),
-        }],
+        messages,
         model: None,
         max_tokens: None,
         temperature: Some(0.7),
@@ -61,19 +58,32 @@ fn request() -> ChatRequest {
     }
 }
 
-fn hanging_upstream(c: &mut Criterion) {
+fn request() -> ChatRequest {
+    chat(vec![Message {
+        role: Role::User,
+        content: "hello".into(),
+    }])
+}
+
+/// Two tokio workers with the stub LLM server on them, and a caller.
+fn stub_on_two_workers() -> (tokio::runtime::Runtime, LlmServer, Caller) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let server = rt.block_on(LlmServer::start());
-    server.set_default(Fault::Hang);
     server.stop_recording();
     let caller = Caller {
         plugin_id: Arc::from("bench"),
         correlation_id: Arc::from("bench"),
     };
+    (rt, server, caller)
+}
+
+fn hanging_upstream(c: &mut Criterion) {
+    let (rt, server, caller) = stub_on_two_workers();
+    server.set_default(Fault::Hang);
 
     // Opened the way production opens it: failed calls past the minimum.
     let open = client(
@@ -139,37 +149,21 @@ fn breaker_overhead(c: &mut Criterion) {
 
 /// A review-sized request: a ~2.5 KB system prompt and a short input.
 fn review_request() -> ChatRequest {
-    ChatRequest {
-        messages: vec![
-            Message {
-                role: Role::System,
-                content: "Review the diff in the payload as a careful senior engineer would. "
-                    .repeat(36),
-            },
-            Message {
-                role: Role::User,
-                content: "Review PR 1".into(),
-            },
-        ],
-        model: None,
-        max_tokens: None,
-        temperature: Some(0.7),
-        json: false,
-    }
+    chat(vec![
+        Message {
+            role: Role::System,
+            content: "Review the diff in the payload as a careful senior engineer would. "
+                .repeat(36),
+        },
+        Message {
+            role: Role::User,
+            content: "Review PR 1".into(),
+        },
+    ])
 }
 
 fn stack_per_call(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let server = rt.block_on(LlmServer::start());
-    server.stop_recording();
-    let caller = Caller {
-        plugin_id: Arc::from("bench"),
-        correlation_id: Arc::from("bench"),
-    };
+    let (rt, server, caller) = stub_on_two_workers();
     let stack = rt.block_on(async {
         LlmClient::from_settings(&LlmSettings {
             providers: vec![ProviderSettings::new("stub", &server.base_url, "m")],
