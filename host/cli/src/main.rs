@@ -1140,9 +1140,9 @@ async fn run_job(
 
 /// One line per job event, for a person watching a job run.
 fn progress_line(e: &JobEvent) -> Option<String> {
-    let d = &e.data;
+    let d: Value = serde_json::from_str(e.data.get()).unwrap_or_default();
     let text = |k: &str| d[k].as_str().unwrap_or_default().to_string();
-    Some(match e.kind.as_str() {
+    Some(match e.kind {
         "route" => format!("route: {} ({})", d["agents"], text("mode")),
         "agent.started" => format!("  {} started", text("agentId")),
         "agent.finished" => format!(

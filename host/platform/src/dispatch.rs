@@ -278,7 +278,8 @@ impl Deliverer {
         let job = self.store.job(&action.job_id).await.ok().flatten();
         let result = job
             .as_ref()
-            .and_then(|j| j.result.clone())
+            .and_then(|j| j.result.as_ref())
+            .and_then(|r| serde_json::from_str::<Value>(r.get()).ok())
             .unwrap_or(Value::Null);
         let report = match result["report"]["id"].as_str() {
             Some(id) => self.reports.get(id).await.map(|(_, text)| text),

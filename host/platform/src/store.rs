@@ -61,7 +61,7 @@ impl JobStatus {
 }
 
 /// A stored job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JobRecord {
     pub id: String,
@@ -70,8 +70,10 @@ pub struct JobRecord {
     pub context: String,
     pub status: JobStatus,
     pub payload: Value,
-    /// Agent results, decision and report, once known.
-    pub result: Option<Value>,
+    /// Agent results, decision and report, once known: JSON text as the
+    /// job serialised it, answered as it is (never parsed into a tree on
+    /// the way from the job, or from the database, to a client).
+    pub result: Option<Box<serde_json::value::RawValue>>,
     pub error: Option<String>,
     pub created_at: String,
     pub updated_at: String,
@@ -313,7 +315,7 @@ impl Store {
         // job's commit waits for.
         let (payload, result) = (
             job.payload.to_string(),
-            job.result.as_ref().map(Value::to_string),
+            job.result.as_ref().map(|r| r.get().to_string()),
         );
         let j = JobRecord {
             id: job.id.clone(),
@@ -345,12 +347,11 @@ impl Store {
         &self,
         id: &str,
         status: JobStatus,
-        result: Option<&Value>,
+        result: Option<String>,
         error: Option<String>,
         finished_at: String,
     ) -> Result<(), StoreError> {
         let id = id.to_string();
-        let result = result.map(Value::to_string);
         self.write(move |c| {
             c.prepare_cached(
                 "UPDATE jobs SET status = ?2, result = ?3, error = ?4, updated_at = ?5 WHERE id = ?1",
@@ -809,7 +810,9 @@ fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
         context: r.get(3)?,
         status: JobStatus::parse(&r.get::<_, String>(4)?),
         payload: parse_json(r.get(5)?).unwrap_or(Value::Null),
-        result: parse_json(r.get(6)?),
+        result: r
+            .get::<_, Option<String>>(6)?
+            .and_then(|text| serde_json::value::RawValue::from_string(text).ok()),
         error: r.get(7)?,
         created_at: r.get(8)?,
         updated_at: r.get(9)?,

@@ -8,12 +8,12 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use bsm_platform::orchestration::SharedEvent;
 use bsm_platform::paging::{PageError, PageRequest};
-use bsm_platform::store::{ApprovalStatus, JobRecord, StoreError};
+use bsm_platform::store::{ApprovalStatus, JobRecord, JobStatus, StoreError};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiJson};
@@ -55,11 +55,7 @@ pub async fn run_job(
             .platform
             .submit_job(body.event, payload, context)
             .await?;
-        return Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({ "jobId": job.id, "status": job.status, "job": job })),
-        )
-            .into_response());
+        return Ok((StatusCode::ACCEPTED, Json(JobAnswer::of(&job))).into_response());
     }
     let (job, stored) = state.platform.start_job(body.event, payload, context)?;
     let (job, finished) = state.platform.wait_for_job(job, state.wait_timeout).await?;
@@ -67,19 +63,48 @@ pub async fn run_job(
     // whose record failed to store is not reported as if it were kept.
     stored.await.map_err(StoreError)?;
     if !finished {
-        return Ok((StatusCode::ACCEPTED, Json(json!({ "jobId": job.id, "status": job.status, "job": job, "note": "still running; poll the job or follow its events" }))).into_response());
+        let answer = JobAnswer {
+            note: Some("still running; poll the job or follow its events"),
+            ..JobAnswer::of(&job)
+        };
+        return Ok((StatusCode::ACCEPTED, Json(answer)).into_response());
     }
-    Ok(Json(job_json(&job)).into_response())
+    Ok(Json(JobAnswer::of(&job)).into_response())
 }
 
-fn job_json(job: &JobRecord) -> Value {
-    json!({ "jobId": job.id, "status": job.status, "job": job })
+/// A job as the API answers it. Borrowed and serialised as it is: the
+/// job's result is JSON text already, written out without being parsed.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JobAnswer<'a> {
+    job_id: &'a str,
+    status: JobStatus,
+    job: &'a JobRecord,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent_runs: Option<Vec<Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    step_runs: Option<Vec<Value>>,
+}
+
+impl<'a> JobAnswer<'a> {
+    fn of(job: &'a JobRecord) -> Self {
+        Self {
+            job_id: &job.id,
+            status: job.status,
+            job,
+            note: None,
+            agent_runs: None,
+            step_runs: None,
+        }
+    }
 }
 
 pub async fn get_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let job = state
         .platform
         .job(&id)
@@ -91,10 +116,12 @@ pub async fn get_job(
             .map(|r| json!({ key: r.plugin_id, "ok": r.ok, "durationMs": r.duration_ms }))
             .collect()
     };
-    let mut v = job_json(&job);
-    v["agentRuns"] = rows(runs.agent_runs, "agentId").into();
-    v["stepRuns"] = rows(runs.step_runs, "stepId").into();
-    Ok(Json(v))
+    let answer = JobAnswer {
+        agent_runs: Some(rows(runs.agent_runs, "agentId")),
+        step_runs: Some(rows(runs.step_runs, "stepId")),
+        ..JobAnswer::of(&job)
+    };
+    Ok(Json(answer).into_response())
 }
 
 /// Server-sent events of a job: its history, then live events until it ends.
@@ -104,7 +131,7 @@ pub async fn job_events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let to_sse = |e: SharedEvent| {
         Ok(Event::default()
-            .event(e.kind.clone())
+            .event(e.kind)
             .id(e.seq.to_string())
             .json_data(&*e)
             .unwrap_or_default())

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio_util::task::TaskTracker;
 
@@ -30,13 +31,53 @@ pub struct AgentOutcome {
     pub agent_id: String,
     pub ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub output: Option<Value>,
+    pub output: Option<AgentReply>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_code: Option<String>,
     pub actions: Vec<ActionOutcome>,
     pub duration_ms: f64,
+}
+
+/// What an agent answered in a job: its text and metadata (its actions are
+/// the outcome's, as governance left them). Moved from the run, not copied.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentReply {
+    pub text: String,
+    pub metadata: Value,
+}
+
+/// A job's result as stored and announced: serialised from what the job
+/// holds, without building a tree of values first.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JobResult<'a> {
+    agents: &'a [AgentOutcome],
+    mode: RunMode,
+    decision: Option<&'a Value>,
+    decision_name: Option<&'static str>,
+    report: Option<ReportReference<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    report_error: Option<String>,
+}
+
+/// Where a job's report is.
+#[derive(Serialize, Clone, Copy)]
+struct ReportReference<'a> {
+    id: &'a str,
+    name: &'a str,
+    bytes: u64,
+}
+
+/// The data of `job.finished`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JobFinished<'a> {
+    job_id: &'a str,
+    status: &'static str,
+    duration_ms: f64,
+    result: &'a RawValue,
 }
 
 /// Runs jobs and keeps track of them.
@@ -184,7 +225,7 @@ impl Orchestrator {
         self.hub.emit(
             &id,
             "job.started",
-            json!({ "jobId": id, "event": job.event, "pipeline": job.pipeline }),
+            &json!({ "jobId": id, "event": job.event, "pipeline": job.pipeline }),
         );
         let mut writes = Vec::new();
         let outcome = self.execute(&job, &mut writes).await;
@@ -198,12 +239,19 @@ impl Orchestrator {
                     .finish_job(
                         &id,
                         JobStatus::Completed,
-                        Some(&result),
+                        Some(result.get().to_string()),
                         None,
                         finished_at.clone(),
                     )
                     .await;
-                self.hub.emit_at(&id, "job.finished", json!({ "jobId": id, "status": "completed", "durationMs": started.elapsed().as_secs_f64() * 1e3, "result": result }), finished_at);
+                let finished = JobFinished {
+                    job_id: &id,
+                    status: "completed",
+                    duration_ms: started.elapsed().as_secs_f64() * 1e3,
+                    result: &result,
+                };
+                self.hub
+                    .emit_at(&id, "job.finished", &finished, finished_at);
                 r
             }
             Err(message) => {
@@ -219,7 +267,7 @@ impl Orchestrator {
                 self.hub.emit_at(
                     &id,
                     "job.failed",
-                    json!({ "jobId": id, "status": "failed", "error": message }),
+                    &json!({ "jobId": id, "status": "failed", "error": message }),
                     finished_at,
                 );
                 r
@@ -236,9 +284,14 @@ impl Orchestrator {
         }
     }
 
-    /// The pipeline itself; errors are failures of the job as a whole
-    /// (a routing or decision step that failed), not of single agents.
-    async fn execute(&self, job: &JobRecord, writes: &mut RunWrites) -> Result<Value, String> {
+    /// The pipeline itself, answering the result's JSON; errors are
+    /// failures of the job as a whole (a routing or decision step that
+    /// failed), not of single agents.
+    async fn execute(
+        &self,
+        job: &JobRecord,
+        writes: &mut RunWrites,
+    ) -> Result<Box<RawValue>, String> {
         let Some((_, pipeline)) = self.pipelines.for_event(&job.event) else {
             return Err(format!(
                 "no pipeline handles {:?} and there is no default pipeline",
@@ -302,16 +355,18 @@ impl Orchestrator {
                     "block" => "block_pr",
                     _ => "manual_review",
                 });
-        let mut result = json!({
-            "agents": outcomes,
-            "mode": mode,
-            "decision": decision,
-            "decisionName": decision_name,
-            "report": null,
-        });
+        let mut result = JobResult {
+            agents: &outcomes,
+            mode,
+            decision: decision.as_ref(),
+            decision_name,
+            report: None,
+            report_error: None,
+        };
+        let written;
         if pipeline.report {
             let markdown = render_report(job, &result);
-            match self
+            written = self
                 .reports
                 .write(
                     "orchestrator",
@@ -319,20 +374,24 @@ impl Orchestrator {
                     &format!("job-{}", job.event),
                     &markdown,
                 )
-                .await
-            {
+                .await;
+            match &written {
                 Ok(r) => {
-                    let reference = json!({ "id": r.id, "name": r.name, "bytes": r.bytes });
-                    self.hub.emit(&job.id, "report", reference.clone());
-                    result["report"] = reference;
+                    let reference = ReportReference {
+                        id: &r.id,
+                        name: &r.name,
+                        bytes: r.bytes,
+                    };
+                    self.hub.emit(&job.id, "report", &reference);
+                    result.report = Some(reference);
                 }
                 Err(e) => {
                     tracing::warn!(job = %job.id, error = %e, "the job's report could not be written");
-                    result["reportError"] = Value::String(e.to_string());
+                    result.report_error = Some(e.to_string());
                 }
             }
         }
-        Ok(result)
+        serde_json::value::to_raw_value(&result).map_err(|e| format!("the job's result: {e}"))
     }
 
     async fn route(
@@ -357,7 +416,7 @@ impl Orchestrator {
         {
             Contribution::Route { agents, mode } => {
                 self.hub
-                    .emit(&job.id, "route", json!({ "agents": agents, "mode": mode }));
+                    .emit(&job.id, "route", &json!({ "agents": agents, "mode": mode }));
                 Ok((agents, mode))
             }
             other => Err(format!(
@@ -375,7 +434,7 @@ impl Orchestrator {
         context: &RunContext,
     ) -> (AgentOutcome, Committed) {
         self.hub
-            .emit(&job.id, "agent.started", json!({ "agentId": agent }));
+            .emit(&job.id, "agent.started", &json!({ "agentId": agent }));
         let started = Instant::now();
         let request = AgentRequest {
             input: input.to_string(),
@@ -389,9 +448,10 @@ impl Orchestrator {
             Ok(mut governed) => AgentOutcome {
                 agent_id: agent.to_string(),
                 ok: true,
-                output: Some(
-                    json!({ "text": governed.run.output.text, "metadata": governed.run.output.metadata }),
-                ),
+                output: Some(AgentReply {
+                    text: std::mem::take(&mut governed.run.output.text),
+                    metadata: std::mem::take(&mut governed.run.output.metadata),
+                }),
                 error: None,
                 error_code: None,
                 actions: {
@@ -413,7 +473,10 @@ impl Orchestrator {
         let stored = self.governed.store().queue_agent_run(
             &job.id,
             agent,
-            outcome.output.as_ref().map(Value::to_string),
+            outcome
+                .output
+                .as_ref()
+                .and_then(|o| serde_json::to_string(o).ok()),
             outcome.error.clone(),
             duration_ms,
             writes,
@@ -423,11 +486,7 @@ impl Orchestrator {
         } else {
             "agent.failed"
         };
-        self.hub.emit(
-            &job.id,
-            kind,
-            serde_json::to_value(&outcome).unwrap_or(Value::Null),
-        );
+        self.hub.emit(&job.id, kind, &outcome);
         (outcome, stored)
     }
 
@@ -449,9 +508,8 @@ impl Orchestrator {
                     text: o
                         .output
                         .as_ref()
-                        .and_then(|v| v["text"].as_str())
-                        .unwrap_or_default()
-                        .to_string(),
+                        .map(|r| r.text.clone())
+                        .unwrap_or_default(),
                     actions: o
                         .actions
                         .iter()
@@ -463,7 +521,7 @@ impl Orchestrator {
                     metadata: o
                         .output
                         .as_ref()
-                        .map(|v| v["metadata"].clone())
+                        .map(|r| r.metadata.clone())
                         .filter(Value::is_object)
                         .unwrap_or_else(|| json!({})),
                 }),
@@ -483,7 +541,7 @@ impl Orchestrator {
         let mut decision = serde_json::to_value(&governed.run.contribution).unwrap_or(Value::Null);
         // The decision's actions as governance left them (applied or pending).
         decision["actions"] = serde_json::to_value(&governed.actions).unwrap_or(Value::Null);
-        self.hub.emit(&job.id, "decision", decision.clone());
+        self.hub.emit(&job.id, "decision", &decision);
         Ok(decision)
     }
 
@@ -520,38 +578,37 @@ impl Orchestrator {
 }
 
 /// A markdown summary of a job.
-fn render_report(job: &JobRecord, result: &Value) -> String {
+fn render_report(job: &JobRecord, result: &JobResult<'_>) -> String {
+    use std::fmt::Write;
     let mut md = format!(
         "# Job {}\n\n- Event: `{}`\n- Pipeline: `{}`\n- Context: `{}`\n- Started: {}\n\n## Agents\n\n| agent | result | duration |\n|---|---|---|\n",
         job.id, job.event, job.pipeline, job.context, job.created_at
     );
-    for a in result["agents"].as_array().into_iter().flatten() {
-        let status = if a["ok"].as_bool() == Some(true) {
+    for a in result.agents {
+        let status = if a.ok {
             "ok".to_string()
         } else {
-            format!("failed: {}", a["error"].as_str().unwrap_or(""))
+            format!("failed: {}", a.error.as_deref().unwrap_or(""))
         };
-        md.push_str(&format!(
-            "| {} | {} | {:.0} ms |\n",
-            a["agentId"].as_str().unwrap_or(""),
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.0} ms |",
+            a.agent_id,
             status.replace('|', "\\|"),
-            a["durationMs"].as_f64().unwrap_or(0.0)
-        ));
+            a.duration_ms
+        );
     }
-    if let Some(d) = result["decision"].as_object() {
-        md.push_str(&format!(
+    if let Some(d) = result.decision.and_then(Value::as_object) {
+        let _ = write!(
+            md,
             "\n## Decision\n\n**{}**: {}\n",
             d.get("verdict").and_then(Value::as_str).unwrap_or(""),
             d.get("reason").and_then(Value::as_str).unwrap_or("")
-        ));
+        );
     }
-    for a in result["agents"].as_array().into_iter().flatten() {
-        if let Some(text) = a["output"]["text"].as_str() {
-            md.push_str(&format!(
-                "\n## {}\n\n{}\n",
-                a["agentId"].as_str().unwrap_or(""),
-                text
-            ));
+    for a in result.agents {
+        if let Some(reply) = &a.output {
+            let _ = write!(md, "\n## {}\n\n{}\n", a.agent_id, reply.text);
         }
     }
     md
