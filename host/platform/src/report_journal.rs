@@ -12,6 +12,7 @@
 //! the process or the machine) never leaves an indexed report missing,
 //! empty or half-written.
 
+use crate::batch_writer::Committed;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, Once, Weak};
 use std::time::Duration;
@@ -26,8 +27,14 @@ pub const SETTLE_EVERY: Duration = Duration::from_secs(1);
 /// to be on disk (the server's database).
 #[async_trait::async_trait]
 pub trait ReportJournal: ReportIndex {
+    /// Queues the report and its body as one write, answering once it
+    /// committed: a caller whose own next write commits after it (writes
+    /// commit in order) waits once for both.
+    fn queue_journaled(&self, record: &ReportRecord, body: &str) -> Committed;
     /// Records the report and its body, durably, in one write.
-    async fn append_journaled(&self, record: &ReportRecord, body: &str) -> Result<(), String>;
+    async fn append_journaled(&self, record: &ReportRecord, body: &str) -> Result<(), String> {
+        self.queue_journaled(record, body).await
+    }
     /// The reports whose bodies are still kept, with their bodies.
     async fn unsettled(&self) -> Result<Vec<(ReportRecord, String)>, String>;
     /// Forgets the bodies of reports whose files are synced.

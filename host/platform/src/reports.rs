@@ -14,6 +14,7 @@ use bsm_runtime::bindings::reports::{Error as WitReportError, ReportRef};
 use bsm_runtime::capabilities::reports::ReportSink;
 use serde::{Deserialize, Serialize};
 
+use crate::batch_writer::Committed;
 use crate::dir_sync::DirSyncs;
 use crate::report_journal::{ReportJournal, Settler};
 
@@ -98,6 +99,30 @@ impl ReportIndex for JsonlIndex {
         text.lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
+    }
+}
+
+/// A report whose file is written and whose index row is queued.
+#[must_use = "a queued report is indexed (and its file synced) only once `indexed` is awaited"]
+pub struct QueuedReport {
+    pub record: ReportRecord,
+    /// The index row's write; `None` when it is already appended.
+    committed: Option<Committed>,
+    /// Who syncs the file once the row committed.
+    settler: Option<(Arc<Settler>, PathBuf)>,
+}
+
+impl QueuedReport {
+    /// Waits for the index row (at once when a later write of the caller
+    /// has committed) and hands the file to the settler.
+    pub async fn indexed(self) -> Result<ReportRecord, ReportError> {
+        if let Some(committed) = self.committed {
+            committed.await.map_err(ReportError::Storage)?;
+        }
+        if let Some((settler, path)) = self.settler {
+            settler.written(self.record.id.clone(), path);
+        }
+        Ok(self.record)
     }
 }
 
@@ -189,6 +214,24 @@ impl ReportStore {
         name: &str,
         markdown: &str,
     ) -> Result<ReportRecord, ReportError> {
+        self.write_queued(plugin, job, name, markdown)
+            .await?
+            .indexed()
+            .await
+    }
+
+    /// Writes a report's file and queues its index row (with the server's
+    /// database; the CLI's index is appended at once): a job that commits
+    /// its own end right after waits once, not twice. The report is only
+    /// known to readers, and its file handed to the settler, once
+    /// [`QueuedReport::indexed`] answered.
+    pub async fn write_queued(
+        &self,
+        plugin: &str,
+        job: &str,
+        name: &str,
+        markdown: &str,
+    ) -> Result<QueuedReport, ReportError> {
         let name = sanitize_name(name)?;
         let id = crate::store::new_row_id().simple().to_string();
         let file = format!("{}/{id}-{name}", sanitize_segment(plugin));
@@ -213,17 +256,23 @@ impl ReportStore {
             created_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         };
         match &self.durability {
-            Durability::SyncEach(_) => self.index.append(&record).await,
-            Durability::Journaled(settler) => {
-                let appended = settler.journal().append_journaled(&record, markdown).await;
-                if appended.is_ok() {
-                    settler.written(record.id.clone(), target);
-                }
-                appended
+            Durability::SyncEach(_) => {
+                self.index
+                    .append(&record)
+                    .await
+                    .map_err(ReportError::Storage)?;
+                Ok(QueuedReport {
+                    record,
+                    committed: None,
+                    settler: None,
+                })
             }
+            Durability::Journaled(settler) => Ok(QueuedReport {
+                committed: Some(settler.journal().queue_journaled(&record, markdown)),
+                record,
+                settler: Some((settler.clone(), target)),
+            }),
         }
-        .map_err(ReportError::Storage)?;
-        Ok(record)
     }
 
     /// Every indexed report whose file exists, oldest first.

@@ -893,16 +893,14 @@ impl ReportIndex for Store {
 /// The body rides in the same group commit as the index row.
 #[async_trait::async_trait]
 impl ReportJournal for Store {
-    async fn append_journaled(&self, record: &ReportRecord, body: &str) -> Result<(), String> {
+    fn queue_journaled(&self, record: &ReportRecord, body: &str) -> Committed {
         let (r, body) = (record.clone(), body.to_string());
-        self.write(move |c| {
+        self.writer.queue(move |c| {
             insert_report(c, &r)?;
             c.prepare_cached("INSERT INTO report_journal (id, body) VALUES (?1, ?2)")?
                 .execute(params![r.id, body])
                 .map(|_| ())
         })
-        .await
-        .map_err(|e| e.to_string())
     }
 
     async fn unsettled(&self) -> Result<Vec<(ReportRecord, String)>, String> {

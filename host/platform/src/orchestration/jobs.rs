@@ -16,7 +16,7 @@ use super::hub::JobHub;
 use super::pipelines::Pipelines;
 use crate::batch_writer::Committed;
 use crate::governed::{ActionOutcome, Governed, GovernedStep, PlatformError};
-use crate::reports::ReportStore;
+use crate::reports::{QueuedReport, ReportRecord, ReportStore};
 use crate::store::{JobRecord, JobStatus};
 use bsm_runtime::api::{AgentRequest, AgentResult, Contribution, RunContext, RunMode, StepRequest};
 
@@ -68,6 +68,16 @@ struct ReportReference<'a> {
     id: &'a str,
     name: &'a str,
     bytes: u64,
+}
+
+impl<'a> ReportReference<'a> {
+    fn of(record: &'a ReportRecord) -> Self {
+        Self {
+            id: &record.id,
+            name: &record.name,
+            bytes: record.bytes,
+        }
+    }
 }
 
 /// The data of `job.finished`.
@@ -228,7 +238,8 @@ impl Orchestrator {
             &json!({ "jobId": id, "event": job.event, "pipeline": job.pipeline }),
         );
         let mut writes = Vec::new();
-        let outcome = self.execute(&job, &mut writes).await;
+        let mut report = None;
+        let outcome = self.execute(&job, &mut writes, &mut report).await;
         let store = self.governed.store();
         // The record and the terminal event carry the same time: a waiter
         // rebuilds the record from the event (see `JobEvent::ended`).
@@ -244,6 +255,16 @@ impl Orchestrator {
                         finished_at.clone(),
                     )
                     .await;
+                // Committed with or before the job's end (writes commit in
+                // order): announced now, before the end.
+                if let Some(report) = report {
+                    match report.indexed().await {
+                        Ok(r) => self.hub.emit(&id, "report", &ReportReference::of(&r)),
+                        Err(e) => {
+                            tracing::error!(job = %id, error = %e, "the job's report file was written but its index row did not commit")
+                        }
+                    }
+                }
                 let finished = JobFinished {
                     job_id: &id,
                     status: "completed",
@@ -291,6 +312,7 @@ impl Orchestrator {
         &self,
         job: &JobRecord,
         writes: &mut RunWrites,
+        report: &mut Option<QueuedReport>,
     ) -> Result<Box<RawValue>, String> {
         let Some((_, pipeline)) = self.pipelines.for_event(&job.event) else {
             return Err(format!(
@@ -363,34 +385,28 @@ impl Orchestrator {
             report: None,
             report_error: None,
         };
-        let written;
         if pipeline.report {
             let markdown = render_report(job, &result);
-            written = self
+            // Its index row is queued before the job's end and committed
+            // with it (or before): the job waits once, in `run`.
+            match self
                 .reports
-                .write(
+                .write_queued(
                     "orchestrator",
                     &job.id,
                     &format!("job-{}", job.event),
                     &markdown,
                 )
-                .await;
-            match &written {
-                Ok(r) => {
-                    let reference = ReportReference {
-                        id: &r.id,
-                        name: &r.name,
-                        bytes: r.bytes,
-                    };
-                    self.hub.emit(&job.id, "report", &reference);
-                    result.report = Some(reference);
-                }
+                .await
+            {
+                Ok(queued) => *report = Some(queued),
                 Err(e) => {
                     tracing::warn!(job = %job.id, error = %e, "the job's report could not be written");
                     result.report_error = Some(e.to_string());
                 }
             }
         }
+        result.report = report.as_ref().map(|q| ReportReference::of(&q.record));
         serde_json::value::to_raw_value(&result).map_err(|e| format!("the job's result: {e}"))
     }
 
