@@ -1128,7 +1128,11 @@ async fn run_job(
     // The job's end is stored before it is announced.
     let finished = platform.job(&job.id).await?.unwrap_or(job);
     if json {
-        println!("{}", serde_json::to_string_pretty(&finished)?);
+        // Through a tree, so the stored result (JSON text) is indented too.
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::to_value(&finished)?)?
+        );
     }
     platform.shutdown(Duration::from_secs(5)).await?;
     Ok(if ok {

@@ -12,11 +12,11 @@
 //! the process or the machine) never leaves an indexed report missing,
 //! empty or half-written.
 
-use crate::batch_writer::Committed;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, Once, Weak};
 use std::time::Duration;
 
+use crate::batch_writer::Committed;
 use crate::reports::{ReportIndex, ReportRecord};
 
 /// How long a written report's file may wait for its sync (its body is in

@@ -255,16 +255,7 @@ impl Orchestrator {
                         finished_at.clone(),
                     )
                     .await;
-                // Committed with or before the job's end (writes commit in
-                // order): announced now, before the end.
-                if let Some(report) = report {
-                    match report.indexed().await {
-                        Ok(r) => self.hub.emit(&id, "report", &ReportReference::of(&r)),
-                        Err(e) => {
-                            tracing::error!(job = %id, error = %e, "the job's report file was written but its index row did not commit")
-                        }
-                    }
-                }
+                self.announce_report(&id, report).await;
                 let finished = JobFinished {
                     job_id: &id,
                     status: "completed",
@@ -285,6 +276,7 @@ impl Orchestrator {
                         finished_at.clone(),
                     )
                     .await;
+                self.announce_report(&id, report).await;
                 self.hub.emit_at(
                     &id,
                     "job.failed",
@@ -302,6 +294,21 @@ impl Orchestrator {
             if let Err(e) = write.await {
                 tracing::error!(job = %id, run = %what, error = %e, "could not store the run");
             }
+        }
+    }
+
+    /// The job's report, once its index row has committed (with or before
+    /// the job's end, which the caller has awaited: writes commit in
+    /// order): handed to the settler and announced, before the end.
+    async fn announce_report(&self, job: &str, report: Option<QueuedReport>) {
+        let Some(report) = report else { return };
+        match report.indexed().await {
+            Ok(r) => self.hub.emit(job, "report", &ReportReference::of(&r)),
+            Err(e) => tracing::error!(
+                job,
+                error = %e,
+                "the job's report file was written but its index row did not commit"
+            ),
         }
     }
 
