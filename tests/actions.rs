@@ -275,7 +275,15 @@ async fn a_critical_finding_blocks_and_a_change_request_requests_changes() {
     let status = fake.calls_to("POST", "/repos/acme/app/statuses/sha8");
     assert_eq!(status[0].body["state"], "failure");
     assert!(fake.calls_to("PUT", "/merge").is_empty(), "nothing merged");
-    assert!(fake.comments(8)[0].contains("block_pr"));
+    let comment = &fake.comments(8)[0];
+    assert!(
+        comment.contains("block_pr"),
+        "the job's decision: {comment}"
+    );
+    assert!(
+        comment.contains("## Agents"),
+        "the job's report, found through its stored result: {comment}"
+    );
 
     llm.clear_rules();
     llm.reply_when("Code Review Agent", "Verdict: REQUEST_CHANGES, add tests");

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::Notify;
 
 use crate::outbox::{Attempt, Outbox, OutboxAction, Router};
@@ -276,13 +276,13 @@ impl Deliverer {
     /// decision and report when it came from a job.
     async fn request(&self, action: &OutboxAction) -> ActionRequest {
         let job = self.store.job(&action.job_id).await.ok().flatten();
-        let result = job
+        let told = job
             .as_ref()
             .and_then(|j| j.result.as_ref())
-            .and_then(|r| serde_json::from_str::<Value>(r.get()).ok())
-            .unwrap_or(Value::Null);
-        let report = match result["report"]["id"].as_str() {
-            Some(id) => self.reports.get(id).await.map(|(_, text)| text),
+            .and_then(|r| serde_json::from_str::<HandlerView>(r.get()).ok())
+            .unwrap_or_default();
+        let report = match told.report {
+            Some(r) => self.reports.get(&r.id).await.map(|(_, text)| text),
             None => None,
         };
         ActionRequest {
@@ -298,11 +298,27 @@ impl Deliverer {
                 Some(j) => j.payload.clone(),
                 None => action.payload.clone().unwrap_or_else(|| json!({})),
             },
-            decision: result["decisionName"].as_str().map(String::from),
+            decision: told.decision_name,
             report,
             correlation_id: action.job_id.clone(),
         }
     }
+}
+
+/// What a handler is told of its job's result: read from the stored JSON
+/// text without building the rest of it (the agents' outputs).
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct HandlerView {
+    #[serde(default)]
+    decision_name: Option<String>,
+    #[serde(default)]
+    report: Option<ReportId>,
+}
+
+#[derive(serde::Deserialize)]
+struct ReportId {
+    id: String,
 }
 
 #[cfg(test)]

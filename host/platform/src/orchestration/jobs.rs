@@ -80,6 +80,22 @@ impl<'a> ReportReference<'a> {
     }
 }
 
+/// The data of `job.started`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JobStarted<'a> {
+    job_id: &'a str,
+    event: &'a str,
+    pipeline: &'a str,
+}
+
+/// The data of `agent.started`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AgentStarted<'a> {
+    agent_id: &'a str,
+}
+
 /// The data of `job.finished`.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -232,11 +248,12 @@ impl Orchestrator {
     async fn run(&self, job: JobRecord) {
         let started = Instant::now();
         let id = job.id.clone();
-        self.hub.emit(
-            &id,
-            "job.started",
-            &json!({ "jobId": id, "event": job.event, "pipeline": job.pipeline }),
-        );
+        let started_event = JobStarted {
+            job_id: &id,
+            event: &job.event,
+            pipeline: &job.pipeline,
+        };
+        self.hub.emit(&id, "job.started", &started_event);
         let mut writes = Vec::new();
         let mut report = None;
         let outcome = self.execute(&job, &mut writes, &mut report).await;
@@ -457,7 +474,7 @@ impl Orchestrator {
         context: &RunContext,
     ) -> (AgentOutcome, Committed) {
         self.hub
-            .emit(&job.id, "agent.started", &json!({ "agentId": agent }));
+            .emit(&job.id, "agent.started", &AgentStarted { agent_id: agent });
         let started = Instant::now();
         let request = AgentRequest {
             input: input.to_string(),
