@@ -15,11 +15,15 @@ use tokio::sync::oneshot;
 /// Most writes one transaction takes.
 pub const MAX_BATCH: usize = 256;
 
-type Apply = Box<dyn FnOnce(&Connection) -> rusqlite::Result<()> + Send>;
+/// A write: a function of the database, run again if its batch is
+/// (see [`commit`]).
+type Apply = Box<dyn Fn(&Connection) -> rusqlite::Result<()> + Send>;
+
+type Answer = oneshot::Sender<Result<(), String>>;
 
 struct Write {
     apply: Apply,
-    done: oneshot::Sender<Result<(), String>>,
+    done: Answer,
 }
 
 /// The writer thread's inbox.
@@ -52,9 +56,10 @@ impl BatchWriter {
     }
 
     /// Runs `apply` in the next transaction; answers once it committed.
+    /// `apply` may run twice (its first run rolled back with its batch's).
     pub async fn write(
         &self,
-        apply: impl FnOnce(&Connection) -> rusqlite::Result<()> + Send + 'static,
+        apply: impl Fn(&Connection) -> rusqlite::Result<()> + Send + 'static,
     ) -> Result<(), String> {
         self.queue(apply).await
     }
@@ -66,7 +71,7 @@ impl BatchWriter {
     /// job waits only for its last write.
     pub fn queue(
         &self,
-        apply: impl FnOnce(&Connection) -> rusqlite::Result<()> + Send + 'static,
+        apply: impl Fn(&Connection) -> rusqlite::Result<()> + Send + 'static,
     ) -> Committed {
         let (done, answer) = oneshot::channel();
         let queued = self.tx.send(Write {
@@ -137,24 +142,46 @@ impl std::future::Future for Committed {
     }
 }
 
-/// One transaction for the batch, each write in a savepoint of its own: a
-/// write of several statements lands whole or not at all, and a failing
-/// write fails alone; a failed commit fails them all.
+/// One transaction for the batch. The writes go in side by side first:
+/// they rarely fail, and a savepoint around each made SQLite copy every
+/// page a write touched again into its statement journal (with the
+/// `SAVEPOINT`/`RELEASE` pair, ~15% of the writer's time in the
+/// fan-out's profile). If one fails, the whole transaction is rolled back
+/// and the batch is written again, each write in a savepoint of its own
+/// ([`commit_isolated`]): a write of several statements lands whole or not
+/// at all, and a failing write fails alone. A failed commit fails them all.
 fn commit(conn: &Mutex<Connection>, batch: Vec<Write>) {
     let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+    if let Err(e) = begin(&conn) {
+        fail_all(batch, &e.to_string());
+        return;
+    }
+    if batch.iter().all(|write| (write.apply)(&conn).is_ok()) {
+        let answers = batch.into_iter().map(|w| (w.done, Ok(()))).collect();
+        finish(&conn, answers);
+        return;
+    }
+    // Some write failed: none of the batch is kept, and the writes are
+    // tried again one savepoint each (a write is a function of the
+    // database, so running it again is running it once).
+    let _ = conn.execute_batch("ROLLBACK");
+    if let Err(e) = begin(&conn) {
+        fail_all(batch, &e.to_string());
+        return;
+    }
+    commit_isolated(&conn, batch);
+}
+
+/// The batch again, each write in a savepoint of its own, in a transaction
+/// already begun.
+fn commit_isolated(conn: &Connection, batch: Vec<Write>) {
     // Prepared once per connection, like every statement a write runs:
     // parsing SQL showed in the writer's profile.
     let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
-    if let Err(e) = run("BEGIN IMMEDIATE") {
-        for write in batch {
-            let _ = write.done.send(Err(e.to_string()));
-        }
-        return;
-    }
     let mut answers = Vec::with_capacity(batch.len());
     for write in batch {
         let result = run("SAVEPOINT write")
-            .and_then(|_| match (write.apply)(&conn) {
+            .and_then(|_| match (write.apply)(conn) {
                 Ok(()) => run("RELEASE write").map(|_| ()),
                 Err(e) => {
                     let _ = conn.execute_batch("ROLLBACK TO write; RELEASE write");
@@ -164,7 +191,21 @@ fn commit(conn: &Mutex<Connection>, batch: Vec<Write>) {
             .map_err(|e| e.to_string());
         answers.push((write.done, result));
     }
-    match run("COMMIT") {
+    finish(conn, answers);
+}
+
+fn begin(conn: &Connection) -> rusqlite::Result<usize> {
+    conn.prepare_cached("BEGIN IMMEDIATE")
+        .and_then(|mut s| s.execute([]))
+}
+
+/// Commits and answers each write: its own result once committed, the
+/// commit's error otherwise.
+fn finish(conn: &Connection, answers: Vec<(Answer, Result<(), String>)>) {
+    match conn
+        .prepare_cached("COMMIT")
+        .and_then(|mut s| s.execute([]))
+    {
         Ok(_) => {
             for (done, result) in answers {
                 let _ = done.send(result);
@@ -176,6 +217,12 @@ fn commit(conn: &Mutex<Connection>, batch: Vec<Write>) {
                 let _ = done.send(Err(format!("the transaction did not commit: {e}")));
             }
         }
+    }
+}
+
+fn fail_all(batch: Vec<Write>, error: &str) {
+    for write in batch {
+        let _ = write.done.send(Err(error.to_string()));
     }
 }
 
@@ -327,5 +374,66 @@ mod tests {
         );
         ok.unwrap();
         assert_eq!(count(&conn), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_failing_halfway_leaves_nothing_and_the_rest_of_its_batch_lands() {
+        let conn = table();
+        let writer = BatchWriter::start(conn.clone());
+        writer
+            .write(|c| {
+                c.execute("INSERT INTO t (id, v) VALUES (1, 'taken')", [])
+                    .map(|_| ())
+            })
+            .await
+            .unwrap();
+        // Hold the database while a first write is taken (its batch waits
+        // for the lock), then queue three more: they make the next batch.
+        let (locked_tx, locked) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel::<()>();
+        let holder = {
+            let conn = conn.clone();
+            std::thread::spawn(move || {
+                let _held = conn.lock().unwrap();
+                locked_tx.send(()).unwrap();
+                let _ = release_rx.recv();
+            })
+        };
+        locked.recv().unwrap();
+        let insert = |id: i64| {
+            move |c: &Connection| {
+                c.execute("INSERT INTO t (id, v) VALUES (?1, 'x')", [id])
+                    .map(|_| ())
+            }
+        };
+        let gate = writer.queue(insert(10));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let before = writer.queue(insert(2));
+        let halfway = writer.queue(|c| {
+            c.execute("INSERT INTO t (id, v) VALUES (3, 'half')", [])?;
+            c.execute("INSERT INTO t (id, v) VALUES (1, 'again')", [])
+                .map(|_| ())
+        });
+        let after = writer.queue(insert(4));
+        release.send(()).unwrap();
+        holder.join().unwrap();
+        gate.await.unwrap();
+        before.await.unwrap();
+        assert!(halfway.await.unwrap_err().contains("UNIQUE"));
+        after.await.unwrap();
+        assert_eq!(
+            writer.commits(),
+            3,
+            "the first write, the gate, then the three together"
+        );
+        let ids: Vec<i64> = {
+            let c = conn.lock().unwrap();
+            let mut stmt = c.prepare("SELECT id FROM t ORDER BY id").unwrap();
+            stmt.query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        assert_eq!(ids, [1, 2, 4, 10], "nothing of the failed write is kept");
     }
 }

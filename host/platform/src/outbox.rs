@@ -430,7 +430,7 @@ impl Outbox {
         self.store
             .write(move |c| {
                 let at = now();
-                match attempt {
+                match &attempt {
                     Attempt::Delivered(result) => c.prepare_cached(
                         "UPDATE actions SET status = 'delivered', handler = ?2, result = ?3, last_error = NULL, next_attempt_at = NULL, updated_at = ?4 WHERE id = ?1",
                     )?

@@ -273,10 +273,12 @@ impl Store {
         .map_err(db_err)?
     }
 
-    /// A write committed together with concurrent ones (group commit).
+    /// A write committed together with concurrent ones (group commit);
+    /// `f` runs again if another write of its batch fails (see
+    /// [`BatchWriter::write`]).
     pub(crate) async fn write(
         &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<()> + Send + 'static,
+        f: impl Fn(&Connection) -> rusqlite::Result<()> + Send + 'static,
     ) -> Result<(), StoreError> {
         self.writer.write(f).await.map_err(StoreError)
     }
