@@ -386,24 +386,23 @@ fn storage_error(path: &Path, action: &str, e: &std::io::Error) -> ReportError {
     ReportError::Storage(format!("cannot {action} at {}: {why}", path.display()))
 }
 
-/// Temporary file in the same directory, renamed over the target. With
-/// `dir_syncs`, durable before it returns: the file is fsync'd before the
-/// rename and the directory after it (shared with the reports renamed
-/// meanwhile); without, durability is the caller's (the journal).
+/// A new file under a fresh name, whole or not at all (see
+/// [`bsm_runtime::atomic_file::create_new`]). With `dir_syncs`, durable
+/// before it returns: the file is fsync'd before it is named and the
+/// directory after (shared with the reports named meanwhile); without,
+/// durability is the caller's (the journal).
 pub(crate) fn write_file(
     path: &Path,
     bytes: &[u8],
     dir_syncs: Option<&DirSyncs>,
 ) -> Result<(), ReportError> {
-    use bsm_runtime::atomic_file::{Durability, write};
+    use bsm_runtime::atomic_file::{Durability, create_new};
     let dir = path.parent().expect("report paths have a parent");
-    std::fs::create_dir_all(dir)
-        .map_err(|e| storage_error(dir, "create the report directory", &e))?;
     let durability = match dir_syncs {
         Some(_) => Durability::SyncFile,
         None => Durability::Atomic,
     };
-    write(path, bytes, durability).map_err(|e| storage_error(path, "write the report", &e))?;
+    create_new(path, bytes, durability).map_err(|e| storage_error(path, "write the report", &e))?;
     if let Some(dir_syncs) = dir_syncs {
         dir_syncs.of(dir).sync(dir);
     }
