@@ -1,10 +1,10 @@
 //! Directory fsyncs shared by the writes that need one at the same time.
 //!
-//! A file renamed into place is durable once its directory has been
-//! fsync'd after the rename. Reports written side by side each used to
+//! A file renamed or linked into place is durable once its directory has
+//! been fsync'd after that. Reports written side by side each used to
 //! fsync their (common) directory: one journal commit and a few thread
 //! switches apiece for the same directory. Here a write asks for a sync
-//! after its rename; a sync that *starts* after the request covers it, so
+//! once its file is named; a sync that *starts* after the request covers it, so
 //! the writes that arrive while one sync runs share the next one (group
 //! commit, as the database writer does for rows).
 

@@ -17,6 +17,7 @@ pub mod access;
 pub mod agent_reload;
 pub mod batch_writer;
 pub mod bsm;
+pub mod checkpointer;
 pub mod compose;
 pub mod deploy;
 pub mod dir_sync;

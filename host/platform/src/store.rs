@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::batch_writer::{BatchWriter, Committed};
+use crate::checkpointer::CHECKPOINT_PAGES;
 use crate::report_journal::ReportJournal;
 use crate::reports::{ReportIndex, ReportRecord};
 
@@ -226,7 +227,7 @@ impl Store {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let conn = Connection::open(path)
+        let mut conn = Connection::open(path)
             .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
         // Several processes may share a data directory (`bsm serve` and CLI
         // runs): wait for each other's write locks instead of failing.
@@ -238,6 +239,11 @@ impl Store {
         conn.execute_batch(SCHEMA).map_err(db_err)?;
         migrate(&conn).map_err(db_err)?;
         let interrupted = interrupt_orphans(&conn).map_err(db_err)?;
+        // Checkpoints off the writer's commits (see `checkpointer`); should
+        // that fail, SQLite's own inside commits go on as before.
+        if let Err(e) = crate::checkpointer::start(&mut conn, path, CHECKPOINT_PAGES) {
+            tracing::warn!(error = %e, "checkpoints stay inside commits");
+        }
         let conn = Arc::new(Mutex::new(conn));
         Ok((
             Self {
