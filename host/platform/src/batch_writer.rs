@@ -144,9 +144,9 @@ impl std::future::Future for Committed {
 
 /// One transaction for the batch. The writes go in side by side first:
 /// they rarely fail, and a savepoint around each made SQLite copy every
-/// page a write touched again into its statement journal (with the
-/// `SAVEPOINT`/`RELEASE` pair, ~15% of the writer's time in the
-/// fan-out's profile). If one fails, the whole transaction is rolled back
+/// page a write touched again into its statement journal (~10% of the
+/// writer's time in the fan-out's profile, the `SAVEPOINT`/`RELEASE`
+/// statements besides). If one fails, the whole transaction is rolled back
 /// and the batch is written again, each write in a savepoint of its own
 /// ([`commit_isolated`]): a write of several statements lands whole or not
 /// at all, and a failing write fails alone. A failed commit fails them all.

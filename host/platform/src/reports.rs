@@ -398,6 +398,8 @@ pub(crate) fn write_file(
 ) -> Result<(), ReportError> {
     use bsm_runtime::atomic_file::{Durability, create_new};
     let dir = path.parent().expect("report paths have a parent");
+    std::fs::create_dir_all(dir)
+        .map_err(|e| storage_error(dir, "create the report directory", &e))?;
     let durability = match dir_syncs {
         Some(_) => Durability::SyncFile,
         None => Durability::Atomic,
