@@ -237,6 +237,33 @@ mod tests {
         Arc::new(Mutex::new(conn))
     }
 
+    /// The database held by another thread (as a long read would) until
+    /// released: writes queue meanwhile.
+    struct Held {
+        release: mpsc::Sender<()>,
+        holder: std::thread::JoinHandle<()>,
+    }
+
+    impl Held {
+        fn new(conn: &Arc<Mutex<Connection>>) -> Self {
+            let (locked_tx, locked) = mpsc::channel();
+            let (release, release_rx) = mpsc::channel::<()>();
+            let conn = conn.clone();
+            let holder = std::thread::spawn(move || {
+                let _held = conn.lock().unwrap();
+                locked_tx.send(()).unwrap();
+                let _ = release_rx.recv();
+            });
+            locked.recv().unwrap();
+            Self { release, holder }
+        }
+
+        fn release(self) {
+            self.release.send(()).unwrap();
+            self.holder.join().unwrap();
+        }
+    }
+
     fn count(conn: &Mutex<Connection>) -> i64 {
         conn.lock()
             .unwrap()
@@ -250,17 +277,7 @@ mod tests {
         let writer = Arc::new(BatchWriter::start(conn.clone()));
         // Hold the database (on another thread) while 200 writes arrive:
         // they queue, then go in (at most) a couple of transactions.
-        let (locked_tx, locked) = mpsc::channel();
-        let (release, release_rx) = mpsc::channel::<()>();
-        let holder = {
-            let conn = conn.clone();
-            std::thread::spawn(move || {
-                let _held = conn.lock().unwrap();
-                locked_tx.send(()).unwrap();
-                let _ = release_rx.recv();
-            })
-        };
-        locked.recv().unwrap();
+        let held = Held::new(&conn);
         let writes: Vec<_> = (0..200)
             .map(|i| {
                 let writer = writer.clone();
@@ -275,8 +292,7 @@ mod tests {
             })
             .collect();
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        release.send(()).unwrap();
-        holder.join().unwrap();
+        held.release();
         for w in writes {
             w.await.unwrap().unwrap();
         }
@@ -389,17 +405,7 @@ mod tests {
             .unwrap();
         // Hold the database while a first write is taken (its batch waits
         // for the lock), then queue three more: they make the next batch.
-        let (locked_tx, locked) = mpsc::channel();
-        let (release, release_rx) = mpsc::channel::<()>();
-        let holder = {
-            let conn = conn.clone();
-            std::thread::spawn(move || {
-                let _held = conn.lock().unwrap();
-                locked_tx.send(()).unwrap();
-                let _ = release_rx.recv();
-            })
-        };
-        locked.recv().unwrap();
+        let held = Held::new(&conn);
         let insert = |id: i64| {
             move |c: &Connection| {
                 c.execute("INSERT INTO t (id, v) VALUES (?1, 'x')", [id])
@@ -415,8 +421,7 @@ mod tests {
                 .map(|_| ())
         });
         let after = writer.queue(insert(4));
-        release.send(()).unwrap();
-        holder.join().unwrap();
+        held.release();
         gate.await.unwrap();
         before.await.unwrap();
         assert!(halfway.await.unwrap_err().contains("UNIQUE"));

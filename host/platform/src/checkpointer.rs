@@ -90,19 +90,21 @@ mod tests {
     use super::*;
     use std::time::{Duration, Instant};
 
-    #[test]
-    fn the_writer_leaves_checkpoints_to_the_background_thread() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
+    /// A WAL database in `dir` with checkpoints started at `threshold`
+    /// pages, after `rows` commits of a page or so each; returns the
+    /// writer, the checkpoints' count and the database file's size before
+    /// the commits.
+    fn written(dir: &Path, threshold: c_int, rows: i64) -> (Connection, Checkpoints, u64) {
+        let path = dir.join("db");
         let mut writer = Connection::open(&path).unwrap();
         writer
             .execute_batch(
                 "PRAGMA journal_mode = WAL; CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)",
             )
             .unwrap();
-        let checkpoints = start(&mut writer, &path, 50).unwrap();
+        let checkpoints = start(&mut writer, &path, threshold).unwrap();
         let before = std::fs::metadata(&path).unwrap().len();
-        for i in 0..200 {
+        for i in 0..rows {
             writer
                 .execute(
                     "INSERT INTO t (id, v) VALUES (?1, ?2)",
@@ -110,6 +112,13 @@ mod tests {
                 )
                 .unwrap();
         }
+        (writer, checkpoints, before)
+    }
+
+    #[test]
+    fn the_writer_leaves_checkpoints_to_the_background_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_writer, checkpoints, before) = written(dir.path(), 50, 200);
         let deadline = Instant::now() + Duration::from_secs(10);
         while checkpoints.count() == 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
@@ -118,39 +127,22 @@ mod tests {
             checkpoints.count() > 0,
             "the background thread checkpointed"
         );
-        let after = std::fs::metadata(&path).unwrap().len();
+        let after = std::fs::metadata(dir.path().join("db")).unwrap().len();
         assert!(
             after > before + 50 * 4096,
             "pages reached the database file: {before} -> {after} bytes"
         );
-        drop(writer);
     }
 
     #[test]
     fn the_writer_no_longer_checkpoints_itself() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        let mut writer = Connection::open(&path).unwrap();
-        writer
-            .execute_batch(
-                "PRAGMA journal_mode = WAL; CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)",
-            )
-            .unwrap();
-        let checkpoints = start(&mut writer, &path, 1_000_000).unwrap();
-        let before = std::fs::metadata(&path).unwrap().len();
         // Past SQLite's automatic threshold (1,000 pages) and below ours.
-        for i in 0..1_500 {
-            writer
-                .execute(
-                    "INSERT INTO t (id, v) VALUES (?1, ?2)",
-                    (i, "x".repeat(4000)),
-                )
-                .unwrap();
-        }
+        let (_writer, checkpoints, before) = written(dir.path(), 1_000_000, 1_500);
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(checkpoints.count(), 0);
         assert_eq!(
-            std::fs::metadata(&path).unwrap().len(),
+            std::fs::metadata(dir.path().join("db")).unwrap().len(),
             before,
             "no commit copied the log into the database file"
         );
