@@ -152,37 +152,35 @@ impl std::future::Future for Committed {
 /// at all, and a failing write fails alone. A failed commit fails them all.
 fn commit(conn: &Mutex<Connection>, batch: Vec<Write>) {
     let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-    if let Err(e) = begin(&conn) {
-        fail_all(batch, &e.to_string());
-        return;
+    let all_applied = exec(&conn, "BEGIN IMMEDIATE")
+        .map(|_| batch.iter().all(|write| (write.apply)(&conn).is_ok()));
+    match all_applied {
+        Ok(true) => {
+            let answers = batch.into_iter().map(|w| (w.done, Ok(()))).collect();
+            finish(&conn, answers);
+        }
+        // Some write failed: none of the batch is kept, and the writes are
+        // tried again one savepoint each (a write is a function of the
+        // database, so running it again is running it once).
+        Ok(false) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            match exec(&conn, "BEGIN IMMEDIATE") {
+                Ok(_) => commit_isolated(&conn, batch),
+                Err(e) => fail_all(batch, &e.to_string()),
+            }
+        }
+        Err(e) => fail_all(batch, &e.to_string()),
     }
-    if batch.iter().all(|write| (write.apply)(&conn).is_ok()) {
-        let answers = batch.into_iter().map(|w| (w.done, Ok(()))).collect();
-        finish(&conn, answers);
-        return;
-    }
-    // Some write failed: none of the batch is kept, and the writes are
-    // tried again one savepoint each (a write is a function of the
-    // database, so running it again is running it once).
-    let _ = conn.execute_batch("ROLLBACK");
-    if let Err(e) = begin(&conn) {
-        fail_all(batch, &e.to_string());
-        return;
-    }
-    commit_isolated(&conn, batch);
 }
 
 /// The batch again, each write in a savepoint of its own, in a transaction
 /// already begun.
 fn commit_isolated(conn: &Connection, batch: Vec<Write>) {
-    // Prepared once per connection, like every statement a write runs:
-    // parsing SQL showed in the writer's profile.
-    let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
     let mut answers = Vec::with_capacity(batch.len());
     for write in batch {
-        let result = run("SAVEPOINT write")
+        let result = exec(conn, "SAVEPOINT write")
             .and_then(|_| match (write.apply)(conn) {
-                Ok(()) => run("RELEASE write").map(|_| ()),
+                Ok(()) => exec(conn, "RELEASE write").map(|_| ()),
                 Err(e) => {
                     let _ = conn.execute_batch("ROLLBACK TO write; RELEASE write");
                     Err(e)
@@ -194,18 +192,17 @@ fn commit_isolated(conn: &Connection, batch: Vec<Write>) {
     finish(conn, answers);
 }
 
-fn begin(conn: &Connection) -> rusqlite::Result<usize> {
-    conn.prepare_cached("BEGIN IMMEDIATE")
-        .and_then(|mut s| s.execute([]))
+/// Runs one of the writer's own statements, prepared once per connection
+/// like every statement a write runs (parsing SQL showed in the writer's
+/// profile).
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql).and_then(|mut s| s.execute([]))
 }
 
 /// Commits and answers each write: its own result once committed, the
 /// commit's error otherwise.
 fn finish(conn: &Connection, answers: Vec<(Answer, Result<(), String>)>) {
-    match conn
-        .prepare_cached("COMMIT")
-        .and_then(|mut s| s.execute([]))
-    {
+    match exec(conn, "COMMIT") {
         Ok(_) => {
             for (done, result) in answers {
                 let _ = done.send(result);
