@@ -261,6 +261,14 @@ mod tests {
         }
     }
 
+    /// A write of one row.
+    fn insert(id: i64) -> impl Fn(&Connection) -> rusqlite::Result<()> {
+        move |c| {
+            c.execute("INSERT INTO t (id, v) VALUES (?1, 'x')", [id])
+                .map(|_| ())
+        }
+    }
+
     fn count(conn: &Mutex<Connection>) -> i64 {
         conn.lock()
             .unwrap()
@@ -393,22 +401,10 @@ mod tests {
     async fn a_write_failing_halfway_leaves_nothing_and_the_rest_of_its_batch_lands() {
         let conn = table();
         let writer = BatchWriter::start(conn.clone());
-        writer
-            .write(|c| {
-                c.execute("INSERT INTO t (id, v) VALUES (1, 'taken')", [])
-                    .map(|_| ())
-            })
-            .await
-            .unwrap();
+        writer.write(insert(1)).await.unwrap();
         // Hold the database while a first write is taken (its batch waits
         // for the lock), then queue three more: they make the next batch.
         let held = Held::new(&conn);
-        let insert = |id: i64| {
-            move |c: &Connection| {
-                c.execute("INSERT INTO t (id, v) VALUES (?1, 'x')", [id])
-                    .map(|_| ())
-            }
-        };
         let gate = writer.queue(insert(10));
         tokio::time::sleep(Duration::from_millis(100)).await;
         let before = writer.queue(insert(2));

@@ -166,6 +166,30 @@ pub fn sync_dir(dir: &Path) {
 mod tests {
     use super::*;
 
+    /// `path` is the only entry of its directory: no temporary file left.
+    fn assert_alone(path: &Path) {
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![path.file_name().unwrap().to_owned()]);
+    }
+
+    /// A directory with a file in it where a write wants its file.
+    fn directory_in_the_way(dir: &Path) -> std::path::PathBuf {
+        let path = dir.join("target");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("inside"), "kept").unwrap();
+        path
+    }
+
+    fn assert_still_there(directory: &Path) {
+        assert_eq!(
+            std::fs::read_to_string(directory.join("inside")).unwrap(),
+            "kept"
+        );
+    }
+
     #[test]
     fn a_write_replaces_the_whole_file_and_leaves_no_temporary_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -173,11 +197,7 @@ mod tests {
         write(&path, b"first", Durability::SyncFileAndDir).unwrap();
         write(&path, b"second, longer", Durability::Atomic).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"second, longer");
-        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("file.bin")]);
+        assert_alone(&path);
     }
 
     #[test]
@@ -204,15 +224,10 @@ mod tests {
     #[test]
     fn a_failed_write_keeps_the_old_file_and_cleans_up() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("target");
         // A directory in the way: the rename fails.
-        std::fs::create_dir(&path).unwrap();
-        std::fs::write(path.join("inside"), "kept").unwrap();
+        let path = directory_in_the_way(dir.path());
         assert!(write(&path, b"new", Durability::SyncFile).is_err());
-        assert_eq!(
-            std::fs::read_to_string(path.join("inside")).unwrap(),
-            "kept"
-        );
+        assert_still_there(&path);
         let leftovers = std::fs::read_dir(dir.path())
             .unwrap()
             .filter(|e| {
@@ -232,11 +247,7 @@ mod tests {
         let path = dir.path().join("reports").join("a.md");
         create_new(&path, b"whole report", Durability::Atomic).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"whole report");
-        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("a.md")]);
+        assert_alone(&path);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
@@ -261,14 +272,9 @@ mod tests {
     #[test]
     fn creating_over_a_directory_fails_and_keeps_it() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("target");
-        std::fs::create_dir(&path).unwrap();
-        std::fs::write(path.join("inside"), "kept").unwrap();
+        let path = directory_in_the_way(dir.path());
         assert!(create_new(&path, b"new", Durability::Atomic).is_err());
-        assert_eq!(
-            std::fs::read_to_string(path.join("inside")).unwrap(),
-            "kept"
-        );
+        assert_still_there(&path);
         assert_eq!(
             std::fs::read_dir(dir.path()).unwrap().count(),
             1,
