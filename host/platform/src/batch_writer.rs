@@ -234,33 +234,6 @@ mod tests {
         Arc::new(Mutex::new(conn))
     }
 
-    /// The database held by another thread (as a long read would) until
-    /// released: writes queue meanwhile.
-    struct Held {
-        release: mpsc::Sender<()>,
-        holder: std::thread::JoinHandle<()>,
-    }
-
-    impl Held {
-        fn new(conn: &Arc<Mutex<Connection>>) -> Self {
-            let (locked_tx, locked) = mpsc::channel();
-            let (release, release_rx) = mpsc::channel::<()>();
-            let conn = conn.clone();
-            let holder = std::thread::spawn(move || {
-                let _held = conn.lock().unwrap();
-                locked_tx.send(()).unwrap();
-                let _ = release_rx.recv();
-            });
-            locked.recv().unwrap();
-            Self { release, holder }
-        }
-
-        fn release(self) {
-            self.release.send(()).unwrap();
-            self.holder.join().unwrap();
-        }
-    }
-
     /// A write of one row.
     fn insert(id: i64) -> impl Fn(&Connection) -> rusqlite::Result<()> {
         move |c| {
@@ -282,7 +255,17 @@ mod tests {
         let writer = Arc::new(BatchWriter::start(conn.clone()));
         // Hold the database (on another thread) while 200 writes arrive:
         // they queue, then go in (at most) a couple of transactions.
-        let held = Held::new(&conn);
+        let (locked_tx, locked) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel::<()>();
+        let holder = {
+            let conn = conn.clone();
+            std::thread::spawn(move || {
+                let _held = conn.lock().unwrap();
+                locked_tx.send(()).unwrap();
+                let _ = release_rx.recv();
+            })
+        };
+        locked.recv().unwrap();
         let writes: Vec<_> = (0..200)
             .map(|i| {
                 let writer = writer.clone();
@@ -297,7 +280,8 @@ mod tests {
             })
             .collect();
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        held.release();
+        release.send(()).unwrap();
+        holder.join().unwrap();
         for w in writes {
             w.await.unwrap().unwrap();
         }
@@ -402,11 +386,18 @@ mod tests {
         let conn = table();
         let writer = BatchWriter::start(conn.clone());
         writer.write(insert(1)).await.unwrap();
-        // Hold the database while a first write is taken (its batch waits
-        // for the lock), then queue three more: they make the next batch.
-        let held = Held::new(&conn);
-        let gate = writer.queue(insert(10));
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A gate write that waits inside its own batch until told to go:
+        // the three writes queued meanwhile make the next batch together.
+        let (started_tx, started) = mpsc::channel();
+        let (go, go_rx) = mpsc::channel::<()>();
+        let gate = writer.queue(move |c| {
+            let _ = started_tx.send(());
+            let _ = go_rx.recv();
+            insert(10)(c)
+        });
+        tokio::task::spawn_blocking(move || started.recv().unwrap())
+            .await
+            .unwrap();
         let before = writer.queue(insert(2));
         let halfway = writer.queue(|c| {
             c.execute("INSERT INTO t (id, v) VALUES (3, 'half')", [])?;
@@ -414,7 +405,7 @@ mod tests {
                 .map(|_| ())
         });
         let after = writer.queue(insert(4));
-        held.release();
+        go.send(()).unwrap();
         gate.await.unwrap();
         before.await.unwrap();
         assert!(halfway.await.unwrap_err().contains("UNIQUE"));
