@@ -127,7 +127,7 @@ impl Platform {
             ..Capabilities::default()
         };
         match &llm {
-            Some(client) => capabilities.llm = LlmShared(client.clone()),
+            Some(client) => capabilities.llm = LlmShared::new(client.clone()),
             None => tracing::info!("{NOT_CONFIGURED}"),
         }
         let runtime = Arc::new(Runtime::new(RuntimeOptions {

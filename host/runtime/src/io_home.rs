@@ -51,16 +51,51 @@ impl IoHome {
         if Handle::try_current().is_ok_and(|here| here.id() == home.id()) {
             return Ok(request.await);
         }
-        match AbortOnDropHandle::new(home.spawn(request)).await {
-            Ok(output) => Ok(output),
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => Err(HomeGone),
+        spawned_on(home, request).await
+    }
+
+    /// Runs `call` to its end as a task of its own on the home runtime (the
+    /// current one when there is no home), aborted if this future is
+    /// dropped: whoever awaits this is woken once, when `call` is done,
+    /// not at each of its steps.
+    ///
+    /// For host calls awaited on a guest's fiber: every time such a call is
+    /// pending the fiber is switched out, and every wake-up switches it
+    /// back in after a fresh CPU turn, through every future between the
+    /// connection and the guest. A streamed LLM answer woke its run about
+    /// ten times (BENCHMARKS.md, "The thirteenth pass"); as a task of its
+    /// own it is polled by tokio alone and wakes the run once.
+    pub async fn spawn_and_wait<F>(&self, call: F) -> Result<F::Output, HomeGone>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.0 {
+            Some(home) => spawned_on(home, call).await,
+            None => match Handle::try_current() {
+                Ok(here) => spawned_on(&here, call).await,
+                Err(_) => Ok(call.await),
+            },
         }
     }
 }
 
+/// `task` spawned on `runtime` and awaited; aborted when the waiter is
+/// dropped, its panic resumed in the waiter.
+async fn spawned_on<F>(runtime: &Handle, task: F) -> Result<F::Output, HomeGone>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match AbortOnDropHandle::new(runtime.spawn(task)).await {
+        Ok(output) => Ok(output),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(HomeGone),
+    }
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::time::Duration;
 
@@ -118,6 +153,77 @@ mod tests {
         assert_eq!(
             rx.recv_timeout(Duration::from_secs(5)),
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+        );
+    }
+
+    /// A future's polls: how often whoever awaits it was woken.
+    pub(crate) struct CountPolls<F> {
+        pub(crate) inner: std::pin::Pin<Box<F>>,
+        pub(crate) polls: usize,
+    }
+
+    impl<F: Future> Future for CountPolls<F> {
+        type Output = F::Output;
+        fn poll(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<F::Output> {
+            self.polls += 1;
+            self.inner.as_mut().poll(cx)
+        }
+    }
+
+    pub(crate) async fn steps(n: usize) -> usize {
+        for _ in 0..n {
+            tokio::task::yield_now().await;
+        }
+        n
+    }
+
+    #[test]
+    fn a_call_of_many_steps_apart_wakes_its_waiter_once() {
+        let server = runtime("server");
+        server.block_on(async {
+            let home = IoHome::current();
+            let mut in_place = CountPolls {
+                inner: Box::pin(steps(50)),
+                polls: 0,
+            };
+            assert_eq!((&mut in_place).await, 50);
+            assert!(in_place.polls > 50, "in place: woken at every step");
+
+            let mut apart = CountPolls {
+                inner: Box::pin(home.spawn_and_wait(steps(50))),
+                polls: 0,
+            };
+            assert_eq!((&mut apart).await, Ok(50));
+            assert!(apart.polls <= 2, "apart: polled {} times", apart.polls);
+        });
+    }
+
+    #[test]
+    fn a_call_apart_runs_at_home_and_stops_with_its_waiter() {
+        let server = runtime("server");
+        let guests = runtime("guests");
+        let home = server.block_on(async { IoHome::current() });
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let ran_on = guests.block_on(async {
+            let ran_on = home
+                .spawn_and_wait(async { Handle::current().id() })
+                .await
+                .unwrap();
+            let call = home.spawn_and_wait(async move {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                drop(tx);
+            });
+            let _ = tokio::time::timeout(Duration::from_millis(20), call).await;
+            ran_on
+        });
+        assert_eq!(ran_on, server.handle().id(), "run at home");
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(5)),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected),
+            "aborted when its waiter was dropped"
         );
     }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use wasmtime::component::{HasSelf, Linker};
 
+use crate::io_home::IoHome;
 use crate::tape::{self, Tape};
 use super::{Caller, Capability, RunInfo};
 use crate::bindings::http::{self, Error, Host, Request, Response};
@@ -92,9 +93,17 @@ impl Host for HttpState {
     async fn send(&mut self, request: Request) -> Result<Response, Error> {
         self.granted()?;
         let args = tape::args(&self.tape, &request);
+        let ready = self
+            .ready()
+            .map(|(engine, grant)| (engine.clone(), grant.clone(), self.caller.clone()));
         tape::through(&self.tape, "http.send", args, Error::Unavailable, async {
-            let (engine, grant) = self.ready()?;
-            engine.send(&self.caller, grant, request).await
+            let (engine, grant, caller) = ready?;
+            // A task of its own, as an LLM call (see `IoHome::spawn_and_wait`):
+            // the run is woken once, when the answer is read.
+            IoHome::current()
+                .spawn_and_wait(async move { engine.send(&caller, &grant, request).await })
+                .await
+                .unwrap_or_else(|gone| Err(Error::Unavailable(gone.to_string())))
         })
         .await
     }

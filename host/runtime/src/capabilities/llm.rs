@@ -11,6 +11,7 @@ use std::sync::Arc;
 use wasmtime::component::{HasSelf, Linker};
 
 use super::{Caller, Capability, RunInfo};
+use crate::io_home::IoHome;
 use crate::manifest::LlmGrant;
 use crate::tape::{self, Tape};
 use crate::bindings::llm::{self, ChatRequest, ChatResponse, Error, Host};
@@ -18,13 +19,28 @@ use crate::bindings::llm::{self, ChatRequest, ChatResponse, Error, Host};
 /// The `llm` capability: one engine for the process, a budget per run.
 pub struct Llm;
 
-/// The process-wide LLM engine ([`Unconfigured`] by default).
+/// The process-wide LLM engine ([`Unconfigured`] by default), and the
+/// runtime its calls run on (see [`IoHome::spawn_and_wait`]).
 #[derive(Clone)]
-pub struct LlmShared(pub Arc<dyn LlmEngine>);
+pub struct LlmShared {
+    engine: Arc<dyn LlmEngine>,
+    home: IoHome,
+}
+
+impl LlmShared {
+    /// `engine`, whose calls run on the runtime this is called on (the
+    /// server's), or on the caller's when called outside one.
+    pub fn new(engine: Arc<dyn LlmEngine>) -> Self {
+        Self {
+            engine,
+            home: IoHome::current(),
+        }
+    }
+}
 
 impl Default for LlmShared {
     fn default() -> Self {
-        Self(Arc::new(Unconfigured))
+        Self::new(Arc::new(Unconfigured))
     }
 }
 
@@ -47,7 +63,7 @@ impl Capability for Llm {
             .and_then(|g| g.max_tokens)
             .map_or(budget.llm_max_tokens, |t| t.min(budget.llm_max_tokens));
         LlmState::new(
-            shared.0.clone(),
+            shared.engine.clone(),
             run.caller.clone(),
             LlmBudget {
                 max_calls: budget.llm_max_calls,
@@ -56,6 +72,7 @@ impl Capability for Llm {
         )
         .granted(grant)
         .taped(run.tape.clone())
+        .homed(shared.home.clone())
     }
 }
 
@@ -133,6 +150,8 @@ pub struct LlmState {
     /// unrestricted).
     grant: Option<LlmGrant>,
     tape: Option<Arc<Tape>>,
+    /// Where the engine's calls run, apart from the run's fiber.
+    home: IoHome,
 }
 
 impl LlmState {
@@ -144,7 +163,27 @@ impl LlmState {
             usage: LlmUsage::default(),
             grant: None,
             tape: None,
+            home: IoHome::current(),
         }
+    }
+
+    /// Runs the engine's calls on `home`'s runtime.
+    pub fn homed(mut self, home: IoHome) -> Self {
+        self.home = home;
+        self
+    }
+
+    /// The engine's call as a task of its own: the run's fiber waits once
+    /// for its end instead of being switched in at each of its steps (a
+    /// streamed answer arrives in several reads).
+    async fn apart<T: Send + 'static>(
+        &self,
+        call: impl Future<Output = Result<T, Error>> + Send + 'static,
+    ) -> Result<T, Error> {
+        self.home
+            .spawn_and_wait(call)
+            .await
+            .unwrap_or_else(|gone| Err(Error::Unavailable(gone.to_string())))
     }
 
     /// Records or replays this run's calls.
@@ -221,14 +260,9 @@ impl Host for LlmState {
         let left = self.budget.max_tokens - self.usage.tokens();
         request.max_tokens = Some(request.max_tokens.map_or(left, |asked| asked.min(left)));
         let args = tape::args(&self.tape, &request);
-        let reply = tape::through(
-            &self.tape,
-            "llm.chat",
-            args,
-            Error::Unavailable,
-            self.engine.chat(&self.caller, request),
-        )
-        .await;
+        let (engine, caller) = (self.engine.clone(), self.caller.clone());
+        let call = self.apart(async move { engine.chat(&caller, request).await });
+        let reply = tape::through(&self.tape, "llm.chat", args, Error::Unavailable, call).await;
         let reply = self.noted(reply)?;
         self.usage.prompt_tokens = self
             .usage
@@ -252,14 +286,91 @@ impl Host for LlmState {
         let admitted = self.check_model(model.as_deref()).and_then(|()| self.admit());
         self.noted(admitted)?;
         let args = tape::args(&self.tape, &(&model, &inputs));
-        let vectors = tape::through(
-            &self.tape,
-            "llm.embed",
-            args,
-            Error::Unavailable,
-            self.engine.embed(&self.caller, model, inputs),
-        )
-        .await;
+        let (engine, caller) = (self.engine.clone(), self.caller.clone());
+        let call = self.apart(async move { engine.embed(&caller, model, inputs).await });
+        let vectors = tape::through(&self.tape, "llm.embed", args, Error::Unavailable, call).await;
         self.noted(vectors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bindings::llm::{Message, Role, Usage};
+    use crate::io_home::tests::{CountPolls, steps};
+
+    /// Answers after 50 steps, as a streamed answer arrives in several reads.
+    struct SlowStream;
+
+    #[async_trait::async_trait]
+    impl LlmEngine for SlowStream {
+        async fn chat(&self, _: &Caller, _: ChatRequest) -> Result<ChatResponse, Error> {
+            let chunks = steps(50).await;
+            Ok(ChatResponse {
+                content: format!("{chunks} chunks"),
+                model: "m".into(),
+                usage: Usage {
+                    prompt_tokens: 1,
+                    completion_tokens: 1,
+                },
+                finish_reason: Some("stop".into()),
+            })
+        }
+
+        async fn embed(
+            &self,
+            _: &Caller,
+            _: Option<String>,
+            inputs: Vec<String>,
+        ) -> Result<Vec<Vec<f32>>, Error> {
+            steps(50).await;
+            Ok(inputs.iter().map(|_| vec![1.0]).collect())
+        }
+    }
+
+    fn state() -> LlmState {
+        let caller = Caller {
+            plugin_id: Arc::from("p"),
+            correlation_id: Arc::from("c"),
+        };
+        let budget = LlmBudget {
+            max_calls: 10,
+            max_tokens: 1000,
+        };
+        LlmState::new(Arc::new(SlowStream), caller, budget)
+    }
+
+    fn ask() -> ChatRequest {
+        ChatRequest {
+            messages: vec![Message {
+                role: Role::User,
+                content: "hi".into(),
+            }],
+            model: None,
+            max_tokens: None,
+            temperature: None,
+            json: false,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_llm_call_of_many_steps_wakes_its_run_once() {
+        let mut llm = state();
+        let mut chat = CountPolls {
+            inner: Box::pin(Host::chat(&mut llm, ask())),
+            polls: 0,
+        };
+        let reply = (&mut chat).await.unwrap();
+        assert_eq!(reply.content, "50 chunks");
+        assert!(chat.polls <= 2, "the run was woken {} times", chat.polls);
+        drop(chat);
+        assert_eq!(llm.usage().calls, 1);
+
+        let mut embed = CountPolls {
+            inner: Box::pin(Host::embed(&mut llm, None, vec!["a".into()])),
+            polls: 0,
+        };
+        assert_eq!((&mut embed).await.unwrap(), vec![vec![1.0]]);
+        assert!(embed.polls <= 2, "the run was woken {} times", embed.polls);
     }
 }

@@ -134,7 +134,7 @@ impl Capabilities {
     /// Default capabilities with the given LLM engine.
     pub fn with_llm(engine: Arc<dyn llm::LlmEngine>) -> Self {
         Self {
-            llm: llm::LlmShared(engine),
+            llm: llm::LlmShared::new(engine),
             ..Self::default()
         }
     }
