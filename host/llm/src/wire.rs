@@ -1,9 +1,10 @@
 //! The OpenAI wire format, parsed tolerantly: optional fields may be missing,
 //! and a provider's error body (`{"error": {message, type, code}}`) is kept.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use bsm_runtime::bindings::llm::{ChatRequest, ChatResponse, Message, ProviderError, Role, Usage};
@@ -80,20 +81,24 @@ pub struct WireEmbeddingsRequest<'a> {
     pub input: &'a [String],
 }
 
+// The answer's strings borrow from the body or the event where they need no
+// unescaping: a streamed answer is parsed chunk by chunk, and each chunk's
+// model name, content and finish reason were three allocations of their own.
+
 #[derive(Debug, Default, Deserialize)]
-struct WireContent {
-    #[serde(default)]
-    content: Option<String>,
+struct WireContent<'a> {
+    #[serde(default, borrow, deserialize_with = "borrowed_str")]
+    content: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Deserialize)]
-struct WireChoice {
-    #[serde(default)]
-    message: Option<WireContent>,
-    #[serde(default)]
-    delta: Option<WireContent>,
-    #[serde(default)]
-    finish_reason: Option<String>,
+struct WireChoice<'a> {
+    #[serde(default, borrow)]
+    message: Option<WireContent<'a>>,
+    #[serde(default, borrow)]
+    delta: Option<WireContent<'a>>,
+    #[serde(default, borrow, deserialize_with = "borrowed_str")]
+    finish_reason: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -106,13 +111,21 @@ struct WireUsage {
 
 /// A whole response or one streamed chunk: the same shape.
 #[derive(Debug, Deserialize)]
-struct WireChatResponse {
-    #[serde(default)]
-    model: Option<String>,
-    #[serde(default)]
-    choices: Vec<WireChoice>,
+struct WireChatResponse<'a> {
+    #[serde(default, borrow, deserialize_with = "borrowed_str")]
+    model: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    choices: Vec<WireChoice<'a>>,
     #[serde(default)]
     usage: Option<WireUsage>,
+}
+
+/// An optional string, borrowed unless it has escapes (serde borrows a
+/// `Cow<str>` only as a field of its own, not inside an `Option`).
+fn borrowed_str<'de: 'a, 'a, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'a, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Borrowed<'a>>::deserialize(d)?.map(|b| b.0))
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,15 +145,20 @@ pub fn parse_chat(body: &[u8], requested_model: &str) -> Result<ChatResponse, St
     let r: WireChatResponse =
         serde_json::from_slice(body).map_err(|e| format!("malformed chat completion: {e}"))?;
     let choice = r.choices.into_iter().next();
-    let finish_reason = choice.as_ref().and_then(|c| c.finish_reason.clone());
+    let finish_reason = choice
+        .as_ref()
+        .and_then(|c| c.finish_reason.as_deref().map(String::from));
     let content = choice
         .and_then(|c| c.message.or(c.delta))
         .and_then(|m| m.content)
+        .map(Cow::into_owned)
         .unwrap_or_default();
     let usage = r.usage.unwrap_or_default();
     Ok(ChatResponse {
         content,
-        model: r.model.unwrap_or_else(|| requested_model.to_string()),
+        model: r
+            .model
+            .map_or_else(|| requested_model.to_string(), Cow::into_owned),
         usage: Usage {
             prompt_tokens: usage.prompt_tokens.unwrap_or(0),
             completion_tokens: usage.completion_tokens.unwrap_or(0),
@@ -188,8 +206,10 @@ impl StreamAccumulator {
         }
         let chunk: WireChatResponse =
             serde_json::from_str(data).map_err(|e| format!("malformed stream chunk: {e}"))?;
-        if let Some(model) = chunk.model {
-            self.model = model;
+        if let Some(model) = chunk.model
+            && model != self.model
+        {
+            self.model = model.into_owned();
         }
         if let Some(u) = chunk.usage {
             self.usage.prompt_tokens = u.prompt_tokens.unwrap_or(self.usage.prompt_tokens);
@@ -203,8 +223,8 @@ impl StreamAccumulator {
                 self.first_token.get_or_insert(elapsed);
                 self.content.push_str(&text);
             }
-            if choice.finish_reason.is_some() {
-                self.finish_reason = choice.finish_reason;
+            if let Some(reason) = choice.finish_reason {
+                self.finish_reason = Some(reason.into_owned());
             }
         }
         Ok(())
@@ -359,6 +379,44 @@ mod tests {
         assert_eq!((r.content.as_str(), r.model.as_str()), ("Hello", "m-1"));
         assert_eq!((r.usage.prompt_tokens, r.usage.completion_tokens), (3, 2));
         assert_eq!(r.finish_reason.as_deref(), Some("stop"));
+    }
+
+    #[test]
+    fn escaped_and_plain_strings_are_read_alike() {
+        let body = br#"{"model":"m\u002d2","choices":[{"message":{"content":"a \"quoted\"\nline"},"finish_reason":"stop"}]}"#;
+        let r = parse_chat(body, "m").unwrap();
+        assert_eq!(
+            (r.content.as_str(), r.model.as_str()),
+            ("a \"quoted\"\nline", "m-2")
+        );
+        assert_eq!(r.finish_reason.as_deref(), Some("stop"));
+
+        let mut acc = StreamAccumulator::new("m");
+        for chunk in [
+            r#"{"model":"m-2","choices":[{"delta":{"content":"one\ttwo"}}]}"#,
+            r#"{"model":"m-2","choices":[{"delta":{"content":" three"},"finish_reason":"len\u0067th"}]}"#,
+        ] {
+            acc.push(chunk, Duration::ZERO).unwrap();
+        }
+        let r = acc.finish();
+        assert_eq!(
+            (r.content.as_str(), r.model.as_str()),
+            ("one\ttwo three", "m-2")
+        );
+        assert_eq!(r.finish_reason.as_deref(), Some("length"));
+
+        // Plain strings are borrowed from the chunk, escaped ones copied.
+        let chunk: WireChatResponse = serde_json::from_str(
+            r#"{"model":"m-2","choices":[{"delta":{"content":"a\nb"},"finish_reason":"stop"}]}"#,
+        )
+        .unwrap();
+        assert!(matches!(chunk.model, Some(Cow::Borrowed("m-2"))));
+        assert!(matches!(
+            chunk.choices[0].finish_reason,
+            Some(Cow::Borrowed("stop"))
+        ));
+        let content = chunk.choices[0].delta.as_ref().unwrap().content.as_ref();
+        assert!(matches!(content, Some(Cow::Owned(s)) if s == "a\nb"));
     }
 
     #[test]
