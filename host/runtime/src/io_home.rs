@@ -17,7 +17,9 @@ use tokio::runtime::Handle;
 use tokio_util::task::AbortOnDropHandle;
 
 /// The runtime a client was built on: where its requests are sent from.
-#[derive(Debug, Clone)]
+/// The default has none: requests are awaited where they are, and calls
+/// apart run on the runtime that awaits them.
+#[derive(Debug, Clone, Default)]
 pub struct IoHome(Option<Handle>);
 
 /// The home runtime is shutting down: the request was not sent.

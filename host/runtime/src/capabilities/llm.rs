@@ -163,7 +163,7 @@ impl LlmState {
             usage: LlmUsage::default(),
             grant: None,
             tape: None,
-            home: IoHome::current(),
+            home: IoHome::default(),
         }
     }
 
