@@ -47,8 +47,10 @@ impl BatchWriter {
                     if batch.len() > 1 {
                         linger(&rx, &mut batch);
                     }
+                    // Counted before its writes are answered, so that whoever
+                    // saw an answer sees its transaction counted.
+                    counted.fetch_add(1, Ordering::Release);
                     commit(&conn, batch);
-                    counted.fetch_add(1, Ordering::Relaxed);
                 }
             })
             .expect("spawning the database writer thread");
@@ -81,9 +83,10 @@ impl BatchWriter {
         Committed(queued.is_ok().then_some(answer))
     }
 
-    /// Transactions committed so far.
+    /// Transactions committed (or committing) so far: every answered
+    /// write's transaction is counted.
     pub fn commits(&self) -> u64 {
-        self.commits.load(Ordering::Relaxed)
+        self.commits.load(Ordering::Acquire)
     }
 }
 
