@@ -110,11 +110,16 @@ pub(crate) mod tests {
             .unwrap()
     }
 
+    /// A server runtime, a guest runtime, and the server as home.
+    fn server_and_guests() -> (tokio::runtime::Runtime, tokio::runtime::Runtime, IoHome) {
+        let server = runtime("server");
+        let home = server.block_on(async { IoHome::current() });
+        (server, runtime("guests"), home)
+    }
+
     #[test]
     fn a_request_from_another_runtime_is_sent_from_home() {
-        let server = runtime("server");
-        let guests = runtime("guests");
-        let home = server.block_on(async { IoHome::current() });
+        let (server, guests, home) = server_and_guests();
         let (ran_on, awaited_on) = guests.block_on(async {
             let ran_on = home.run(async { Handle::current().id() }).await.unwrap();
             (ran_on, Handle::current().id())
@@ -140,9 +145,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_dropped_waiter_aborts_the_request_at_home() {
-        let server = runtime("server");
-        let guests = runtime("guests");
-        let home = server.block_on(async { IoHome::current() });
+        let (_server, guests, home) = server_and_guests();
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         guests.block_on(async {
             let request = home.run(async move {
@@ -205,9 +208,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_call_apart_runs_at_home_and_stops_with_its_waiter() {
-        let server = runtime("server");
-        let guests = runtime("guests");
-        let home = server.block_on(async { IoHome::current() });
+        let (server, guests, home) = server_and_guests();
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let ran_on = guests.block_on(async {
             let ran_on = home
