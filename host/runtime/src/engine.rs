@@ -1,8 +1,11 @@
 //! The process-wide wasmtime [`Engine`] and the epoch ticker that gives every
 //! run a wall-clock deadline.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -80,20 +83,27 @@ pub fn build_engine(pool: &PoolSettings) -> wasmtime::Result<Engine> {
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] on a small thread while
-/// any run is in flight, until dropped. Runs check their deadline and CPU
-/// time at each tick; with no run in flight there is nothing to check, and
-/// the thread sleeps until the next run instead of waking a thousand times a
-/// second on an idle server.
+/// any run is computing, until dropped. Runs check their deadline, CPU time
+/// and CPU turn at each tick, and only guest code sees a tick: a run waiting
+/// on the host (an LLM call of seconds) is bounded by its wall-clock timeout
+/// instead. So the thread ticks only while some run is inside a poll of its
+/// guest call ([`TickerHandle::while_polled`]) and sleeps otherwise: an idle
+/// server, or one whose runs all wait on the LLM, is not woken a thousand
+/// times a second.
 pub struct EpochTicker {
     shared: Arc<Ticking>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 struct Ticking {
-    /// Holds of [`EpochTicker::hold`] alive: stores that may run guest code.
-    runs: AtomicUsize,
+    /// Holds of [`EpochTicker::hold`] alive: runs computing right now.
+    computing: AtomicUsize,
+    /// Whether the ticker waits (or is about to) for a run to compute: only
+    /// then does the hold that ends the wait take the lock and notify, so a
+    /// busy server pays no system call per poll.
+    parked: AtomicBool,
     /// Taken to wait for the first run, and by the run that ends the wait.
-    parked: Mutex<()>,
+    lock: Mutex<()>,
     resumed: Condvar,
     stop: AtomicBool,
     ticks: AtomicU64,
@@ -102,8 +112,9 @@ struct Ticking {
 impl EpochTicker {
     pub fn start(engine: &Engine) -> Self {
         let shared = Arc::new(Ticking {
-            runs: AtomicUsize::new(0),
-            parked: Mutex::new(()),
+            computing: AtomicUsize::new(0),
+            parked: AtomicBool::new(false),
+            lock: Mutex::new(()),
             resumed: Condvar::new(),
             stop: AtomicBool::new(false),
             ticks: AtomicU64::new(0),
@@ -133,17 +144,14 @@ impl EpochTicker {
         }
     }
 
-    /// Keeps the epoch advancing for as long as the returned hold lives: a
-    /// store that may run guest code holds one from its creation to its
-    /// drop, so every run's deadline and CPU time are checked.
+    /// Keeps the epoch advancing for as long as the returned hold lives.
     pub fn hold(&self) -> TickingHold {
-        if self.shared.runs.fetch_add(1, Ordering::AcqRel) == 0 {
-            // Under the lock the ticker checks `runs` with: it either saw
-            // this run already or is waiting and gets the notification.
-            let _parked = self.shared.parked.lock().unwrap_or_else(|p| p.into_inner());
-            self.shared.resumed.notify_one();
-        }
-        TickingHold(self.shared.clone())
+        self.shared.hold()
+    }
+
+    /// What a run takes along to keep the epoch advancing while it computes.
+    pub fn handle(&self) -> TickerHandle {
+        TickerHandle(self.shared.clone())
     }
 
     /// Ticks so far (the epoch's advance since start).
@@ -153,13 +161,43 @@ impl EpochTicker {
 }
 
 impl Ticking {
+    fn hold(self: &Arc<Self>) -> TickingHold {
+        // SeqCst pairs with `wait_for_a_run`: either the ticker sees this
+        // run computing, or this run sees the ticker parked and wakes it.
+        if self.computing.fetch_add(1, Ordering::SeqCst) == 0 && self.parked.load(Ordering::SeqCst)
+        {
+            // Under the lock the ticker parks with: it is either waiting and
+            // gets the notification, or has not yet checked `computing`.
+            let _parked = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.resumed.notify_one();
+        }
+        TickingHold(self.clone())
+    }
+
     fn wait_for_a_run(&self) {
-        if self.runs.load(Ordering::Acquire) > 0 {
+        if self.computing.load(Ordering::SeqCst) > 0 {
             return;
         }
-        let mut parked = self.parked.lock().unwrap_or_else(|p| p.into_inner());
-        while self.runs.load(Ordering::Acquire) == 0 && !self.stop.load(Ordering::Acquire) {
+        let mut parked = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.parked.store(true, Ordering::SeqCst);
+        while self.computing.load(Ordering::SeqCst) == 0 && !self.stop.load(Ordering::Acquire) {
             parked = self.resumed.wait(parked).unwrap_or_else(|p| p.into_inner());
+        }
+        self.parked.store(false, Ordering::SeqCst);
+    }
+}
+
+/// A run's way to the epoch ticker, outliving the borrow of the runtime.
+#[derive(Clone)]
+pub struct TickerHandle(Arc<Ticking>);
+
+impl TickerHandle {
+    /// `call`, keeping the epoch advancing during each of its polls (while
+    /// guest code may run) and not between them (while it waits on the host).
+    pub fn while_polled<F: Future + Unpin>(&self, call: F) -> WhilePolled<F> {
+        WhilePolled {
+            call,
+            ticking: self.0.clone(),
         }
     }
 }
@@ -169,7 +207,23 @@ pub struct TickingHold(Arc<Ticking>);
 
 impl Drop for TickingHold {
     fn drop(&mut self) {
-        self.0.runs.fetch_sub(1, Ordering::AcqRel);
+        self.0.computing.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A guest call that holds the epoch ticker during its polls (see
+/// [`TickerHandle::while_polled`]).
+pub struct WhilePolled<F> {
+    call: F,
+    ticking: Arc<Ticking>,
+}
+
+impl<F: Future + Unpin> Future for WhilePolled<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let _computing = self.ticking.hold();
+        Pin::new(&mut self.call).poll(cx)
     }
 }
 
@@ -177,7 +231,7 @@ impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
         {
-            let _parked = self.shared.parked.lock().unwrap_or_else(|p| p.into_inner());
+            let _parked = self.shared.lock.lock().unwrap_or_else(|p| p.into_inner());
             self.shared.resumed.notify_one();
         }
         if let Some(t) = self.thread.take() {
@@ -229,6 +283,46 @@ mod tests {
 
         let _again = ticker.hold();
         assert!(ticks_past(&ticker, parked), "the next run wakes it");
+    }
+
+    #[test]
+    fn a_run_keeps_the_epoch_ticking_while_it_computes_and_not_while_it_waits() {
+        let engine = Engine::default();
+        let ticker = EpochTicker::start(&engine);
+        let handle = ticker.handle();
+        let start = ticker.ticks();
+        let mut polls = 0;
+        // A call that computes in its first poll until the epoch has moved
+        // on (what guest code does between host calls), then waits on the
+        // host, then ends.
+        let ticks = ticker.shared.clone();
+        let call = std::future::poll_fn(move |_| {
+            polls += 1;
+            if polls > 1 {
+                return Poll::Ready(());
+            }
+            let until = std::time::Instant::now() + Duration::from_secs(10);
+            while ticks.ticks.load(Ordering::Relaxed) < start + 3
+                && std::time::Instant::now() < until
+            {
+                std::hint::spin_loop();
+            }
+            Poll::Pending
+        });
+        let mut run = handle.while_polled(Box::pin(call));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(Pin::new(&mut run).poll(&mut cx).is_pending());
+        assert!(ticker.ticks() >= start + 3, "computing: the epoch advances");
+
+        std::thread::sleep(EPOCH_TICK * 5);
+        let waiting = ticker.ticks();
+        std::thread::sleep(EPOCH_TICK * 30);
+        assert!(
+            ticker.ticks() <= waiting + 1,
+            "a run waiting on the host keeps the ticker going: {} ticks",
+            ticker.ticks() - waiting
+        );
+        assert!(Pin::new(&mut run).poll(&mut cx).is_ready());
     }
 
     #[test]

@@ -31,9 +31,6 @@ pub struct RunState {
     pub used_a_tick: std::sync::Arc<std::sync::atomic::AtomicBool>,
     pub stderr: CapturedOutput,
     pub caps: RunCapabilities,
-    /// Keeps the epoch ticking while this store lives (the ticker sleeps
-    /// while no run is in flight); every store the runtime makes sets it.
-    pub ticking: Option<crate::engine::TickingHold>,
 }
 
 impl RunState {
@@ -61,7 +58,6 @@ impl RunState {
             used_a_tick: Default::default(),
             stderr,
             caps,
-            ticking: None,
         }
     }
 }

@@ -746,7 +746,6 @@ impl Runtime {
         let deadline = Instant::now() + budget.timeout();
         let mut state = RunState::new(RunLimits::new(budget.memory_bytes()), deadline, caps);
         state.cpu_limit_nanos = budget.cpu_ms.map(|ms| ms.saturating_mul(1_000_000));
-        state.ticking = Some(self.ticker.hold());
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         // At every epoch tick: past the deadline or over its CPU time,
@@ -814,9 +813,11 @@ impl Runtime {
         let meter = store.data().cpu.clone();
         let used_a_tick = store.data().used_a_tick.clone();
         let scheduler = self.guests.scheduler().clone();
+        let ticker = self.ticker.handle();
         let task = async move {
             let _instance = instance;
-            let call = FairShare::new(scheduler, id.clone(), meter, call(&mut store));
+            let call = ticker.while_polled(call(&mut store));
+            let call = FairShare::new(scheduler, id.clone(), meter, call);
             let outcome = tokio::time::timeout(budget.timeout() + HOST_GRACE, call).await;
             let usage = store.data().caps.llm.usage();
             let result = match outcome {
