@@ -98,6 +98,11 @@ pub struct EpochTicker {
 struct Ticking {
     /// Holds of [`EpochTicker::hold`] alive: runs computing right now.
     computing: AtomicUsize,
+    /// Whether a hold was taken since the last tick: the ticker parks only
+    /// after a whole tick with no run computing, so that a busy server,
+    /// whose runs compute every millisecond but not at every instant, keeps
+    /// ticking instead of parking and being woken again each time.
+    held_since_tick: AtomicBool,
     /// Whether the ticker waits (or is about to) for a run to compute: only
     /// then does the hold that ends the wait take the lock and notify, so a
     /// busy server pays no system call per poll.
@@ -113,6 +118,7 @@ impl EpochTicker {
     pub fn start(engine: &Engine) -> Self {
         let shared = Arc::new(Ticking {
             computing: AtomicUsize::new(0),
+            held_since_tick: AtomicBool::new(false),
             parked: AtomicBool::new(false),
             lock: Mutex::new(()),
             resumed: Condvar::new(),
@@ -162,6 +168,7 @@ impl EpochTicker {
 
 impl Ticking {
     fn hold(self: &Arc<Self>) -> TickingHold {
+        self.held_since_tick.store(true, Ordering::Relaxed);
         // SeqCst pairs with `wait_for_a_run`: either the ticker sees this
         // run computing, or this run sees the ticker parked and wakes it.
         if self.computing.fetch_add(1, Ordering::SeqCst) == 0 && self.parked.load(Ordering::SeqCst)
@@ -175,7 +182,8 @@ impl Ticking {
     }
 
     fn wait_for_a_run(&self) {
-        if self.computing.load(Ordering::SeqCst) > 0 {
+        let held = self.held_since_tick.swap(false, Ordering::Relaxed);
+        if held || self.computing.load(Ordering::SeqCst) > 0 {
             return;
         }
         let mut parked = self.lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -271,8 +279,9 @@ mod tests {
         assert!(ticks_past(&ticker, at + 3), "one hold left: still ticking");
 
         drop(second);
-        // At most the tick under way when the last hold went.
-        std::thread::sleep(EPOCH_TICK * 5);
+        // At most the tick under way when the last hold went, and one
+        // more to see a whole tick without a run.
+        std::thread::sleep(EPOCH_TICK * 10);
         let parked = ticker.ticks();
         std::thread::sleep(EPOCH_TICK * 30);
         assert_eq!(
@@ -314,7 +323,7 @@ mod tests {
         assert!(Pin::new(&mut run).poll(&mut cx).is_pending());
         assert!(ticker.ticks() >= start + 3, "computing: the epoch advances");
 
-        std::thread::sleep(EPOCH_TICK * 5);
+        std::thread::sleep(EPOCH_TICK * 10);
         let waiting = ticker.ticks();
         std::thread::sleep(EPOCH_TICK * 30);
         assert!(
