@@ -1,5 +1,5 @@
-//! The process-wide wasmtime [`Engine`] and the epoch ticker that gives every
-//! run a wall-clock deadline.
+//! The process-wide wasmtime [`Engine`] and the epoch ticker that lets guest
+//! code be interrupted at its run's deadline and yield its CPU turn.
 
 use std::future::Future;
 use std::pin::Pin;
