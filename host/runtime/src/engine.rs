@@ -96,7 +96,7 @@ pub struct EpochTicker {
 }
 
 struct Ticking {
-    /// Holds of [`EpochTicker::hold`] alive: runs computing right now.
+    /// Holds alive ([`TickingHold`]): runs inside a poll of their guest call.
     computing: AtomicUsize,
     /// Whether a hold was taken since the last tick: the ticker parks only
     /// after a whole tick with no run computing, so that a busy server,
@@ -148,11 +148,6 @@ impl EpochTicker {
             shared,
             thread: Some(thread),
         }
-    }
-
-    /// Keeps the epoch advancing for as long as the returned hold lives.
-    pub fn hold(&self) -> TickingHold {
-        self.shared.hold()
     }
 
     /// What a run takes along to keep the epoch advancing while it computes.
@@ -210,8 +205,8 @@ impl TickerHandle {
     }
 }
 
-/// One run's claim on the epoch ticker (see [`EpochTicker::hold`]).
-pub struct TickingHold(Arc<Ticking>);
+/// One poll's claim on the epoch ticker (see [`TickerHandle::while_polled`]).
+struct TickingHold(Arc<Ticking>);
 
 impl Drop for TickingHold {
     fn drop(&mut self) {
@@ -271,8 +266,8 @@ mod tests {
         std::thread::sleep(EPOCH_TICK * 30);
         assert_eq!(ticker.ticks(), 0, "no run in flight: no tick");
 
-        let first = ticker.hold();
-        let second = ticker.hold();
+        let first = ticker.shared.hold();
+        let second = ticker.shared.hold();
         assert!(ticks_past(&ticker, 3), "a held ticker advances");
         drop(first);
         let at = ticker.ticks();
@@ -290,7 +285,7 @@ mod tests {
             "the last run ended: the ticker sleeps"
         );
 
-        let _again = ticker.hold();
+        let _again = ticker.shared.hold();
         assert!(ticks_past(&ticker, parked), "the next run wakes it");
     }
 
